@@ -1,0 +1,31 @@
+# The two set-up commands of the README: `make run` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: run test demo benchmarks clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+## run: migrate the embedded SQLite database and serve the admin with a Celery worker and beat
+run: $(VENV)/.installed
+	PYTHON=$(PY) scripts/run.sh
+
+## demo: load a small demo data set (one project, a registry connection, a configuration, an agent)
+demo: $(VENV)/.installed
+	DEMO_REGISTRY_PASSWORD=$${DEMO_REGISTRY_PASSWORD:-demo-password} PYTHON=$(PY) scripts/manage.sh apply_settings demo/settings.yaml
+
+## test: install what the tests need (Python and Debian packages), start the real services, run the suite
+test: $(VENV)/.installed-test
+	scripts/install-test-deps.sh
+	PYTHON=$(PY) scripts/run-tests.sh
+
+clean:
+	rm -rf $(VENV) test-output

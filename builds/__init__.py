@@ -1,0 +1,1 @@
+"""Build configurations, agents, builds and the Docker operations and pushed images of builds."""

@@ -1,0 +1,166 @@
+"""Admin for build configurations, agents, builds, their Docker operations and pushed images."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import Count, Q
+
+from connections.admin import ProjectAdmin as BaseProjectAdmin
+from connections.models import Project
+
+from . import services
+from .models import Agent, Build, BuildConfiguration, DockerOperation, LoginConnection, PushedImage
+
+
+class LoginConnectionFormSet(forms.BaseInlineFormSet):
+    def clean(self):
+        super().clean()
+        connections = [
+            form.cleaned_data["connection"]
+            for form in self.forms
+            if form.cleaned_data.get("connection") and not form.cleaned_data.get("DELETE")
+        ]
+        try:
+            services.login_hosts_validate(connections)
+        except ValidationError as exc:
+            raise ValidationError(exc.messages) from None
+
+
+class LoginConnectionInline(admin.TabularInline):
+    model = LoginConnection
+    formset = LoginConnectionFormSet
+    fields = ("connection", "optional", "position")
+    autocomplete_fields = ("connection",)
+    extra = 0
+    verbose_name = "registry login"
+    verbose_name_plural = "Docker Support: log in to these registries before each build, log out after it"
+
+
+@admin.register(BuildConfiguration)
+class BuildConfigurationAdmin(admin.ModelAdmin):
+    list_display = ("ident", "name", "project", "login_count", "cleanup_pushed_images", "keep_last", "keep_days")
+    list_select_related = ("project",)
+    list_filter = ("cleanup_pushed_images", ("project", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("ident", "name", "project__ident", "project__name")
+    autocomplete_fields = ("project",)
+    inlines = [LoginConnectionInline]
+    fieldsets = (
+        (None, {"fields": ("project", "ident", "name")}),
+        ("Docker Support", {"fields": ("cleanup_pushed_images",)}),
+        ("Retention", {"fields": ("keep_last", "keep_days")}),
+    )
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_login_count=Count("logins", distinct=True))
+
+    @admin.display(description="registry logins", ordering="_login_count")
+    def login_count(self, obj):
+        return obj._login_count
+
+
+class BuildConfigurationInline(admin.TabularInline):
+    model = BuildConfiguration
+    fields = ("ident", "name", "cleanup_pushed_images", "keep_last", "keep_days")
+    extra = 0
+    show_change_link = True
+
+
+# Configurations are shown under their project; the project admin lives in `connections`, which
+# must not import `builds`, so it is extended here.
+admin.site.unregister(Project)
+
+
+@admin.register(Project)
+class ProjectAdmin(BaseProjectAdmin):
+    inlines = [*BaseProjectAdmin.inlines, BuildConfigurationInline]
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ("name", "os", "docker_host", "effective_data_path", "queue_name", "running_builds", "last_seen_at")
+    list_filter = ("os",)
+    search_fields = ("name", "docker_host")
+    readonly_fields = ("queue_name", "effective_data_path", "last_seen_at")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            _running=Count("builds", filter=Q(builds__status=Build.Status.RUNNING))
+        )
+
+    @admin.display(description="running builds", ordering="_running")
+    def running_builds(self, obj):
+        return obj._running
+
+    @admin.display(description="Docker data path")
+    def effective_data_path(self, obj):
+        return obj.effective_data_path
+
+
+@admin.register(Build)
+class BuildAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "configuration", "agent", "status", "started_at", "duration", "exit_code",
+                    "operation_count", "pinned")
+    list_select_related = ("configuration", "agent")
+    list_filter = ("status", "pinned", ("agent", admin.RelatedOnlyFieldListFilter),
+                   ("configuration", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("configuration__ident", "configuration__name", "=number")
+    date_hierarchy = "started_at"
+    actions = ("pin", "unpin")
+    readonly_fields = ("configuration", "agent", "number", "status", "started_at", "finished_at", "exit_code",
+                       "docker_config", "heartbeat_at", "warnings", "error")
+    fields = ("pinned", *readonly_fields)
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_operations=Count("operations"))
+
+    def has_add_permission(self, request):
+        return False  # builds start through run_build or the API
+
+    @admin.display(description="operations", ordering="_operations")
+    def operation_count(self, obj):
+        return obj._operations
+
+    @admin.display(description="duration")
+    def duration(self, obj):
+        if obj.finished_at is None:
+            return "running" if obj.is_running else "—"
+        seconds = int((obj.finished_at - obj.started_at).total_seconds())
+        return f"{seconds // 60}m {seconds % 60:02d}s"
+
+    @admin.action(description="Pin: never delete by retention")
+    def pin(self, request, queryset):
+        count = services.builds_set_pinned(queryset, True)
+        self.message_user(request, f"Pinned {count} build(s).", messages.SUCCESS)
+
+    @admin.action(description="Unpin: retention rules apply again")
+    def unpin(self, request, queryset):
+        count = services.builds_set_pinned(queryset, False)
+        self.message_user(request, f"Unpinned {count} build(s).", messages.SUCCESS)
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows written by the service only; the admin reads them."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(DockerOperation)
+class DockerOperationAdmin(ReadOnlyAdmin):
+    list_display = ("time", "build", "agent", "action", "image", "tag", "container_name", "exit_code")
+    list_select_related = ("build__configuration", "agent")
+    list_filter = ("action", ("agent", admin.RelatedOnlyFieldListFilter))
+    search_fields = ("image", "container_name", "digest")
+    show_full_result_count = False
+
+
+@admin.register(PushedImage)
+class PushedImageAdmin(ReadOnlyAdmin):
+    list_display = ("reference", "tag", "configuration_ident", "build_number", "cleanup_status", "cleanup_reason",
+                    "pushed_at")
+    list_select_related = ("build",)
+    list_filter = ("cleanup_status", "registry")
+    search_fields = ("repository", "tag", "digest", "configuration_ident")

@@ -1,0 +1,281 @@
+"""Build configurations with the Docker Support feature, agents, builds and what builds did."""
+
+import ntpath
+import os
+import platform
+
+from django.conf import settings
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+
+from connections.models import Connection, Project
+from connections.validators import validate_ident
+
+
+_AT_LEAST_ONE = MinValueValidator(1, message="must be at least 1; leave it empty to not use this rule")
+
+
+class BuildConfiguration(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="build_configurations")
+    ident = models.CharField(
+        "id", max_length=64, unique=True, validators=[validate_ident],
+        help_text="Stable identifier: `run_build CONFIG`, the API and the settings file use it.",
+    )
+    name = models.CharField(max_length=200)
+    login_connections = models.ManyToManyField(
+        Connection, through="LoginConnection", related_name="build_configurations", blank=True,
+    )
+    cleanup_pushed_images = models.BooleanField(
+        "clean up pushed images", default=False,
+        help_text="Delete the images a build pushed from their registry when the build is cleaned up.",
+    )
+    keep_last = models.PositiveIntegerField(
+        "keep last N builds", null=True, blank=True, validators=[_AT_LEAST_ONE],
+    )
+    keep_days = models.PositiveIntegerField(
+        "keep builds younger than D days", null=True, blank=True, validators=[_AT_LEAST_ONE],
+        help_text="A build is kept while either rule keeps it. With neither rule, builds are kept.",
+    )
+
+    class Meta:
+        ordering = ["ident"]
+
+    def __str__(self):
+        return self.name if self.name == self.ident else f"{self.name} ({self.ident})"
+
+
+class LoginConnection(models.Model):
+    """A registry that builds of a configuration log in to before they run."""
+
+    configuration = models.ForeignKey(BuildConfiguration, on_delete=models.CASCADE, related_name="logins")
+    connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="logins")
+    optional = models.BooleanField(
+        default=False, help_text="A failed login only warns instead of failing the build.",
+    )
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["configuration", "connection"], name="login_connection_once"),
+        ]
+
+    def __str__(self):
+        return f"{self.configuration.ident} → {self.connection}"
+
+    def clean(self):
+        try:
+            # In the admin's add form the configuration is not saved yet: use the object, not its id.
+            configuration, connection = self.configuration, self.connection
+        except ObjectDoesNotExist:
+            return
+        if configuration.project_id is None:
+            return
+        lineage = configuration.project.lineage()
+        if connection.project_id not in {p.pk for p in lineage}:
+            raise ValidationError({
+                "connection": (
+                    f"connection '{connection}' belongs to project '{connection.project.ident}', "
+                    f"which is neither '{configuration.project.ident}' nor one of its ancestors"
+                )
+            })
+
+    def save(self, *args, **kwargs):
+        # Another project's credentials must never reach a build, whatever path writes the row.
+        self.full_clean(validate_unique=False, validate_constraints=False)
+        super().save(*args, **kwargs)
+
+
+class Agent(models.Model):
+    class OS(models.TextChoices):
+        LINUX = "linux", "Linux"
+        WINDOWS = "windows", "Windows"
+        MACOS = "macos", "macOS"
+        OTHER = "other", "Other"
+
+    name = models.CharField(
+        max_length=64, unique=True, validators=[validate_ident],
+        help_text="Also names its Celery queue: agent.<name>.",
+    )
+    os = models.CharField("operating system", max_length=10, choices=OS.choices, default="linux")
+    docker_host = models.CharField(
+        "Docker endpoint", max_length=255, blank=True,
+        help_text="e.g. unix:///var/run/docker.sock or tcp://host:2376; empty uses DOCKER_HOST.",
+    )
+    docker_data_path = models.CharField(
+        "Docker data path", max_length=500, blank=True,
+        help_text="Where the daemon keeps its data; empty uses DOCKERSUPPORT_DOCKER_DATA_PATH, "
+                  "else /var/lib/docker (Linux), %ProgramData% (Windows), $HOME (others).",
+    )
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def queue_name(self) -> str:
+        from dockersupport_site.queues import Queue
+
+        return Queue.for_agent(self.name)
+
+    @property
+    def effective_docker_host(self) -> str:
+        return self.docker_host or settings.DOCKER_HOST
+
+    @property
+    def effective_data_path(self) -> str:
+        """Per-agent setting, else DOCKERSUPPORT_DOCKER_DATA_PATH, else the OS default."""
+        return self.docker_data_path or settings.DOCKERSUPPORT_DOCKER_DATA_PATH or default_data_path(self.os)
+
+
+def default_data_path(os_name: str) -> str:
+    if os_name == Agent.OS.LINUX:
+        return "/var/lib/docker"
+    if os_name == Agent.OS.WINDOWS:
+        program_data = os.environ.get("ProgramData", "C:\\ProgramData")
+        return ntpath.normpath(program_data)
+    return os.path.expanduser("~")
+
+
+def local_os() -> str:
+    """The Agent.OS of the machine this code runs on."""
+    return {"Linux": Agent.OS.LINUX, "Windows": Agent.OS.WINDOWS, "Darwin": Agent.OS.MACOS}.get(
+        platform.system(), Agent.OS.OTHER
+    )
+
+
+class Build(models.Model):
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        ERROR = "error", "Error (did not run)"
+
+    configuration = models.ForeignKey(BuildConfiguration, on_delete=models.CASCADE, related_name="builds")
+    agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="builds")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    started_at = models.DateTimeField(db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    pinned = models.BooleanField(default=False, help_text="Pinned builds are never deleted by retention.")
+    docker_config = models.CharField(
+        "DOCKER_CONFIG directory", max_length=500, blank=True,
+        help_text="The build's private Docker client config; removed at logout.",
+    )
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    warnings = models.JSONField(default=list, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["configuration", "number"], name="build_number_unique_in_configuration"),
+        ]
+        indexes = [models.Index(fields=["agent", "status"])]
+
+    def __str__(self):
+        return f"{self.configuration.ident} #{self.number}"
+
+    @property
+    def is_running(self) -> bool:
+        return self.status == self.Status.RUNNING
+
+
+class DockerOperation(models.Model):
+    """One event of the agent's Docker daemon during a build."""
+
+    class Action(models.TextChoices):
+        PULL = "pull"
+        PUSH = "push"
+        TAG = "tag"
+        UNTAG = "untag"
+        DELETE = "delete"
+        BUILD = "build"
+        IMPORT = "import"
+        LOAD = "load"
+        CREATE = "create"
+        START = "start"
+        EXEC = "exec"
+        DIE = "die"
+        DESTROY = "destroy"
+
+    build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="operations")
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="operations")
+    time = models.DateTimeField()
+    time_nano = models.BigIntegerField(help_text="The daemon's event time in nanoseconds since the epoch.")
+    event_type = models.CharField(max_length=20)
+    action = models.CharField(max_length=10, choices=Action.choices, db_index=True)
+    raw_action = models.CharField(max_length=100, help_text="The daemon's own action name.")
+    actor_id = models.CharField(max_length=255)
+    image = models.CharField(max_length=500, blank=True, db_index=True)
+    tag = models.CharField(max_length=128, blank=True)
+    digest = models.CharField(max_length=100, blank=True)
+    container_id = models.CharField(max_length=64, blank=True)
+    container_name = models.CharField(max_length=255, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    attributes = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["time_nano", "pk"]
+        constraints = [
+            # The daemon replays events after a reconnect: this key makes a replay harmless.
+            models.UniqueConstraint(
+                fields=["agent", "time_nano", "event_type", "raw_action", "actor_id"],
+                name="docker_operation_once",
+            ),
+        ]
+        indexes = [models.Index(fields=["build", "time_nano"])]
+
+    def __str__(self):
+        return f"{self.action} {self.image or self.container_name or self.actor_id}"
+
+
+class PushedImage(models.Model):
+    """An image a build pushed; outlives the build (a tombstone) until its registry deletion is done."""
+
+    class CleanupStatus(models.TextChoices):
+        KEPT = "kept", "Kept"
+        PENDING = "pending", "Pending deletion"
+        DELETED = "deleted", "Deleted"
+        FAILED = "failed", "Deletion failed"
+
+    build = models.ForeignKey(Build, null=True, blank=True, on_delete=models.SET_NULL, related_name="pushed_images")
+    # Copied from the build so that the tombstone still knows where to look for credentials.
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="pushed_images")
+    configuration_ident = models.CharField(max_length=64)
+    build_number = models.PositiveIntegerField()
+    registry = models.CharField(max_length=255)
+    repository = models.CharField(max_length=255)
+    tag = models.CharField(max_length=128, blank=True)
+    digest = models.CharField(max_length=100, blank=True)
+    pushed_at = models.DateTimeField()
+    cleanup_status = models.CharField(
+        max_length=10, choices=CleanupStatus.choices, default=CleanupStatus.KEPT, db_index=True,
+    )
+    cleanup_reason = models.TextField(blank=True, help_text="Why it was kept, or the registry's last error.")
+    cleanup_attempts = models.PositiveIntegerField(default=0)
+    cleanup_updated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-pushed_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["build", "registry", "repository", "tag", "digest"], name="pushed_image_once",
+            ),
+        ]
+        indexes = [models.Index(fields=["registry", "repository", "digest"])]
+
+    def __str__(self):
+        return self.reference
+
+    @property
+    def reference(self) -> str:
+        """`registry/repository@digest`, or with the tag while the digest is unknown."""
+        if self.digest:
+            return f"{self.registry}/{self.repository}@{self.digest}"
+        return f"{self.registry}/{self.repository}:{self.tag}"

@@ -1,0 +1,1 @@
+"""Projects and the registry connections they own."""

@@ -1,0 +1,109 @@
+"""Admin for projects and connections. Secrets are write-only: never rendered, empty keeps them."""
+
+from django import forms
+from django.contrib import admin
+from django.db.models import Count
+
+from .models import Connection, Project
+
+TYPE_SECRETS = {
+    Connection.Type.DOCKER_REGISTRY: ("password",),
+    Connection.Type.AMAZON_ECR: ("secret_access_key", "external_id"),
+}
+
+
+class ConnectionForm(forms.ModelForm):
+    class Meta:
+        model = Connection
+        fields = "__all__"
+        widgets = {
+            name: forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"})
+            for name in Connection.SECRET_FIELDS
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in Connection.SECRET_FIELDS:
+            field = self.fields[name]
+            field.required = False
+            self.initial.pop(name, None)  # the plaintext never travels to the browser
+            stored = bool(self.instance.pk and getattr(self.instance, name))
+            state = "A value is stored; leave empty to keep it." if stored else "Nothing stored yet."
+            field.help_text = f"{field.help_text} {state}".strip()
+
+    def _post_clean(self):
+        # An empty secret field keeps the stored value: the widget never shows it to be re-sent.
+        for name in Connection.SECRET_FIELDS:
+            if not self.cleaned_data.get(name) and self.instance.pk:
+                self.cleaned_data[name] = Connection.objects.filter(pk=self.instance.pk).values_list(
+                    name, flat=True
+                ).get()
+        # Secrets the chosen type does not use are dropped rather than kept out of sight.
+        kind = self.cleaned_data.get("type")
+        for other_kind, names in TYPE_SECRETS.items():
+            if other_kind != kind:
+                for name in names:
+                    self.cleaned_data[name] = ""
+        super()._post_clean()
+
+
+class ConnectionInline(admin.TabularInline):
+    """Read-only list of a project's connections, each linking to its own page."""
+
+    model = Connection
+    fields = ("ident", "name", "type", "registry_address")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    show_change_link = True
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):
+    list_display = ("ident", "name", "parent", "connection_count")
+    list_select_related = ("parent",)
+    search_fields = ("ident", "name", "description")
+    list_filter = (("parent", admin.RelatedOnlyFieldListFilter),)
+    autocomplete_fields = ("parent",)
+    inlines = [ConnectionInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(_connection_count=Count("connections", distinct=True))
+
+    @admin.display(description="connections", ordering="_connection_count")
+    def connection_count(self, obj):
+        return obj._connection_count
+
+
+@admin.register(Connection)
+class ConnectionAdmin(admin.ModelAdmin):
+    form = ConnectionForm
+    list_display = ("__str__", "name", "type", "registry_address", "account", "updated_at")
+    list_select_related = ("project",)
+    list_filter = ("type", ("project", admin.RelatedOnlyFieldListFilter), "credentials")
+    search_fields = ("ident", "name", "registry", "username", "registry_id", "project__ident", "project__name")
+    autocomplete_fields = ("project",)
+    readonly_fields = ("registry_address", "created_at", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("project", "ident", "name", "type", "registry_address")}),
+        ("Docker registry", {
+            "description": "Only for connections of type Docker registry.",
+            "fields": ("registry", "username", "password"),
+        }),
+        ("Amazon ECR", {
+            "description": "Only for connections of type Amazon ECR. The registry address is "
+                           "&lt;registry ID&gt;.dkr.ecr.&lt;region&gt;.amazonaws.com.",
+            "fields": ("region", "registry_id", "credentials", "access_key_id", "secret_access_key",
+                       "role_arn", "external_id", "endpoint_url"),
+        }),
+        ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
+    )
+
+    @admin.display(description="account")
+    def account(self, obj):
+        if obj.type == Connection.Type.AMAZON_ECR:
+            return obj.role_arn or obj.access_key_id or "default chain"
+        return obj.username

@@ -1,0 +1,168 @@
+"""Projects (a tree) and the registry connections defined on them."""
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from . import validators
+from .fields import EncryptedTextField
+
+
+class Project(models.Model):
+    ident = models.CharField(
+        "id", max_length=64, unique=True, validators=[validators.validate_ident],
+        help_text="Stable identifier used by the settings file, the API and the commands.",
+    )
+    name = models.CharField(max_length=200)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="subprojects",
+        help_text="Connections of the parent and its ancestors are usable here too.",
+    )
+    description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["ident"]
+
+    def __str__(self):
+        return self.name if self.name == self.ident else f"{self.name} ({self.ident})"
+
+    def lineage(self) -> list["Project"]:
+        """This project, then its parent, up to the root."""
+        chain, seen, node = [], set(), self
+        while node is not None and node.pk not in seen:
+            chain.append(node)
+            seen.add(node.pk)
+            node = node.parent
+        return chain
+
+    def clean(self):
+        if self.parent_id is None:
+            return
+        node = self.parent
+        while node is not None:
+            if self.pk is not None and node.pk == self.pk:
+                raise ValidationError({"parent": "a project cannot be its own ancestor"})
+            node = node.parent
+
+
+class Connection(models.Model):
+    class Type(models.TextChoices):
+        DOCKER_REGISTRY = "docker-registry", "Docker registry"
+        AMAZON_ECR = "amazon-ecr", "Amazon ECR"
+
+    class Credentials(models.TextChoices):
+        ACCESS_KEYS = "access-keys", "Access keys"
+        TEMPORARY = "temporary", "Temporary credentials (STS AssumeRole)"
+        DEFAULT_CHAIN = "default-chain", "Default AWS credential provider chain"
+
+    SECRET_FIELDS = ("password", "secret_access_key", "external_id")
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="connections")
+    ident = models.CharField(
+        "id", max_length=64, validators=[validators.validate_ident],
+        help_text="Unique within the project; build configurations name it in their login list.",
+    )
+    name = models.CharField(max_length=200, blank=True)
+    type = models.CharField(max_length=20, choices=Type.choices, default=Type.DOCKER_REGISTRY)
+
+    # Docker registry
+    registry = models.CharField(
+        "registry address", max_length=255, blank=True, validators=[validators.validate_registry_address],
+        help_text="Empty for Docker Hub, host[:port] (e.g. 127.0.0.1:5000) or a URL.",
+    )
+    username = models.CharField(max_length=255, blank=True)
+    password = EncryptedTextField(help_text="Password or access token. Write-only.")
+
+    # Amazon ECR
+    region = models.CharField("AWS region", max_length=32, blank=True)
+    credentials = models.CharField(
+        "credentials type", max_length=20, choices=Credentials.choices, blank=True,
+    )
+    access_key_id = models.CharField(
+        "access key ID", max_length=128, blank=True, validators=[validators.validate_access_key_id],
+    )
+    secret_access_key = EncryptedTextField("secret access key", help_text="Write-only.")
+    role_arn = models.CharField(
+        "IAM role ARN", max_length=600, blank=True, validators=[validators.validate_role_arn],
+    )
+    external_id = EncryptedTextField("external ID", help_text="Sent with AssumeRole. Write-only.")
+    registry_id = models.CharField(
+        "registry ID", max_length=12, blank=True, validators=[validators.validate_registry_id],
+        help_text="The AWS account ID that owns the registry.",
+    )
+    endpoint_url = models.CharField(
+        "endpoint URL", max_length=255, blank=True, validators=[validators.validate_endpoint_url],
+        help_text="Optional: a VPC endpoint or a test double for the AWS APIs.",
+    )
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["project__ident", "ident"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "ident"], name="connection_ident_unique_in_project"),
+        ]
+
+    def __str__(self):
+        return f"{self.project.ident}/{self.ident}"
+
+    @property
+    def registry_address(self) -> str:
+        """The registry host[:port] that images of this connection are named with."""
+        if self.type == self.Type.AMAZON_ECR:
+            return f"{self.registry_id}.dkr.ecr.{self.region}.amazonaws.com"
+        return validators.registry_host(self.registry)
+
+    @property
+    def is_docker_hub(self) -> bool:
+        return self.type == self.Type.DOCKER_REGISTRY and self.registry_address in (
+            "docker.io", "index.docker.io", "registry-1.docker.io",
+        )
+
+    def clean(self):
+        errors = {}
+        if self.type == self.Type.DOCKER_REGISTRY:
+            if not self.username:
+                errors["username"] = "a Docker registry connection needs a username"
+            if not self.password:
+                errors["password"] = "a Docker registry connection needs a password or access token"
+            for field in ("region", "credentials", "access_key_id", "secret_access_key", "role_arn",
+                          "external_id", "registry_id", "endpoint_url"):
+                if getattr(self, field):
+                    errors[field] = "only Amazon ECR connections use this field"
+        elif self.type == self.Type.AMAZON_ECR:
+            errors.update(self._clean_ecr())
+        if errors:
+            raise ValidationError(errors)
+
+    def _clean_ecr(self) -> dict:
+        errors = {}
+        for field in ("registry", "username", "password"):
+            if getattr(self, field):
+                errors[field] = "only Docker registry connections use this field"
+        try:
+            validators.validate_aws_region(self.region)
+        except ValidationError as exc:
+            errors["region"] = exc.messages[0]
+        if not self.registry_id:
+            errors["registry_id"] = "an Amazon ECR connection needs the registry ID (12-digit AWS account ID)"
+        if not self.credentials:
+            errors["credentials"] = "choose access-keys, temporary or default-chain"
+        needs_keys = self.credentials in (self.Credentials.ACCESS_KEYS, self.Credentials.TEMPORARY)
+        if needs_keys:
+            if not self.access_key_id:
+                errors["access_key_id"] = f"credentials type {self.credentials} needs an access key ID"
+            if not self.secret_access_key:
+                errors["secret_access_key"] = f"credentials type {self.credentials} needs a secret access key"
+        elif self.credentials == self.Credentials.DEFAULT_CHAIN:
+            for field in ("access_key_id", "secret_access_key"):
+                if getattr(self, field):
+                    errors[field] = "the default credential provider chain takes no keys: leave this empty"
+        if self.credentials == self.Credentials.TEMPORARY:
+            if not self.role_arn:
+                errors["role_arn"] = "temporary credentials need the IAM role ARN to assume"
+        elif self.credentials:
+            for field in ("role_arn", "external_id"):
+                if getattr(self, field):
+                    errors[field] = "only temporary credentials (AssumeRole) use this field"
+        return errors

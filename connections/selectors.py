@@ -1,0 +1,20 @@
+"""Reads about projects and connections."""
+
+from django.db.models import QuerySet
+
+from .models import Connection, Project
+
+
+def connections_usable_by(project: Project) -> QuerySet[Connection]:
+    """Connections of the project and of its ancestors: the only ones its builds may use."""
+    return Connection.objects.filter(project__in=[p.pk for p in project.lineage()]).select_related("project")
+
+
+def connection_get(project_ident: str, connection_ident: str) -> Connection:
+    """Raises Connection.DoesNotExist with the identifiers in its message."""
+    try:
+        return Connection.objects.select_related("project").get(project__ident=project_ident, ident=connection_ident)
+    except Connection.DoesNotExist:
+        raise Connection.DoesNotExist(
+            f"no connection '{connection_ident}' in project '{project_ident}'"
+        ) from None

@@ -1,0 +1,93 @@
+"""Validation of connection fields; each message names what is wrong and how it should look."""
+
+import re
+from urllib.parse import urlsplit
+
+from django.core.exceptions import ValidationError
+
+_HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+_HOST = rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9A-Fa-f:.]+\])"
+_HOST_PORT_RE = re.compile(rf"^{_HOST}(?::(?P<port>\d{{1,5}}))?$")
+_AWS_REGION_RE = re.compile(r"^(?:[a-z]{2}(?:-gov|-iso[a-z]*)?)-[a-z]+-\d$")
+_ROLE_ARN_RE = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
+_REGISTRY_ID_RE = re.compile(r"^\d{12}$")
+_ACCESS_KEY_ID_RE = re.compile(r"^[A-Z0-9]{16,128}$")
+_IDENT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+
+
+def registry_host(address: str) -> str:
+    """The `host[:port]` of a registry address: empty is Docker Hub, a URL loses scheme and path."""
+    address = address.strip()
+    if not address:
+        return "docker.io"
+    if "://" in address:
+        return urlsplit(address).netloc.lower()
+    return address.split("/", 1)[0].lower()
+
+
+def validate_registry_address(value: str) -> None:
+    if not value:
+        return  # Docker Hub
+    if "://" in value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https"):
+            raise ValidationError(
+                f"'{value}' is not a registry address: a URL must start with http:// or https://"
+            )
+        netloc = parts.netloc
+        if parts.username or parts.password:
+            raise ValidationError("a registry address must not carry credentials: use username and password")
+        if parts.query or parts.fragment:
+            raise ValidationError(f"'{value}' is not a registry address: remove the query or fragment")
+    else:
+        netloc = value
+        if "/" in value:
+            raise ValidationError(
+                f"'{value}' is not a registry address: give host[:port] or a URL, without a repository path"
+            )
+    match = _HOST_PORT_RE.match(netloc)
+    if not match:
+        raise ValidationError(f"'{value}' is not a registry address: expected host[:port] or a URL")
+    port = match.group("port")
+    if port is not None and not 0 < int(port) < 65536:
+        raise ValidationError(f"'{value}' is not a registry address: port {port} is out of range 1-65535")
+
+
+def validate_aws_region(value: str) -> None:
+    if not _AWS_REGION_RE.match(value or ""):
+        raise ValidationError(f"'{value}' is not an AWS region name (like eu-west-1 or us-east-2)")
+
+
+def validate_role_arn(value: str) -> None:
+    if value and not _ROLE_ARN_RE.match(value):
+        raise ValidationError(
+            f"'{value}' is not an IAM role ARN (like arn:aws:iam::123456789012:role/ci-push)"
+        )
+
+
+def validate_registry_id(value: str) -> None:
+    if value and not _REGISTRY_ID_RE.match(value):
+        raise ValidationError(f"'{value}' is not a registry ID: an AWS account ID is exactly 12 digits")
+
+
+def validate_access_key_id(value: str) -> None:
+    if value and not _ACCESS_KEY_ID_RE.match(value):
+        raise ValidationError(
+            "not an AWS access key ID: 16 to 128 capital letters and digits (like AKIAIOSFODNN7EXAMPLE)"
+        )
+
+
+def validate_endpoint_url(value: str) -> None:
+    if not value:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValidationError(f"'{value}' is not an endpoint URL: expected http(s)://host[:port]")
+
+
+def validate_ident(value: str) -> None:
+    if not _IDENT_RE.match(value or ""):
+        raise ValidationError(
+            f"'{value}' is not a valid id: use 1-64 lowercase letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit"
+        )

@@ -1,0 +1,12 @@
+"""Settings for the test suite: the normal settings with fixed test keys and fast hashing."""
+
+import os
+
+# A fixed key so that tests are repeatable; never used outside the test suite.
+os.environ.setdefault("DOCKERSUPPORT_ENCRYPTION_KEY", "x4wSSpAHrwsH3EYuxkHzGm9cR4bEXcWyxt8Qz5e5xHA=")
+os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
+
+from .settings import *  # noqa: E402,F401,F403
+
+SECURE_SSL_REDIRECT = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -1,0 +1,15 @@
+"""Top-level URLs: the admin and the REST API."""
+
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+admin.site.site_header = "dockersupport"
+admin.site.site_title = "dockersupport"
+admin.site.index_title = "Docker support for CI builds"
+
+urlpatterns = [
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("dockersupport_site.api_urls")),
+]

@@ -131,6 +131,7 @@ class _Applier:
         self.seen_projects: dict[str, str] = {}
         self.seen_configurations: dict[str, str] = {}
         self.seen_connections: dict[tuple, str] = {}
+        self.invalid_connections: set[tuple] = set()
         self.seen_agents: dict[str, str] = {}
 
     # Structure helpers ------------------------------------------------------------------------
@@ -141,8 +142,8 @@ class _Applier:
         ok = True
         for key in value:
             if key not in allowed:
+                # Reported, then ignored, so that the rest of the entry is still checked.
                 self.errors.append(f"{_join(path, str(key))}: unknown key (allowed: {', '.join(sorted(allowed))})")
-                ok = False
         for key in required:
             if value.get(key) in (None, ""):
                 self.errors.append(f"{_join(path, key)}: required")
@@ -251,7 +252,8 @@ class _Applier:
             if key in Connection.SECRET_FIELDS and key not in entry and key in TYPE_KEYS[kind]:
                 continue  # an exported file carries no secrets: keep what is stored
             setattr(connection, key, value if key in TYPE_KEYS[kind] else "")
-        self.save(connection, path, "connection")
+        if not self.save(connection, path, "connection"):
+            self.invalid_connections.add((project.pk, ident))
 
     def configuration(self, entry, path, project):
         entry = self.mapping(entry, path, CONFIGURATION_KEYS, required=("id",))
@@ -297,6 +299,9 @@ class _Applier:
             else:
                 ident, optional = self.scalar(item, where), False
             connection = self._find_connection(lineage, ident)
+            if connection is None and any((p.pk, ident) in self.invalid_connections for p in lineage):
+                ok = False  # the connection's own error is already reported
+                continue
             if connection is None:
                 self.errors.append(
                     f"{where}: no connection '{ident}' in project '{project.ident}' or its ancestors"

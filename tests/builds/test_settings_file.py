@@ -1,0 +1,271 @@
+"""Settings as code: apply and export, idempotent, atomic, with errors that name their path."""
+
+import io
+import textwrap
+
+import pytest
+import yaml
+from django.core.management import CommandError, call_command
+
+from builds.models import Agent, BuildConfiguration, LoginConnection
+from builds.settings_file import SettingsFileError, apply_settings, export_settings, parse_settings
+from connections.models import Connection, Project
+
+pytestmark = pytest.mark.django_db
+
+SPEC_EXAMPLE = textwrap.dedent("""
+    projects:
+      - id: acme                    # stable identifier
+        name: ACME
+        connections:
+          - id: local
+            type: docker-registry
+            registry: 127.0.0.1:5000
+            username: ci
+            password: ${REGISTRY_PASSWORD}
+          - id: ecr
+            type: amazon-ecr
+            region: eu-west-1
+            credentials: temporary    # access-keys | temporary | default-chain
+            access_key_id: ${AWS_ACCESS_KEY_ID}
+            secret_access_key: ${AWS_SECRET_ACCESS_KEY}
+            role_arn: arn:aws:iam::123456789012:role/ci-push
+            external_id: ${ECR_EXTERNAL_ID}
+            registry_id: "123456789012"
+            endpoint_url: http://127.0.0.1:5055   # optional
+        build_configurations:
+          - id: app
+            name: App image
+            docker_support:
+              login: [local, {connection: ecr, optional: true}]
+              cleanup_pushed_images: true
+            retention: {keep_last: 10, keep_days: 30}
+        subprojects:
+          - id: acme-web
+            name: Web
+            build_configurations:
+              - id: web
+                name: Web image
+                docker_support: {login: [local]}
+    agents:
+      - name: agent-1
+        docker_host: unix:///var/run/docker.sock
+        docker_data_path: /var/lib/docker
+""")
+ENV = {"REGISTRY_PASSWORD": "reg-pass-1", "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+       "AWS_SECRET_ACCESS_KEY": "aws-secret-1", "ECR_EXTERNAL_ID": "external-1"}
+
+
+def apply_text(text, environ=ENV):
+    return apply_settings(parse_settings(text, environ))
+
+
+def snapshot():
+    """Everything apply can change, secrets included, to prove that nothing changed."""
+    return (
+        list(Project.objects.values_list("ident", "name", "parent__ident", "description")),
+        list(Connection.objects.order_by("pk").values()),
+        list(BuildConfiguration.objects.values()),
+        list(LoginConnection.objects.values_list("configuration__ident", "connection__ident", "optional", "position")),
+        list(Agent.objects.values()),
+    )
+
+
+def errors_of(text, environ=ENV):
+    with pytest.raises(SettingsFileError) as info:
+        apply_text(text, environ)
+    return info.value.errors
+
+
+def test_the_spec_example_applies():
+    report = apply_text(SPEC_EXAMPLE)
+    assert report.created == {"project": 2, "connection": 2, "build configuration": 2, "agent": 1}
+    ecr = Connection.objects.get(ident="ecr")
+    assert (ecr.secret_access_key, ecr.external_id, ecr.access_key_id) == ("aws-secret-1", "external-1",
+                                                                             "AKIAIOSFODNN7EXAMPLE")
+    assert Connection.objects.get(ident="local").password == "reg-pass-1"
+    app = BuildConfiguration.objects.get(ident="app")
+    assert [(l.connection.ident, l.optional) for l in app.logins.all()] == [("local", False), ("ecr", True)]
+    assert (app.keep_last, app.keep_days, app.cleanup_pushed_images) == (10, 30, True)
+    web = BuildConfiguration.objects.get(ident="web")
+    assert web.project.parent.ident == "acme"
+    assert [l.connection.project.ident for l in web.logins.all()] == ["acme"]  # the parent's connection
+    assert Agent.objects.get(name="agent-1").docker_data_path == "/var/lib/docker"
+
+
+def test_applying_twice_changes_nothing():
+    apply_text(SPEC_EXAMPLE)
+    before = snapshot()
+    report = apply_text(SPEC_EXAMPLE)
+    assert not report.created and not report.updated
+    assert report.unchanged == {"project": 2, "connection": 2, "build configuration": 2, "agent": 1}
+    assert snapshot() == before
+
+
+def test_apply_export_apply_round_trip_is_stable():
+    apply_text(SPEC_EXAMPLE)
+    before = snapshot()
+    exported = export_settings()
+    report = apply_text(yaml.safe_dump(exported), environ={})  # no secrets, no variables needed
+    assert not report.created and not report.updated
+    assert snapshot() == before  # stored secrets kept
+    assert export_settings() == exported
+
+
+def test_export_has_no_secret():
+    apply_text(SPEC_EXAMPLE)
+    out = io.StringIO()
+    call_command("export_settings", stdout=out)
+    text = out.getvalue()
+    for secret in ("reg-pass-1", "aws-secret-1", "external-1"):
+        assert secret not in text
+    data = yaml.safe_load(text)
+    local = data["projects"][0]["connections"][1]
+    assert local == {"id": "local", "type": "docker-registry", "registry": "127.0.0.1:5000", "username": "ci"}
+    assert data["projects"][0]["build_configurations"][0]["docker_support"]["login"] == [
+        "local", {"connection": "ecr", "optional": True},
+    ]
+
+
+def test_an_invalid_file_changes_nothing():
+    apply_text(SPEC_EXAMPLE)
+    before = snapshot()
+    changed = SPEC_EXAMPLE.replace("name: ACME", "name: ACME renamed").replace(
+        "role_arn: arn:aws:iam::123456789012:role/ci-push", "role_arn: arn:aws:iam::123:role/ci-push"
+    ).replace("keep_last: 10", "keep_last: 3")
+    errors = errors_of(changed)
+    assert errors == ["projects[0].connections[1].role_arn: 'arn:aws:iam::123:role/ci-push' is not an IAM role ARN "
+                      "(like arn:aws:iam::123456789012:role/ci-push)"]
+    assert snapshot() == before
+
+
+def test_an_invalid_file_creates_nothing():
+    errors = errors_of(SPEC_EXAMPLE.replace('registry_id: "123456789012"', 'registry_id: "1234"'))
+    assert errors == ["projects[0].connections[1].registry_id: '1234' is not a registry ID: "
+                      "an AWS account ID is exactly 12 digits"]
+    assert snapshot() == ([], [], [], [], [])
+
+
+def test_the_command_reports_every_error_with_its_path(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(textwrap.dedent("""
+        projects:
+          - id: acme
+            colour: blue
+            connections:
+              - {id: hub, type: docker-registry, username: ci}
+              - {id: x, type: quay}
+            build_configurations:
+              - {id: app, docker_support: {login: [nope]}, retention: {keep_last: 0}}
+        agents:
+          - {name: a1, os: plan9}
+    """))
+    with pytest.raises(CommandError) as info:
+        call_command("apply_settings", str(path))
+    message = str(info.value)
+    assert "nothing was changed; 6 errors" in message
+    for line in [
+        "projects[0].colour: unknown key",
+        "projects[0].connections[0].password: a Docker registry connection needs a password or access token",
+        "projects[0].connections[1].type: 'quay' is not a connection type (docker-registry, amazon-ecr)",
+        "projects[0].build_configurations[0].docker_support.login[0]: no connection 'nope' in project 'acme' "
+        "or its ancestors",
+        "agents[0].os: 'plan9' is not one of linux, windows, macos, other",
+    ]:
+        assert line in message
+    assert not Project.objects.exists()
+
+
+def test_unknown_key_is_reported_even_when_the_rest_is_valid():
+    errors = errors_of("projects:\n  - id: acme\n    conections: []\n")
+    assert errors == ["projects[0].conections: unknown key (allowed: build_configurations, connections, "
+                      "description, id, name, subprojects)"]
+
+
+def test_retention_must_be_positive():
+    errors = errors_of("projects:\n  - id: acme\n    build_configurations:\n"
+                       "      - {id: app, retention: {keep_last: 0}}\n")
+    assert errors == ["projects[0].build_configurations[0].retention.keep_last: must be at least 1; "
+                      "leave it empty to not use this rule"]
+
+
+def test_an_unset_environment_variable_is_an_error():
+    with pytest.raises(SettingsFileError) as info:
+        parse_settings(SPEC_EXAMPLE, {"REGISTRY_PASSWORD": "x"})
+    assert "projects[0].connections[0].password: environment variable REGISTRY_PASSWORD is not set" not in info.value.errors
+    assert "projects[0].connections[1].secret_access_key: environment variable AWS_SECRET_ACCESS_KEY is not set" in (
+        info.value.errors
+    )
+
+
+def test_dollar_dollar_is_a_literal_dollar():
+    data = parse_settings("projects:\n  - {id: acme, name: 'Cost $$5 ${X}'}\n", {"X": "y"})
+    assert data["projects"][0]["name"] == "Cost $5 y"
+
+
+def test_not_yaml_is_reported_with_its_line():
+    with pytest.raises(SettingsFileError) as info:
+        parse_settings("projects:\n  - id: [unclosed\n", {})
+    assert info.value.errors[0].startswith("line ")
+
+
+def test_a_configuration_cannot_name_another_projects_connection():
+    errors = errors_of(textwrap.dedent("""
+        projects:
+          - id: acme
+            connections:
+              - {id: acme-reg, type: docker-registry, registry: r.acme.test, username: u, password: p}
+          - id: other
+            build_configurations:
+              - {id: steal, docker_support: {login: [acme-reg]}}
+    """))
+    assert errors == ["projects[1].build_configurations[0].docker_support.login[0]: no connection 'acme-reg' "
+                      "in project 'other' or its ancestors"]
+
+
+def test_a_subproject_connection_is_not_usable_by_its_parent():
+    errors = errors_of(textwrap.dedent("""
+        projects:
+          - id: acme
+            build_configurations:
+              - {id: app, docker_support: {login: [child-reg]}}
+            subprojects:
+              - id: child
+                connections:
+                  - {id: child-reg, type: docker-registry, registry: r.child.test, username: u, password: p}
+    """))
+    assert errors == ["projects[0].build_configurations[0].docker_support.login[0]: no connection 'child-reg' "
+                      "in project 'acme' or its ancestors"]
+
+
+def test_two_logins_to_one_registry_host_are_a_configuration_error():
+    errors = errors_of(textwrap.dedent("""
+        projects:
+          - id: acme
+            connections:
+              - {id: a, type: docker-registry, registry: 127.0.0.1:5000, username: u, password: p}
+              - {id: b, type: docker-registry, registry: 'http://127.0.0.1:5000', username: v, password: q}
+            build_configurations:
+              - {id: app, docker_support: {login: [a, b]}}
+    """))
+    assert errors == ["projects[0].build_configurations[0].docker_support.login[1]: connections 'a' and 'b' both "
+                      "log in to 127.0.0.1:5000; a Docker config holds one credential per registry host"]
+
+
+def test_duplicate_ids_are_reported():
+    errors = errors_of("projects:\n  - {id: acme}\n  - {id: acme}\n")
+    assert errors == ["projects[1].id: project 'acme' is already defined at projects[0]"]
+
+
+def test_removing_a_login_from_the_file_removes_it():
+    apply_text(SPEC_EXAMPLE)
+    report = apply_text(SPEC_EXAMPLE.replace("login: [local, {connection: ecr, optional: true}]", "login: [ecr]"))
+    assert report.updated["build configuration"] == 1
+    app = BuildConfiguration.objects.get(ident="app")
+    assert [(l.connection.ident, l.optional) for l in app.logins.all()] == [("ecr", False)]
+
+
+def test_changing_a_secret_updates_it():
+    apply_text(SPEC_EXAMPLE)
+    apply_text(SPEC_EXAMPLE, {**ENV, "REGISTRY_PASSWORD": "rotated"})
+    assert Connection.objects.get(ident="local").password == "rotated"

@@ -1,0 +1,78 @@
+"""factory_boy factories for the models; secrets get obviously fake values."""
+
+import factory
+from django.utils import timezone
+
+from builds.models import Agent, Build, BuildConfiguration, LoginConnection
+from connections.models import Connection, Project
+
+
+class ProjectFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Project
+        django_get_or_create = ("ident",)
+
+    ident = factory.Sequence(lambda n: f"project-{n}")
+    name = factory.LazyAttribute(lambda o: o.ident.title())
+
+
+class RegistryConnectionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Connection
+
+    project = factory.SubFactory(ProjectFactory)
+    ident = factory.Sequence(lambda n: f"registry-{n}")
+    type = Connection.Type.DOCKER_REGISTRY
+    registry = factory.Sequence(lambda n: f"registry{n}.example.test:5000")
+    username = "ci"
+    password = factory.Sequence(lambda n: f"s3cret-password-{n}")
+
+
+class EcrConnectionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Connection
+
+    project = factory.SubFactory(ProjectFactory)
+    ident = factory.Sequence(lambda n: f"ecr-{n}")
+    type = Connection.Type.AMAZON_ECR
+    region = "eu-west-1"
+    credentials = Connection.Credentials.ACCESS_KEYS
+    access_key_id = "AKIAIOSFODNN7EXAMPLE"
+    secret_access_key = factory.Sequence(lambda n: f"wJalrXUtnFEMI/K7MDENG/bPxRfiCYSECRET{n}")
+    registry_id = "123456789012"
+
+
+class BuildConfigurationFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = BuildConfiguration
+
+    project = factory.SubFactory(ProjectFactory)
+    ident = factory.Sequence(lambda n: f"config-{n}")
+    name = factory.LazyAttribute(lambda o: o.ident)
+
+
+class LoginConnectionFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = LoginConnection
+
+    configuration = factory.SubFactory(BuildConfigurationFactory)
+    connection = factory.SubFactory(
+        RegistryConnectionFactory, project=factory.SelfAttribute("..configuration.project")
+    )
+
+
+class AgentFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Agent
+
+    name = factory.Sequence(lambda n: f"agent-{n}")
+
+
+class BuildFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Build
+
+    configuration = factory.SubFactory(BuildConfigurationFactory)
+    agent = factory.SubFactory(AgentFactory)
+    number = factory.Sequence(lambda n: n + 1)
+    started_at = factory.LazyFunction(timezone.now)

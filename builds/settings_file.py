@@ -25,12 +25,13 @@ _VAR_RE = re.compile(r"\$(?:\{([^}]*)\}|\$)")
 _VAR_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 DOCKER_REGISTRY_KEYS = ("registry", "username", "password")
-ECR_KEYS = ("region", "credentials", "access_key_id", "secret_access_key", "role_arn", "external_id",
+ECR_KEYS = ("registry", "region", "credentials", "access_key_id", "secret_access_key", "role_arn", "external_id",
             "registry_id", "endpoint_url")
 TYPE_KEYS = {Connection.Type.DOCKER_REGISTRY: DOCKER_REGISTRY_KEYS, Connection.Type.AMAZON_ECR: ECR_KEYS}
 
 PROJECT_KEYS = {"id", "name", "description", "connections", "build_configurations", "subprojects"}
 CONNECTION_KEYS = {"id", "name", "type", *DOCKER_REGISTRY_KEYS, *ECR_KEYS}
+ALL_TYPE_KEYS = tuple(dict.fromkeys((*DOCKER_REGISTRY_KEYS, *ECR_KEYS)))
 CONFIGURATION_KEYS = {"id", "name", "docker_support", "retention"}
 DOCKER_SUPPORT_KEYS = {"login", "cleanup_pushed_images"}
 RETENTION_KEYS = {"keep_last", "keep_days"}
@@ -238,7 +239,7 @@ class _Applier:
             self.errors.append(f"{path}.type: '{kind}' is not a connection type ({', '.join(Connection.Type.values)})")
             return None
         for key in entry:
-            if key in (*DOCKER_REGISTRY_KEYS, *ECR_KEYS) and key not in TYPE_KEYS[kind]:
+            if key in ALL_TYPE_KEYS and key not in TYPE_KEYS[kind]:
                 self.errors.append(f"{_join(path, key)}: {kind} connections do not take this key")
         if not self.unique(self.seen_connections, (project.ident, ident), path, "connection"):
             return None
@@ -247,7 +248,7 @@ class _Applier:
         _remember(connection)
         connection.name = self.scalar(entry.get("name"), f"{path}.name")
         connection.type = kind
-        for key in (*DOCKER_REGISTRY_KEYS, *ECR_KEYS):
+        for key in ALL_TYPE_KEYS:
             value = self.scalar(entry.get(key), _join(path, key))
             if key in Connection.SECRET_FIELDS and key not in entry and key in TYPE_KEYS[kind]:
                 continue  # an exported file carries no secrets: keep what is stored

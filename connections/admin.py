@@ -88,14 +88,13 @@ class ConnectionAdmin(admin.ModelAdmin):
     autocomplete_fields = ("project",)
     readonly_fields = ("registry_address", "created_at", "updated_at")
     fieldsets = (
-        (None, {"fields": ("project", "ident", "name", "type", "registry_address")}),
+        (None, {"fields": ("project", "ident", "name", "type", "registry", "registry_address")}),
         ("Docker registry", {
             "description": "Only for connections of type Docker registry.",
-            "fields": ("registry", "username", "password"),
+            "fields": ("username", "password"),
         }),
         ("Amazon ECR", {
-            "description": "Only for connections of type Amazon ECR. The registry address is "
-                           "&lt;registry ID&gt;.dkr.ecr.&lt;region&gt;.amazonaws.com.",
+            "description": "Only for connections of type Amazon ECR.",
             "fields": ("region", "registry_id", "credentials", "access_key_id", "secret_access_key",
                        "role_arn", "external_id", "endpoint_url"),
         }),

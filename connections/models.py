@@ -67,7 +67,9 @@ class Connection(models.Model):
     # Docker registry
     registry = models.CharField(
         "registry address", max_length=255, blank=True, validators=[validators.validate_registry_address],
-        help_text="Empty for Docker Hub, host[:port] (e.g. 127.0.0.1:5000) or a URL.",
+        help_text="Empty for Docker Hub, host[:port] (e.g. 127.0.0.1:5000) or a URL. For Amazon ECR, "
+                  "empty means <registry ID>.dkr.ecr.<region>.amazonaws.com; set it to reach the registry "
+                  "through another name (a VPC endpoint's DNS name or a test double).",
     )
     username = models.CharField(max_length=255, blank=True)
     password = EncryptedTextField(help_text="Password or access token. Write-only.")
@@ -109,7 +111,7 @@ class Connection(models.Model):
     @property
     def registry_address(self) -> str:
         """The registry host[:port] that images of this connection are named with."""
-        if self.type == self.Type.AMAZON_ECR:
+        if self.type == self.Type.AMAZON_ECR and not self.registry:
             return f"{self.registry_id}.dkr.ecr.{self.region}.amazonaws.com"
         return validators.registry_host(self.registry)
 
@@ -137,7 +139,7 @@ class Connection(models.Model):
 
     def _clean_ecr(self) -> dict:
         errors = {}
-        for field in ("registry", "username", "password"):
+        for field in ("username", "password"):
             if getattr(self, field):
                 errors[field] = "only Docker registry connections use this field"
         try:

@@ -167,7 +167,16 @@ class Build(models.Model):
         "DOCKER_CONFIG directory", max_length=500, blank=True,
         help_text="The build's private Docker client config; removed at logout.",
     )
+    class StartedBy(models.TextChoices):
+        RUN_BUILD = "run_build", "run_build command"
+        API = "api", "REST API"
+
+    started_by = models.CharField(max_length=10, choices=StartedBy.choices, default=StartedBy.RUN_BUILD)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    login_expires_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the first expiring registry token (ECR) of the build expires.",
+    )
+    logged_out_at = models.DateTimeField(null=True, blank=True)
     warnings = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
 

@@ -1,17 +1,41 @@
-"""Writes about build configurations and builds.
+"""Writes about build configurations and builds: start, registry login, logout, finish.
 
-Login/logout (issue 3), event ingestion (issue 4) and clean-ups (issues 5 and 6) add their
-services here or in a module beside it named for the capability.
+Login and logout touch the agent's Docker daemon and file system, so they run on the build
+host: in `run_build` itself, or in a Celery worker of the agent's queue for API-driven builds.
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
 
 from connections.models import Connection
+from connections.registries import RegistryCredentials, RegistryError, credentials_for
+from connections.registries.ecr import REFRESH_LEAD
 
-from .models import Build
+from .docker.client_config import config_dir_create, config_dir_remove, config_write
+from .docker.daemon import DaemonError, daemon_client, daemon_verify_login
+from .models import Agent, Build, BuildConfiguration, LoginConnection
+
+
+class BuildStartError(Exception):
+    """The build could not be started; nothing was created."""
+
+
+class BuildLoginError(Exception):
+    """A required login failed: the build is marked as an error and its command must not run."""
+
+
+@dataclass
+class LoginResult:
+    docker_config: str
+    logged_in: list[str] = field(default_factory=list)  # "project/connection → host"
+    warnings: list[str] = field(default_factory=list)
 
 
 def login_hosts_validate(connections: Iterable[Connection]) -> None:
@@ -32,3 +56,142 @@ def login_hosts_validate(connections: Iterable[Connection]) -> None:
 def builds_set_pinned(builds: Iterable[Build], pinned: bool) -> int:
     """Pinned builds are never deleted by retention."""
     return Build.objects.filter(pk__in=[b.pk for b in builds]).update(pinned=pinned)
+
+
+def build_start(*, configuration: BuildConfiguration, agent: Agent, number: int | None = None,
+                started_by: str = Build.StartedBy.RUN_BUILD) -> Build:
+    """Creates a running build, numbered after the configuration's last one unless `number` is given."""
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            # Locking the configuration serialises numbering between concurrent starts.
+            BuildConfiguration.objects.select_for_update().filter(pk=configuration.pk).first()
+            if number is None:
+                number = (configuration.builds.aggregate(last=Max("number"))["last"] or 0) + 1
+            return Build.objects.create(
+                configuration=configuration, agent=agent, number=number, started_at=now, heartbeat_at=now,
+                started_by=started_by,
+            )
+    except IntegrityError:
+        raise BuildStartError(
+            f"build {number} of configuration '{configuration.ident}' already exists; "
+            "give another --number or leave it out to take the next one"
+        ) from None
+
+
+def _session_name(build: Build) -> str:
+    return f"dockersupport-{build.configuration.ident}-{build.number}"
+
+
+def _build_logins(build: Build) -> list[LoginConnection]:
+    return list(build.configuration.logins.select_related("connection__project"))
+
+
+def build_login(*, build: Build) -> LoginResult:
+    """Logs the build in to its configuration's registries, into a DOCKER_CONFIG of its own.
+
+    Every credential is first verified by the agent's daemon with the registry. A failed
+    optional login becomes a warning of the build; a failed required one erases what was
+    written, marks the build as an error and raises BuildLoginError.
+    """
+    root = settings.DOCKERSUPPORT_BUILD_CONFIG_ROOT
+    logins = _build_logins(build)
+    try:
+        login_hosts_validate(login.connection for login in logins)
+    except ValidationError as exc:
+        _fail(build, f"configuration '{build.configuration.ident}': {exc.messages[0]}")
+    path = config_dir_create(root, f"{build.configuration.ident}-{build.number}")
+    Build.objects.filter(pk=build.pk).update(docker_config=str(path))
+    build.docker_config = str(path)
+    result = LoginResult(docker_config=str(path))
+    credentials: list[RegistryCredentials] = []
+    client = daemon_client(build.agent.effective_docker_host)
+    try:
+        for login in logins:
+            connection = login.connection
+            try:
+                obtained = credentials_for(connection, session_name=_session_name(build))
+                daemon_verify_login(client, obtained)
+            except (RegistryError, DaemonError) as exc:
+                message = f"login with connection '{connection}' to {connection.registry_address} failed: {exc}"
+                if login.optional:
+                    result.warnings.append(message)
+                    continue
+                config_dir_remove(path, root)
+                _fail(build, message)
+            credentials.append(obtained)
+            result.logged_in.append(f"{connection} → {connection.registry_address}")
+    finally:
+        client.close()
+    config_write(path, credentials)
+    expiries = [c.expires_at for c in credentials if c.expires_at is not None]
+    build.login_expires_at = min(expiries) if expiries else None
+    build.warnings = [*build.warnings, *result.warnings]
+    build.save(update_fields=["login_expires_at", "warnings"])
+    return result
+
+
+def _fail(build: Build, message: str):
+    Build.objects.filter(pk=build.pk).update(
+        status=Build.Status.ERROR, error=message, docker_config="", finished_at=timezone.now(),
+        logged_out_at=timezone.now(),
+    )
+    build.refresh_from_db()
+    raise BuildLoginError(message)
+
+
+def build_refresh_logins(*, build: Build) -> bool:
+    """Writes fresh tokens into a running build's config before its expiring ones (ECR) run out.
+
+    Returns True when the config was rewritten. Logins that failed at the start stay out.
+    """
+    if not build.is_running or not build.docker_config or build.login_expires_at is None:
+        return False
+    if build.login_expires_at > timezone.now() + REFRESH_LEAD:
+        return False
+    credentials = []
+    for login in _build_logins(build):
+        try:
+            credentials.append(credentials_for(
+                login.connection, session_name=_session_name(build), valid_for=REFRESH_LEAD + REFRESH_LEAD,
+            ))
+        except RegistryError as exc:
+            build.warnings = [*build.warnings, f"refreshing connection '{login.connection}' failed: {exc}"]
+    config_write(Path(build.docker_config), credentials)
+    expiries = [c.expires_at for c in credentials if c.expires_at is not None]
+    build.login_expires_at = min(expiries) if expiries else None
+    build.save(update_fields=["login_expires_at", "warnings"])
+    return True
+
+
+def build_logout(*, build: Build) -> bool:
+    """Erases the build's credentials; harmless when already done. True if something was removed."""
+    removed = False
+    if build.docker_config:
+        removed = config_dir_remove(build.docker_config, settings.DOCKERSUPPORT_BUILD_CONFIG_ROOT)
+    now = timezone.now()
+    Build.objects.filter(pk=build.pk).update(docker_config="", logged_out_at=now)
+    build.docker_config, build.logged_out_at = "", now
+    return removed
+
+
+def build_heartbeat(*, build: Build) -> None:
+    Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(heartbeat_at=timezone.now())
+
+
+def build_finish(*, build: Build, exit_code: int) -> Build:
+    """Logs the build out and records how it ended."""
+    build_logout(build=build)
+    status = Build.Status.SUCCEEDED if exit_code == 0 else Build.Status.FAILED
+    Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
+        status=status, exit_code=exit_code, finished_at=timezone.now(),
+    )
+    build.refresh_from_db()
+    return build
+
+
+def build_abandon(*, build: Build, reason: str) -> None:
+    """Closes a build whose process died; its logout is done by the agent (see tasks)."""
+    Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
+        status=Build.Status.ERROR, error=reason, finished_at=timezone.now(),
+    )

@@ -68,7 +68,6 @@ TEMPLATES = [
 
 # --- Database ----------------------------------------------------------------------------------
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'db.sqlite3'}")}
-DATABASES["default"]["ATOMIC_REQUESTS"] = True
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (ECR tokens are shared through it; Redis in production) ------------------------------
@@ -110,6 +109,15 @@ DOCKERSUPPORT_BUILD_CONFIG_ROOT = Path(
     env.str("DOCKERSUPPORT_BUILD_CONFIG_ROOT", default=str(DATA_DIR / "build-configs"))
 )
 
+# A build started by run_build beats every HEARTBEAT_INTERVAL seconds; one silent for longer than
+# HEARTBEAT_TIMEOUT is taken as dead and logged out. API-driven builds that never call the
+# heartbeat endpoint are logged out after API_BUILD_TIMEOUT.
+DOCKERSUPPORT_HEARTBEAT_INTERVAL = env.int("DOCKERSUPPORT_HEARTBEAT_INTERVAL", default=30)
+DOCKERSUPPORT_HEARTBEAT_TIMEOUT = env.int("DOCKERSUPPORT_HEARTBEAT_TIMEOUT", default=600)
+DOCKERSUPPORT_API_BUILD_TIMEOUT = env.int("DOCKERSUPPORT_API_BUILD_TIMEOUT", default=6 * 3600)
+# How long the API waits for an agent's worker to log a build in or out.
+DOCKERSUPPORT_AGENT_TASK_TIMEOUT = env.int("DOCKERSUPPORT_AGENT_TASK_TIMEOUT", default=120)
+
 # --- Celery ------------------------------------------------------------------------------------
 # No broker configured means the embedded mode: every task runs in-process where it is enqueued.
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
@@ -117,7 +125,11 @@ CELERY_TASK_ALWAYS_EAGER = not CELERY_BROKER_URL
 CELERY_TASK_EAGER_PROPAGATES = True
 if not CELERY_BROKER_URL:
     CELERY_BROKER_URL = "memory://localhost/"
-CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", default="") or None
+# The API waits for agent tasks (login/logout): with a Redis broker, results go back through Redis.
+CELERY_RESULT_BACKEND = env.str(
+    "CELERY_RESULT_BACKEND", default=CELERY_BROKER_URL if CELERY_BROKER_URL.startswith("redis") else ""
+) or None
+CELERY_RESULT_EXPIRES = 3600
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True

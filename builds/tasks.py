@@ -1,0 +1,74 @@
+"""Celery tasks for builds. Thin: they take ids (never secrets), load rows and call services.
+
+Login, logout and token refresh run on the build host, in the agent's own queue `agent.<name>`;
+the periodic sweeps run on the server and send per-build work to each agent's queue.
+"""
+
+import logging
+
+from celery import shared_task
+
+from dockersupport_site.queues import Queue
+
+from . import selectors, services
+from .models import Build
+
+log = logging.getLogger(__name__)
+
+AGENT_TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True}
+
+
+@shared_task(name="builds.login", **AGENT_TASK_OPTIONS)
+def build_login(build_id: int) -> dict:
+    """Logs a build in on its agent; answers what the API returns (no secret in it)."""
+    build = Build.objects.select_related("configuration", "agent").get(pk=build_id)
+    if not build.is_running:
+        return {"ok": False, "error": f"build {build} is not running ({build.status})"}
+    if build.docker_config:
+        services.build_logout(build=build)  # a redelivered message starts from a clean config
+    try:
+        result = services.build_login(build=build)
+    except services.BuildLoginError as exc:
+        return {"ok": False, "error": str(exc)}
+    return {"ok": True, "docker_config": result.docker_config, "logged_in": result.logged_in,
+            "warnings": result.warnings}
+
+
+@shared_task(name="builds.finish", **AGENT_TASK_OPTIONS)
+def build_finish(build_id: int, exit_code: int) -> dict:
+    build = Build.objects.select_related("configuration", "agent").get(pk=build_id)
+    build = services.build_finish(build=build, exit_code=exit_code)
+    return {"ok": True, "status": build.status}
+
+
+@shared_task(name="builds.logout", **AGENT_TASK_OPTIONS)
+def build_logout(build_id: int) -> dict:
+    build = Build.objects.get(pk=build_id)
+    return {"ok": True, "removed": services.build_logout(build=build)}
+
+
+@shared_task(name="builds.refresh_logins", **AGENT_TASK_OPTIONS)
+def build_refresh_logins(build_id: int) -> dict:
+    build = Build.objects.select_related("configuration", "agent").get(pk=build_id)
+    return {"ok": True, "refreshed": services.build_refresh_logins(build=build)}
+
+
+@shared_task(name="builds.logout_silent_builds", acks_late=True)
+def logout_silent_builds() -> int:
+    """Periodic: builds whose process died (no heartbeat) are closed and logged out on their agent."""
+    count = 0
+    for build in selectors.builds_silent():
+        services.build_abandon(build=build, reason="no heartbeat: the build's process died; logged out")
+        build_logout.apply_async(args=[build.pk], queue=Queue.for_agent(build.agent.name))
+        log.warning("Build %s (id %s) stopped beating; logging it out on agent %s", build, build.pk, build.agent)
+        count += 1
+    return count
+
+
+@shared_task(name="builds.refresh_expiring_logins", acks_late=True)
+def refresh_expiring_logins() -> int:
+    """Periodic: running builds whose ECR token is about to expire get a fresh one on their agent."""
+    builds = list(selectors.builds_needing_token_refresh())
+    for build in builds:
+        build_refresh_logins.apply_async(args=[build.pk], queue=Queue.for_agent(build.agent.name))
+    return len(builds)

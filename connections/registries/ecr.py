@@ -1,0 +1,149 @@
+"""Amazon ECR authorization tokens through boto3 (STS AssumeRole when asked), cached per connection.
+
+GetAuthorizationToken is throttled (about 20 calls a second per account) and its tokens live 12
+hours, so a token is shared by every process through the Django cache (Redis in production),
+encrypted, and reused until REUSE_MARGIN before it expires. A token whose expiry is missing or
+already inside that margin is never cached.
+"""
+
+import base64
+import hashlib
+import json
+import re
+from datetime import datetime, timedelta, timezone
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from django.core.cache import cache
+
+from connections import crypto
+from connections.models import Connection
+
+from .credentials import RegistryCredentials, RegistryError
+
+REUSE_MARGIN = timedelta(minutes=5)
+# A running build's expiring token is replaced this long before it expires (periodic task or
+# run_build's heartbeat), so that it never runs out mid-build.
+REFRESH_LEAD = timedelta(minutes=15)
+_BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=10, read_timeout=30)
+_SESSION_NAME_RE = re.compile(r"[^\w+=,.@-]")
+
+
+def token_is_reusable(expires_at: datetime | None, now: datetime | None = None,
+                      margin: timedelta = REUSE_MARGIN) -> bool:
+    """A token is used until `margin` before it expires; without an expiry, never reused."""
+    if expires_at is None:
+        return False
+    return expires_at - margin > (now or datetime.now(timezone.utc))
+
+
+def cache_key(connection: Connection) -> str:
+    # Everything that decides which identity asks for the token: not just the access key.
+    material = json.dumps([
+        connection.pk, connection.region, connection.registry_id, connection.registry, connection.credentials,
+        connection.access_key_id, connection.role_arn, connection.external_id, connection.endpoint_url,
+    ])
+    return "dockersupport:ecr-token:" + hashlib.sha256(material.encode()).hexdigest()
+
+
+def role_session_name(name: str) -> str:
+    """STS allows 2-64 characters of [\\w+=,.@-]."""
+    return (_SESSION_NAME_RE.sub("-", name) or "dockersupport")[:64].ljust(2, "-")
+
+
+def ecr_credentials(connection: Connection, *, session_name: str,
+                    valid_for: timedelta = REUSE_MARGIN) -> RegistryCredentials:
+    """A token valid for at least `valid_for` more: from the cache when it has one, else from AWS."""
+    key = cache_key(connection)
+    cached = _cache_get(key)
+    if cached is not None and token_is_reusable(cached.expires_at, margin=max(valid_for, REUSE_MARGIN)):
+        return cached
+    credentials = fetch_token(connection, session_name=session_name)
+    _cache_put(key, credentials)
+    return credentials
+
+
+def fetch_token(connection: Connection, *, session_name: str) -> RegistryCredentials:
+    """Asks AWS for a fresh token; raises RegistryError with AWS's answer and no secret."""
+    client_args = {"config": _BOTO_CONFIG}
+    if connection.endpoint_url:
+        client_args["endpoint_url"] = connection.endpoint_url
+    details = []
+    try:
+        session = _base_session(connection)
+        if connection.credentials == Connection.Credentials.TEMPORARY:
+            params = {"RoleArn": connection.role_arn, "RoleSessionName": role_session_name(session_name)}
+            if connection.external_id.strip():
+                params["ExternalId"] = connection.external_id  # a blank one is left out, never sent empty
+            answer = session.client("sts", **client_args).assume_role(**params)
+            temporary = answer["Credentials"]
+            session = boto3.session.Session(
+                aws_access_key_id=temporary["AccessKeyId"],
+                aws_secret_access_key=temporary["SecretAccessKey"],
+                aws_session_token=temporary["SessionToken"],
+                region_name=connection.region,
+            )
+            details.append(f"assumed role {answer['AssumedRoleUser']['Arn']}")
+        answer = session.client("ecr", **client_args).get_authorization_token(registryIds=[connection.registry_id])
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise RegistryError(_scrub(
+            f"AWS {exc.operation_name} failed: "
+            f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": "),
+            connection,
+        )) from None
+    except BotoCoreError as exc:
+        raise RegistryError(_scrub(f"AWS could not be asked: {exc}", connection)) from None
+    data = answer["authorizationData"][0]
+    username, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
+    expires_at = data.get("expiresAt")
+    details.append(f"token for registry {connection.registry_id} expires {expires_at:%Y-%m-%d %H:%M:%S %Z}"
+                   if expires_at else f"token for registry {connection.registry_id} without expiry")
+    return RegistryCredentials(
+        server=connection.registry_address, username=username, password=password, expires_at=expires_at,
+        detail="; ".join(details),
+    )
+
+
+def _base_session(connection: Connection):
+    if connection.credentials == Connection.Credentials.DEFAULT_CHAIN:
+        return boto3.session.Session(region_name=connection.region)
+    return boto3.session.Session(
+        aws_access_key_id=connection.access_key_id,
+        aws_secret_access_key=connection.secret_access_key,
+        region_name=connection.region,
+    )
+
+
+def _scrub(message: str, connection: Connection) -> str:
+    for secret in (connection.secret_access_key, connection.external_id):
+        if secret:
+            message = message.replace(secret, "***")
+    return message
+
+
+def _cache_get(key: str) -> RegistryCredentials | None:
+    token = cache.get(key)
+    if token is None:
+        return None
+    try:
+        data = json.loads(crypto.decrypt(token))
+    except (crypto.SecretDecryptionError, ValueError):
+        return None  # written with another key: ask AWS again
+    credentials = RegistryCredentials(
+        server=data["server"], username=data["username"], password=data["password"],
+        expires_at=datetime.fromisoformat(data["expires_at"]), detail=data["detail"] + " (cached)",
+    )
+    return credentials if token_is_reusable(credentials.expires_at) else None
+
+
+def _cache_put(key: str, credentials: RegistryCredentials) -> None:
+    if not token_is_reusable(credentials.expires_at):
+        return
+    lifetime = credentials.expires_at - REUSE_MARGIN - datetime.now(timezone.utc)
+    payload = json.dumps({
+        "server": credentials.server, "username": credentials.username, "password": credentials.password,
+        "expires_at": credentials.expires_at.isoformat(), "detail": credentials.detail,
+    })
+    cache.set(key, crypto.encrypt(payload), timeout=max(1, int(lifetime.total_seconds())))

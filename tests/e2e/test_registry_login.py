@@ -11,6 +11,7 @@ import pytest
 
 from builds.models import Build
 from tests.e2e.conftest import ROOT, database_url
+from tests.harness import Registry
 
 pytestmark = [pytest.mark.e2e]
 
@@ -139,3 +140,29 @@ def test_sigterm_during_a_build_still_logs_out(agent, registry_configuration, co
     build = Build.objects.get(configuration=registry_configuration)
     assert (build.status, build.docker_config) == (Build.Status.FAILED, "")
     assert build.logged_out_at is not None
+
+
+def test_ecr_login_through_sts_with_external_id(manage, agent, moto_server, start_service, docker_client,
+                                                busybox_image, transactional_db):
+    """ECR credentials via STS AssumeRole (moto), verified by the daemon and used to pull.
+
+    moto's token for registry 123456789012 is AWS / 123456789012-auth-token; a registry with that
+    login stands in for the ECR registry, reached through the connection's registry address.
+    """
+    from tests.factories import BuildConfigurationFactory, EcrConnectionFactory, LoginConnectionFactory
+
+    ecr_registry = start_service(Registry(username="AWS", password="123456789012-auth-token"))
+    image = f"{ecr_registry.address}/team/app:1"
+    docker_client.images.get(busybox_image).tag(image)
+    docker_client.images.push(image, auth_config=ecr_registry.auth_config)
+    docker_client.images.remove(image)
+    configuration = BuildConfigurationFactory()
+    connection = EcrConnectionFactory(
+        project=configuration.project, registry=ecr_registry.address, endpoint_url=moto_server.endpoint_url,
+        credentials="temporary", role_arn="arn:aws:iam::123456789012:role/ci-push", external_id="ext-42",
+    )
+    LoginConnectionFactory(configuration=configuration, connection=connection)
+    result = manage("run_build", configuration.ident, "--agent", agent.name, "--", "docker", "pull", image)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"logged in with {connection} → {ecr_registry.address}" in result.stdout
+    assert "123456789012-auth-token" not in result.stdout + result.stderr

@@ -30,6 +30,10 @@ def build_login(build_id: int) -> dict:
         result = services.build_login(build=build)
     except services.BuildLoginError as exc:
         return {"ok": False, "error": str(exc)}
+    if not Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).exists():
+        # The API gave up waiting and closed the build meanwhile: nobody will use this login.
+        services.build_logout(build=build)
+        return {"ok": False, "error": f"build {build} was closed while logging in"}
     return {"ok": True, "docker_config": result.docker_config, "logged_in": result.logged_in,
             "warnings": result.warnings}
 

@@ -1,10 +1,16 @@
 """Admin for projects and connections. Secrets are write-only: never rendered, empty keeps them."""
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
 
 from .models import Connection, Project
+from .services import connection_test
 
 TYPE_SECRETS = {
     Connection.Type.DOCKER_REGISTRY: ("password",),
@@ -100,6 +106,22 @@ class ConnectionAdmin(admin.ModelAdmin):
         }),
         ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
+
+    def get_urls(self):
+        test = self.admin_site.admin_view(require_POST(self.test_connection_view))
+        return [path("<int:pk>/test/", test, name="connections_connection_test"), *super().get_urls()]
+
+    def test_connection_view(self, request, pk):
+        connection = get_object_or_404(Connection, pk=pk)
+        if not self.has_view_permission(request, connection):
+            raise PermissionDenied
+        result = connection_test(connection)
+        details = format_html_join("", "<br>✓ {}", ((line,) for line in result.verified))
+        if result.ok:
+            self.message_user(request, format_html("Connection {} works.{}", connection, details), messages.SUCCESS)
+        else:
+            self.message_user(request, format_html("{}{}", result.error, details), messages.ERROR)
+        return redirect(reverse("admin:connections_connection_change", args=[pk]))
 
     @admin.display(description="account")
     def account(self, obj):

@@ -1,8 +1,12 @@
-"""Writes about connections; secrets are only ever written here, encrypted by the model field."""
+"""Actions on connections: re-encrypting secrets, testing a connection against its registry."""
+
+from dataclasses import dataclass, field
 
 from django.db import transaction
 
 from .models import Connection
+from .registries import RegistryError, credentials_for
+from .registries.v2 import RegistrySession
 
 
 @transaction.atomic
@@ -20,3 +24,35 @@ def connection_rotate_secrets() -> int:
             Connection.objects.filter(pk=row["pk"]).update(**updates)
             count += 1
     return count
+
+
+@dataclass
+class ConnectionTestResult:
+    ok: bool
+    verified: list[str] = field(default_factory=list)
+    error: str = ""
+
+    def as_text(self) -> str:
+        lines = [f"  verified: {line}" for line in self.verified]
+        head = "OK" if self.ok else f"FAILED: {self.error}"
+        return "\n".join([head, *lines])
+
+
+def connection_test(connection: Connection) -> ConnectionTestResult:
+    """Gets the connection's credentials (for ECR: AssumeRole, token) and has its registry accept them."""
+    result = ConnectionTestResult(ok=False)
+    try:
+        credentials = credentials_for(connection, session_name=f"dockersupport-test-{connection.ident}")
+        if credentials.detail:
+            result.verified.append(credentials.detail)
+        session = RegistrySession(connection.registry or connection.registry_address,
+                                  credentials.username, credentials.password)
+        try:
+            result.verified.extend(session.check_login())
+        finally:
+            session.close()
+    except RegistryError as exc:
+        result.error = f"connection '{connection}': {exc}"
+        return result
+    result.ok = True
+    return result

@@ -100,7 +100,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         try:
             build = services.build_start(started_by=Build.StartedBy.API, **start.validated_data)
         except services.BuildStartError as exc:
-            raise serializers.ValidationError({"number": str(exc)}) from None
+            raise serializers.ValidationError({"number": [str(exc)]}) from None
         answer = _run_on_agent(tasks.build_login, build)
         if answer is None:
             services.build_abandon(build=build, reason="no agent worker logged the build in")

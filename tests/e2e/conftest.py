@@ -26,7 +26,7 @@ def database_url() -> str:
     return f"postgres://{credentials}@{s['HOST'] or 'localhost'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def config_root(tmp_path, settings):
     root = tmp_path / "build-configs"
     settings.DOCKERSUPPORT_BUILD_CONFIG_ROOT = root
@@ -85,3 +85,45 @@ def registry_configuration(registry, transactional_db):
         connection__username=registry.username, connection__password=registry.password,
     )
     return configuration
+
+
+def command_env(config_root, home, **extra) -> dict:
+    environment = {
+        **os.environ, "DJANGO_SETTINGS_MODULE": "dockersupport_site.test_settings",
+        "DATABASE_URL": database_url(), "DOCKERSUPPORT_BUILD_CONFIG_ROOT": str(config_root), "HOME": str(home),
+        **extra,
+    }
+    environment.pop("DOCKER_CONFIG", None)
+    return environment
+
+
+@pytest.fixture
+def processes(tmp_path):
+    """start(name, args, env, ready=text) → Popen; waits until `ready` appears in its output; all stopped after."""
+    import time
+
+    started = []
+
+    def start(name, args, env, ready, timeout=60):
+        log = tmp_path / f"{name}.log"
+        handle = open(log, "w")
+        process = subprocess.Popen(args, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        started.append((process, handle))
+        deadline = time.monotonic() + timeout
+        while ready not in log.read_text():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"{name} did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        process.log = log
+        return process
+
+    yield start
+    for process, handle in reversed(started):
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        handle.close()

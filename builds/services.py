@@ -16,9 +16,10 @@ from django.utils import timezone
 
 from connections.models import Connection
 from connections.registries import RegistryCredentials, RegistryError, credentials_for
+from connections.registries.credentials import docker_server
 from connections.registries.ecr import REFRESH_LEAD
 
-from .docker.client_config import config_dir_create, config_dir_remove, config_write
+from .docker.client_config import config_dir_create, config_dir_remove, config_servers, config_write
 from .docker.daemon import DaemonError, daemon_client, daemon_verify_login
 from .models import Agent, Build, BuildConfiguration, LoginConnection
 
@@ -149,15 +150,19 @@ def build_refresh_logins(*, build: Build) -> bool:
         return False
     if build.login_expires_at > timezone.now() + REFRESH_LEAD:
         return False
+    path = Path(build.docker_config)
+    logged_in = config_servers(path)
     credentials = []
     for login in _build_logins(build):
+        if docker_server(login.connection) not in logged_in:
+            continue
         try:
             credentials.append(credentials_for(
                 login.connection, session_name=_session_name(build), valid_for=REFRESH_LEAD + REFRESH_LEAD,
             ))
         except RegistryError as exc:
             build.warnings = [*build.warnings, f"refreshing connection '{login.connection}' failed: {exc}"]
-    config_write(Path(build.docker_config), credentials)
+    config_write(path, credentials)
     expiries = [c.expires_at for c in credentials if c.expires_at is not None]
     build.login_expires_at = min(expiries) if expiries else None
     build.save(update_fields=["login_expires_at", "warnings"])

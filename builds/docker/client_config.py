@@ -44,6 +44,14 @@ def config_write(path: Path, credentials: list[RegistryCredentials]) -> None:
         raise
 
 
+def config_servers(path: Path) -> set[str]:
+    """The registry servers a build's config.json holds credentials for."""
+    try:
+        return set(json.loads((path / CONFIG_FILE).read_text()).get("auths", {}))
+    except FileNotFoundError:
+        return set()
+
+
 def config_dir_remove(path: Path | str, root: Path) -> bool:
     """Erases the build's directory; refuses paths outside `root`. True if something was removed."""
     path = Path(path)

@@ -22,7 +22,7 @@ def builds_silent(now=None) -> QuerySet[Build]:
 
 def builds_needing_token_refresh(now=None) -> QuerySet[Build]:
     """Running builds whose earliest registry token (ECR) expires within REFRESH_LEAD."""
-    from connections.registries.ecr import REFRESH_LEAD
+    from connections.registries.credentials import REFRESH_LEAD
 
     now = now or timezone.now()
     return Build.objects.filter(

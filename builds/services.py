@@ -17,7 +17,7 @@ from django.utils import timezone
 from connections.models import Connection
 from connections.registries import RegistryCredentials, RegistryError, credentials_for
 from connections.registries.credentials import docker_server
-from connections.registries.ecr import REFRESH_LEAD
+from connections.registries.credentials import REFRESH_LEAD
 
 from .docker.client_config import config_dir_create, config_dir_remove, config_servers, config_write
 from .docker.daemon import DaemonError, daemon_client, daemon_verify_login

@@ -6,8 +6,7 @@ the periodic sweeps run on the server and send per-build work to each agent's qu
 
 import logging
 
-from celery import shared_task
-
+from dockersupport_site.celery import app
 from dockersupport_site.queues import Queue
 
 from . import selectors, services
@@ -18,7 +17,7 @@ log = logging.getLogger(__name__)
 AGENT_TASK_OPTIONS = {"acks_late": True, "reject_on_worker_lost": True}
 
 
-@shared_task(name="builds.login", **AGENT_TASK_OPTIONS)
+@app.task(name="builds.login", **AGENT_TASK_OPTIONS)
 def build_login(build_id: int) -> dict:
     """Logs a build in on its agent; answers what the API returns (no secret in it)."""
     build = Build.objects.select_related("configuration", "agent").get(pk=build_id)
@@ -38,26 +37,26 @@ def build_login(build_id: int) -> dict:
             "warnings": result.warnings}
 
 
-@shared_task(name="builds.finish", **AGENT_TASK_OPTIONS)
+@app.task(name="builds.finish", **AGENT_TASK_OPTIONS)
 def build_finish(build_id: int, exit_code: int) -> dict:
     build = Build.objects.select_related("configuration", "agent").get(pk=build_id)
     build = services.build_finish(build=build, exit_code=exit_code)
     return {"ok": True, "status": build.status}
 
 
-@shared_task(name="builds.logout", **AGENT_TASK_OPTIONS)
+@app.task(name="builds.logout", **AGENT_TASK_OPTIONS)
 def build_logout(build_id: int) -> dict:
     build = Build.objects.get(pk=build_id)
     return {"ok": True, "removed": services.build_logout(build=build)}
 
 
-@shared_task(name="builds.refresh_logins", **AGENT_TASK_OPTIONS)
+@app.task(name="builds.refresh_logins", **AGENT_TASK_OPTIONS)
 def build_refresh_logins(build_id: int) -> dict:
     build = Build.objects.select_related("configuration", "agent").get(pk=build_id)
     return {"ok": True, "refreshed": services.build_refresh_logins(build=build)}
 
 
-@shared_task(name="builds.logout_silent_builds", acks_late=True)
+@app.task(name="builds.logout_silent_builds", acks_late=True)
 def logout_silent_builds() -> int:
     """Periodic: builds whose process died (no heartbeat) are closed and logged out on their agent."""
     count = 0
@@ -69,7 +68,7 @@ def logout_silent_builds() -> int:
     return count
 
 
-@shared_task(name="builds.refresh_expiring_logins", acks_late=True)
+@app.task(name="builds.refresh_expiring_logins", acks_late=True)
 def refresh_expiring_logins() -> int:
     """Periodic: running builds whose ECR token is about to expire get a fresh one on their agent."""
     builds = list(selectors.builds_needing_token_refresh())

@@ -6,7 +6,6 @@ from django.db import transaction
 
 from .models import Connection
 from .registries import RegistryError, credentials_for
-from .registries.v2 import RegistrySession
 
 
 @transaction.atomic
@@ -40,6 +39,8 @@ class ConnectionTestResult:
 
 def connection_test(connection: Connection) -> ConnectionTestResult:
     """Gets the connection's credentials (for ECR: AssumeRole, token) and has its registry accept them."""
+    from .registries.v2 import RegistrySession  # requests is only needed here
+
     result = ConnectionTestResult(ok=False)
     try:
         credentials = credentials_for(connection, session_name=f"dockersupport-test-{connection.ident}")

@@ -1,5 +1,6 @@
-"""The dockersupport Django project: settings, URLs and the Celery app."""
+"""The dockersupport Django project: settings, URLs and the Celery app (`dockersupport_site.celery`).
 
-from .celery import app as celery_app
-
-__all__ = ("celery_app",)
+The Celery app is not imported here, unlike Celery's usual Django recipe: task modules import it
+themselves, so that processes that enqueue nothing (run_build, once per CI build step) start
+without loading Celery. `celery -A dockersupport_site` finds `dockersupport_site.celery`.
+"""

@@ -4,6 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+admin.autodiscover()
 admin.site.site_header = "dockersupport"
 admin.site.site_title = "dockersupport"
 admin.site.index_title = "Docker support for CI builds"

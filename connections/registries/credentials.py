@@ -6,6 +6,10 @@ from datetime import datetime, timedelta
 from connections.models import Connection
 
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
+# An expiring token (ECR) is reused until REUSE_MARGIN before it expires; a running build's token
+# is replaced REFRESH_LEAD before it expires (periodic task or run_build's heartbeat).
+REUSE_MARGIN = timedelta(minutes=5)
+REFRESH_LEAD = timedelta(minutes=15)
 
 
 class RegistryError(Exception):
@@ -35,9 +39,9 @@ def credentials_for(connection: Connection, *, session_name: str = "dockersuppor
     `valid_for`: for expiring tokens (ECR), the least time the token must still be valid.
     """
     if connection.type == Connection.Type.AMAZON_ECR:
-        from . import ecr
+        from . import ecr  # boto3 is slow to import: only processes that talk to AWS pay for it
 
-        return ecr.ecr_credentials(connection, session_name=session_name, valid_for=valid_for or ecr.REUSE_MARGIN)
+        return ecr.ecr_credentials(connection, session_name=session_name, valid_for=valid_for or REUSE_MARGIN)
     return RegistryCredentials(
         server=docker_server(connection), username=connection.username, password=connection.password,
     )

@@ -20,12 +20,8 @@ from django.core.cache import cache
 from connections import crypto
 from connections.models import Connection
 
-from .credentials import RegistryCredentials, RegistryError
+from .credentials import REUSE_MARGIN, RegistryCredentials, RegistryError
 
-REUSE_MARGIN = timedelta(minutes=5)
-# A running build's expiring token is replaced this long before it expires (periodic task or
-# run_build's heartbeat), so that it never runs out mid-build.
-REFRESH_LEAD = timedelta(minutes=15)
 _BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=10, read_timeout=30)
 _SESSION_NAME_RE = re.compile(r"[^\w+=,.@-]")
 

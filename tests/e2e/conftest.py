@@ -46,12 +46,7 @@ def manage(transactional_db, config_root, home):
     """manage(*args, **env) → CompletedProcess of `python manage.py ARGS` on the test database."""
 
     def run(*args, timeout=120, **env):
-        environment = {
-            **os.environ, "DJANGO_SETTINGS_MODULE": "dockersupport_site.test_settings",
-            "DATABASE_URL": database_url(), "DOCKERSUPPORT_BUILD_CONFIG_ROOT": str(config_root),
-            "HOME": str(home), **env,
-        }
-        environment.pop("DOCKER_CONFIG", None)
+        environment = command_env(config_root, home, **env)
         return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=environment,
                               capture_output=True, text=True, timeout=timeout)
 
@@ -88,12 +83,15 @@ def registry_configuration(registry, transactional_db):
 
 
 def command_env(config_root, home, **extra) -> dict:
+    """The environment of a command on the test database. manage.py picks the settings module as it
+    does for users (agent_settings for run_build); the test keys come from test_settings' os.environ."""
     environment = {
-        **os.environ, "DJANGO_SETTINGS_MODULE": "dockersupport_site.test_settings",
-        "DATABASE_URL": database_url(), "DOCKERSUPPORT_BUILD_CONFIG_ROOT": str(config_root), "HOME": str(home),
-        **extra,
+        **os.environ, "DATABASE_URL": database_url(), "DOCKERSUPPORT_BUILD_CONFIG_ROOT": str(config_root),
+        "HOME": str(home), **extra,
     }
-    environment.pop("DOCKER_CONFIG", None)
+    for name in ("DOCKER_CONFIG", "DJANGO_SETTINGS_MODULE", "DEBUG"):
+        if name not in extra:
+            environment.pop(name, None)
     return environment
 
 

@@ -104,7 +104,8 @@ def stack(processes, redis_url, config_root, home, admin_user):
 
     def start(agent=None, agent_task_timeout=60):
         env = command_env(config_root, home, CELERY_BROKER_URL=redis_url, CELERY_RESULT_BACKEND=redis_url,
-                          DOCKERSUPPORT_AGENT_TASK_TIMEOUT=str(agent_task_timeout))
+                          DOCKERSUPPORT_AGENT_TASK_TIMEOUT=str(agent_task_timeout),
+                          DJANGO_SETTINGS_MODULE="dockersupport_site.test_settings")
         if agent is not None:
             celery = str(Path(sys.executable).with_name("celery"))
             processes("worker", [celery, "-A", "dockersupport_site", "worker", "-Q", agent.queue_name, "-P", "solo",

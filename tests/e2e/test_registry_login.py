@@ -10,7 +10,7 @@ import time
 import pytest
 
 from builds.models import Build
-from tests.e2e.conftest import ROOT, database_url
+from tests.e2e.conftest import ROOT, command_env
 from tests.harness import Registry
 
 pytestmark = [pytest.mark.e2e]
@@ -94,9 +94,7 @@ def test_an_optional_failed_login_is_a_warning_and_the_build_goes_on(manage, age
 def test_two_overlapping_builds_on_one_agent_keep_their_credentials(agent, registry_configuration, private_image,
                                                                       config_root, home, manage):
     """The short build logs out while the long one still needs its login to pull."""
-    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "dockersupport_site.test_settings",
-                   "DATABASE_URL": database_url(), "DOCKERSUPPORT_BUILD_CONFIG_ROOT": str(config_root),
-                   "HOME": str(home)}
+    environment = command_env(config_root, home)
     go = config_root.parent / "short-build-done"
     long_script = f'while [ ! -e {go} ]; do sleep 0.1; done; cat "$DOCKER_CONFIG/config.json" >/dev/null && docker pull {private_image}'
     long_build = subprocess.Popen(
@@ -117,9 +115,7 @@ def test_two_overlapping_builds_on_one_agent_keep_their_credentials(agent, regis
 
 
 def test_sigterm_during_a_build_still_logs_out(agent, registry_configuration, config_root, home):
-    environment = {**os.environ, "DJANGO_SETTINGS_MODULE": "dockersupport_site.test_settings",
-                   "DATABASE_URL": database_url(), "DOCKERSUPPORT_BUILD_CONFIG_ROOT": str(config_root),
-                   "HOME": str(home)}
+    environment = command_env(config_root, home)
     process = subprocess.Popen(
         [sys.executable, "manage.py", "run_build", registry_configuration.ident, "--agent", agent.name, "--",
          "sh", "-c", 'echo started; exec sleep 60'], cwd=ROOT, env=environment, stdout=subprocess.PIPE,
@@ -166,3 +162,15 @@ def test_ecr_login_through_sts_with_external_id(manage, agent, moto_server, star
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"logged in with {connection} → {ecr_registry.address}" in result.stdout
     assert "123456789012-auth-token" not in result.stdout + result.stderr
+
+
+def test_run_build_loads_the_slim_agent_settings(manage, agent, registry_configuration):
+    import manage as manage_py
+    from dockersupport_site import agent_settings
+
+    assert manage_py.default_settings_module(["manage.py", "run_build"]) == "dockersupport_site.agent_settings"
+    assert manage_py.default_settings_module(["manage.py", "migrate"]) == "dockersupport_site.settings"
+    assert "django_celery_beat" not in agent_settings.INSTALLED_APPS
+    assert {"connections", "builds"} <= set(agent_settings.INSTALLED_APPS)
+    result = manage("run_build", registry_configuration.ident, "--agent", agent.name, "--", "true")
+    assert result.returncode == 0, result.stderr

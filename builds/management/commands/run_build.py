@@ -16,6 +16,8 @@ from builds.runner import run_build
 
 class Command(BaseCommand):
     help = "Run COMMAND as a build of CONFIG on AGENT, logged in to the configuration's registries."
+    # Every CI build step pays for this command's start: system checks belong to deployment.
+    requires_system_checks = []
 
     def add_arguments(self, parser):
         parser.add_argument("configuration", metavar="CONFIG", help="the build configuration's id")

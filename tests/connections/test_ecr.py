@@ -153,3 +153,47 @@ def test_aws_errors_are_quoted_without_secrets(moto_server):
         credentials_for(connection, session_name="b")
     assert "AWS could not be asked" in str(info.value)
     assert "aws-secret-0d1" not in str(info.value) and "ext-secret-e1" not in str(info.value)
+
+
+def test_default_credential_chain_takes_keys_from_the_environment(moto_server, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENVIRONMENT00001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-the-environment")
+    connection = EcrConnectionFactory(endpoint_url=moto_server.endpoint_url, credentials="default-chain",
+                                      access_key_id="", secret_access_key="")
+    assert credentials_for(connection, session_name="b").password == "123456789012-auth-token"
+
+
+def test_access_keys_give_a_token(moto_server):
+    connection = EcrConnectionFactory(endpoint_url=moto_server.endpoint_url, credentials="access-keys")
+    credentials = credentials_for(connection, session_name="b")
+    assert (credentials.username, credentials.server) == ("AWS", "123456789012.dkr.ecr.eu-west-1.amazonaws.com")
+
+
+def test_the_token_cache_on_redis_is_shared_between_processes(redis_url, settings, transactional_db):
+    """A token cached by one process is used by another, which never asks AWS (closed endpoint)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.e2e.conftest import database_url
+
+    cache_url = redis_url.replace("redis://", "rediscache://")
+    settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                                   "LOCATION": redis_url}}
+    try:
+        connection = EcrConnectionFactory(endpoint_url="http://127.0.0.1:9")
+        from django.core.cache import cache as redis_cache
+
+        redis_cache.delete(cache_key(connection))
+        plant(connection, "shared-token-b2", timedelta(hours=12))
+        script = ("from connections.models import Connection; from connections.registries import credentials_for;"
+                  f"print(credentials_for(Connection.objects.get(pk={connection.pk})).password)")
+        env = {**os.environ, "DATABASE_URL": database_url(), "CACHE_URL": cache_url}
+        env.pop("DJANGO_SETTINGS_MODULE", None)
+        result = subprocess.run([sys.executable, "manage.py", "shell", "-c", script], env=env, capture_output=True,
+                                text=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.strip().splitlines()[-1] == "shared-token-b2"
+    finally:
+        redis_cache.delete(cache_key(connection))

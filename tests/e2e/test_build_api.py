@@ -33,7 +33,8 @@ def api(client, admin_user):
     return call
 
 
-def test_start_logs_in_and_finish_logs_out(api, agent, registry_configuration, registry, config_root):
+def test_start_logs_in_and_finish_logs_out(api, agent, registry_configuration, registry, config_root, caplog):
+    caplog.set_level("DEBUG")
     response = api("post", "/api/v1/builds/", {"configuration": registry_configuration.ident, "agent": agent.name})
     assert response.status_code == 201, response.content
     body = response.json()
@@ -48,6 +49,8 @@ def test_start_logs_in_and_finish_logs_out(api, agent, registry_configuration, r
     assert not config.exists() and list(config_root.iterdir()) == []
     again = api("post", f"/api/v1/builds/{body['id']}/finish/", {"exit_code": 0})
     assert again.status_code == 409 and "already succeeded" in again.json()["detail"]
+    assert "builds.login" in caplog.text  # the task ran and was logged ...
+    assert registry.password not in caplog.text  # ... without the secret
 
 
 def test_list_is_newest_first_and_filters(api, agent, registry_configuration):

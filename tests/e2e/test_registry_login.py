@@ -174,3 +174,22 @@ def test_run_build_loads_the_slim_agent_settings(manage, agent, registry_configu
     assert {"connections", "builds"} <= set(agent_settings.INSTALLED_APPS)
     result = manage("run_build", registry_configuration.ident, "--agent", agent.name, "--", "true")
     assert result.returncode == 0, result.stderr
+
+
+def test_a_build_logs_in_to_several_registries(manage, agent, registry_configuration, registry, start_service,
+                                               docker_client, busybox_image):
+    from tests.factories import LoginConnectionFactory
+
+    second = start_service(Registry())
+    image = f"{second.address}/other/app:1"
+    docker_client.images.get(busybox_image).tag(image)
+    docker_client.images.push(image, auth_config=second.auth_config)
+    docker_client.images.remove(image)
+    LoginConnectionFactory(configuration=registry_configuration, position=1,
+                           connection__project=registry_configuration.project, connection__registry=second.address,
+                           connection__username=second.username, connection__password=second.password)
+    result = manage("run_build", registry_configuration.ident, "--agent", agent.name, "--", "sh", "-c",
+                    f'docker pull {image} && cat "$DOCKER_CONFIG/config.json" && echo')
+    assert result.returncode == 0, result.stderr
+    config = json.loads(next(line for line in result.stdout.splitlines() if line.startswith('{"auths"')))
+    assert set(config["auths"]) == {registry.address, second.address}

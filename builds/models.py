@@ -177,6 +177,9 @@ class Build(models.Model):
         null=True, blank=True, help_text="When the first expiring registry token (ECR) of the build expires.",
     )
     logged_out_at = models.DateTimeField(null=True, blank=True)
+    logged_in_registries = models.JSONField(
+        default=list, blank=True, help_text="Registry hosts the build was logged in to (pulls from others were anonymous).",
+    )
     warnings = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
 

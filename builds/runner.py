@@ -18,6 +18,8 @@ from django.db import close_old_connections, connection
 
 from . import services
 from .models import Agent, Build, BuildConfiguration
+from .recording import OperationRecorder
+from .selectors import docker_info_summary
 
 LOGIN_FAILED_EXIT_CODE = 1
 COMMAND_NOT_FOUND_EXIT_CODE = 127
@@ -69,7 +71,7 @@ def run_build(*, configuration: BuildConfiguration, agent: Agent, command: list[
             raise KeyboardInterrupt  # stop before the command starts; `finally` logs out
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    heartbeat = None
+    heartbeat = recorder = None
     exit_code = LOGIN_FAILED_EXIT_CODE
     login = None
     try:
@@ -83,6 +85,9 @@ def run_build(*, configuration: BuildConfiguration, agent: Agent, command: list[
         for warning in login.warnings:
             err.write(f"dockersupport: warning: {warning}\n")
         out.flush()
+        recorder = OperationRecorder(agent, build)
+        if not recorder.start():
+            err.write(f"dockersupport: warning: {recorder.error}\n")
         heartbeat = _Heartbeat(build, settings.DOCKERSUPPORT_HEARTBEAT_INTERVAL)
         heartbeat.start()
         environment = {**os.environ, "DOCKER_CONFIG": login.docker_config}
@@ -99,6 +104,8 @@ def run_build(*, configuration: BuildConfiguration, agent: Agent, command: list[
     except KeyboardInterrupt:
         exit_code = 128 + (received[0] if received else signal.SIGINT)
     finally:
+        if recorder is not None:
+            recorder.stop()
         if heartbeat is not None:
             heartbeat.stop()
         close_old_connections()
@@ -107,4 +114,20 @@ def run_build(*, configuration: BuildConfiguration, agent: Agent, command: list[
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     out.write(f"dockersupport: logged out; build {build} {build.status} with exit code {exit_code}\n")
+    out.write(summary_text(docker_info_summary(build)))
     return RunResult(build=build, exit_code=exit_code, login=login)
+
+
+def summary_text(summary: dict) -> str:
+    """The Docker Info summary, as run_build prints it at the end."""
+    lines = [f"dockersupport: Docker operations: {summary['operation_count']}"]
+    for label, key in (("pulled", "images_pulled"), ("built", "images_built"), ("pushed", "images_pushed")):
+        if summary[key]:
+            lines.append(f"dockersupport:   {label}: {', '.join(summary[key])}")
+    for container in summary["containers"]:
+        mark = "  FAILED" if container["failed"] else ""
+        lines.append(f"dockersupport:   container {container['name'] or container['id'][:12]} "
+                     f"({container['image']}) exited {container['exit_code']}{mark}")
+    for warning in summary["warnings"]:
+        lines.append(f"dockersupport:   warning: {warning}")
+    return "\n".join(lines) + "\n"

@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from .models import Build, BuildConfiguration
@@ -36,3 +36,66 @@ def configuration_get(ident: str) -> BuildConfiguration:
     except BuildConfiguration.DoesNotExist:
         known = ", ".join(BuildConfiguration.objects.values_list("ident", flat=True)[:20]) or "none yet"
         raise BuildConfiguration.DoesNotExist(f"no build configuration '{ident}' (known: {known})") from None
+
+
+def _reference(image: str, tag: str) -> str:
+    return f"{image}:{tag}" if tag else image
+
+
+def docker_info_summary(build: Build) -> dict:
+    """What a build did with Docker, in a handful of queries however many operations it has."""
+    from .docker.references import registry_and_repository
+    from .models import DockerOperation, PushedImage
+
+    operations = DockerOperation.objects.filter(build=build)
+    counts = dict(operations.values_list("action").annotate(n=Count("pk")).order_by())
+    pulls = set(operations.filter(action="pull").values_list("image", "tag"))
+    pulled = sorted(_reference(i, t) for i, t in pulls)
+    built = sorted({_reference(i, t) for i, t in operations.filter(action="build").values_list("image", "tag")})
+    pushed = sorted({_reference(f"{p.registry}/{p.repository}", p.tag)
+                     for p in PushedImage.objects.filter(build=build).only("registry", "repository", "tag")})
+    starts: dict[str, list[int]] = {}
+    for container_id, nano in operations.filter(action="start").values_list("container_id", "time_nano"):
+        starts.setdefault(container_id, []).append(nano)
+    containers, container_nanos = [], 0
+    for row in operations.filter(action="die").values("container_id", "container_name", "image", "tag",
+                                                      "exit_code", "time_nano"):
+        started = max((n for n in starts.get(row["container_id"], []) if n <= row["time_nano"]), default=None)
+        seconds = (row["time_nano"] - started) / 1e9 if started is not None else None
+        container_nanos += (row["time_nano"] - started) if started is not None else 0
+        containers.append({
+            "id": row["container_id"], "name": row["container_name"], "image": _reference(row["image"], row["tag"]),
+            "exit_code": row["exit_code"], "seconds": round(seconds, 3) if seconds is not None else None,
+            "failed": row["exit_code"] not in (0, None),
+        })
+    logged_in = set(build.logged_in_registries or [])
+    warnings = list(build.warnings or [])
+    for image, tag in sorted(pulls):
+        registry, _ = registry_and_repository(image)
+        if registry not in logged_in:
+            warnings.append(f"{_reference(image, tag)} was pulled anonymously: the build was not logged in to {registry}"
+                            + (" (anonymous pulls get Docker Hub's lower rate limit)" if registry == "docker.io"
+                               else ""))
+    return {
+        "operation_count": sum(counts.values()),
+        "counts": counts,
+        "images_pulled": pulled,
+        "images_built": built,
+        "images_pushed": pushed,
+        "containers": containers,
+        "containers_failed": sum(1 for c in containers if c["failed"]),
+        "seconds_in_containers": round(container_nanos / 1e9, 3),
+        "warnings": warnings,
+    }
+
+
+def build_operations(build: Build, action: str = "", search: str = ""):
+    """The build's operations in time order, filtered by action and by a text in the image name."""
+    from .models import DockerOperation
+
+    operations = DockerOperation.objects.filter(build=build).order_by("time_nano", "pk")
+    if action:
+        operations = operations.filter(action=action)
+    if search:
+        operations = operations.filter(image__icontains=search)
+    return operations

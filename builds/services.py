@@ -6,12 +6,14 @@ host: in `run_build` itself, or in a Celery worker of the agent's queue for API-
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from connections.models import Connection
@@ -21,7 +23,8 @@ from connections.registries.credentials import REFRESH_LEAD
 
 from .docker.client_config import config_dir_create, config_dir_remove, config_servers, config_write
 from .docker.daemon import DaemonError, daemon_client, daemon_verify_login
-from .models import Agent, Build, BuildConfiguration, LoginConnection
+from .docker.references import registry_and_repository
+from .models import Agent, Build, BuildConfiguration, DockerOperation, LoginConnection, PushedImage
 
 
 class BuildStartError(Exception):
@@ -128,7 +131,9 @@ def build_login(*, build: Build) -> LoginResult:
     expiries = [c.expires_at for c in credentials if c.expires_at is not None]
     build.login_expires_at = min(expiries) if expiries else None
     build.warnings = [*build.warnings, *result.warnings]
-    build.save(update_fields=["login_expires_at", "warnings"])
+    build.logged_in_registries = [login.connection.registry_address for login in logins
+                                  if docker_server(login.connection) in {c.server for c in credentials}]
+    build.save(update_fields=["login_expires_at", "warnings", "logged_in_registries"])
     return result
 
 
@@ -200,3 +205,70 @@ def build_abandon(*, build: Build, reason: str) -> None:
     Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
         status=Build.Status.ERROR, error=reason, finished_at=timezone.now(),
     )
+
+
+def operations_ingest(*, agent_id: int, records: list[dict], build_id: int | None = None) -> int:
+    """Stores a batch of Docker operation records with bulk inserts; returns how many were attributed.
+
+    Records come from `builds.docker.events.parse_event`. With `build_id` they belong to that
+    build (run_build); without it each is given to the agent's build that was running at the
+    event's time (the agent's watcher), and records outside any build are dropped. A batch
+    delivered twice changes nothing: operations are unique per agent, time, type, action, actor.
+    """
+    if not records:
+        return 0
+    if build_id is not None:
+        owners = {r["time_nano"]: build_id for r in records}
+    else:
+        owners = _owners_by_time(agent_id, [r["time_nano"] for r in records])
+    rows = [
+        DockerOperation(
+            build_id=owners[r["time_nano"]], agent_id=agent_id,
+            time=datetime.fromtimestamp(r["time_nano"] / 1e9, tz=dt_timezone.utc),
+            **{k: r[k] for k in OPERATION_FIELDS},
+        )
+        for r in records if owners.get(r["time_nano"]) is not None
+    ]
+    with transaction.atomic():
+        DockerOperation.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
+        _record_pushed_images([row for row in rows if row.action == DockerOperation.Action.PUSH])
+    return len(rows)
+
+
+OPERATION_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest",
+                    "container_id", "container_name", "exit_code", "attributes")
+
+
+def _owners_by_time(agent_id: int, times: list[int]) -> dict[int, int]:
+    """Event time → the id of the agent's build that was running then (the latest started)."""
+    low = datetime.fromtimestamp(min(times) / 1e9, tz=dt_timezone.utc)
+    high = datetime.fromtimestamp(max(times) / 1e9, tz=dt_timezone.utc)
+    builds = list(
+        Build.objects.filter(agent_id=agent_id, started_at__lte=high)
+        .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=low))
+        .order_by("-started_at").values_list("pk", "started_at", "finished_at")
+    )
+    owners = {}
+    for nano in times:
+        moment = datetime.fromtimestamp(nano / 1e9, tz=dt_timezone.utc)
+        for pk, started, finished in builds:
+            if started <= moment and (finished is None or moment <= finished):
+                owners[nano] = pk
+                break
+    return owners
+
+
+def _record_pushed_images(pushes: list[DockerOperation]) -> None:
+    if not pushes:
+        return
+    builds = Build.objects.select_related("configuration").in_bulk({p.build_id for p in pushes})
+    images = []
+    for push in pushes:
+        build = builds[push.build_id]
+        registry, repository = registry_and_repository(push.image)
+        images.append(PushedImage(
+            build=build, project_id=build.configuration.project_id, configuration_ident=build.configuration.ident,
+            build_number=build.number, registry=registry, repository=repository, tag=push.tag,
+            digest=push.digest, pushed_at=push.time,
+        ))
+    PushedImage.objects.bulk_create(images, ignore_conflicts=True)

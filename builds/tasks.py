@@ -6,6 +6,8 @@ the periodic sweeps run on the server and send per-build work to each agent's qu
 
 import logging
 
+from django.db import OperationalError
+
 from dockersupport_site.celery import app
 from dockersupport_site.queues import Queue
 
@@ -75,3 +77,10 @@ def refresh_expiring_logins() -> int:
     for build in builds:
         build_refresh_logins.apply_async(args=[build.pk], queue=Queue.for_agent(build.agent.name))
     return len(builds)
+
+
+@app.task(name="builds.ingest_events", acks_late=True, reject_on_worker_lost=True,
+          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def ingest_events(agent_id: int, records: list[dict], build_id: int | None = None) -> int:
+    """Stores a batch of Docker operations (server queue); a redelivered batch changes nothing."""
+    return services.operations_ingest(agent_id=agent_id, records=records, build_id=build_id)

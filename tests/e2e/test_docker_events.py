@@ -1,0 +1,148 @@
+"""Docker operations of a build, recorded from the daemon's event stream, on real daemons and a registry."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+
+from builds import services
+from builds.docker.events import parse_event
+from builds.models import Build, DockerOperation, PushedImage
+from tests.e2e.conftest import ROOT, command_env
+from tests.harness import DockerDaemon
+
+pytestmark = [pytest.mark.e2e]
+
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.docker.distribution.manifest.v2+json", "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json", "application/vnd.oci.image.index.v1+json",
+])
+
+
+def registry_digest(registry, repository, tag):
+    response = requests.head(f"{registry.url}/v2/{repository}/manifests/{tag}", headers={"Accept": MANIFEST_TYPES},
+                             auth=(registry.username, registry.password), timeout=10)
+    response.raise_for_status()
+    return response.headers["Docker-Content-Digest"]
+
+
+def actions(build):
+    return list(build.operations.order_by("time_nano").values_list("action", flat=True))
+
+
+def test_a_build_that_pulls_tags_pushes_and_runs_a_failing_container(manage, agent, registry_configuration,
+                                                                      private_image, registry, busybox_image):
+    pushed = f"{registry.address}/team/events:7"
+    script = (f"docker pull {private_image} && docker tag {private_image} {pushed} && docker push {pushed} && "
+              f"docker run --network none --name failing-{agent.name} {busybox_image} sh -c 'exit 3'; "
+              f"docker rm failing-{agent.name} >/dev/null; true")
+    result = manage("run_build", registry_configuration.ident, "--agent", agent.name, "--", "sh", "-c", script)
+    assert result.returncode == 0, result.stdout + result.stderr
+    build = Build.objects.get(configuration=registry_configuration)
+    recorded = actions(build)
+    for action in ("pull", "tag", "push", "create", "start", "die", "destroy"):
+        assert action in recorded, (action, recorded)
+    assert recorded.index("pull") < recorded.index("tag") < recorded.index("push") < recorded.index("start")
+    die = build.operations.get(action="die")
+    assert (die.exit_code, die.container_name) == (3, f"failing-{agent.name}")
+    assert die.time_nano > 1_700_000_000_000_000_000 and die.attributes["exitCode"] == "3"
+    image = PushedImage.objects.get(build=build)
+    assert (image.registry, image.repository, image.tag) == (registry.address, "team/events", "7")
+    assert image.digest == registry_digest(registry, "team/events", "7")
+    assert build.operations.get(action="push").digest == image.digest
+    assert "container failing-" in result.stdout and "exited 3  FAILED" in result.stdout  # run_build's summary
+
+
+def test_events_of_another_agents_daemon_are_not_attributed(manage, agent, registry_configuration, start_service,
+                                                             busybox_image, docker_client):
+    other = start_service(DockerDaemon())
+    other_client = other.client()
+    from tests.harness import import_busybox_image
+
+    import_busybox_image(other_client)
+    stop = threading.Event()
+
+    def busy_other_daemon():
+        while not stop.is_set():
+            other_client.images.get(busybox_image).tag("elsewhere/noise", str(time.monotonic_ns()))
+
+    noise = threading.Thread(target=busy_other_daemon)
+    noise.start()
+    try:
+        result = manage("run_build", registry_configuration.ident, "--agent", agent.name, "--",
+                        "docker", "tag", busybox_image, "here/mine:1")
+    finally:
+        stop.set()
+        noise.join()
+        other_client.close()
+    assert result.returncode == 0, result.stderr
+    build = Build.objects.get(configuration=registry_configuration)
+    images = set(build.operations.values_list("image", flat=True))
+    assert "here/mine" in images and "elsewhere/noise" not in images
+
+
+def test_a_daemon_restart_in_the_middle_of_a_build_loses_and_doubles_nothing(agent, registry_configuration,
+                                                                              docker_daemon, busybox_image,
+                                                                              config_root, home, tmp_path):
+    half, resumed = tmp_path / "half", tmp_path / "resumed"
+    script = (f"docker tag {busybox_image} restart/before:1 && docker tag {busybox_image} restart/before:2 && "
+              f"touch {half} && while [ ! -e {resumed} ]; do sleep 0.1; done && "
+              f"docker tag {busybox_image} restart/after:1 && docker tag {busybox_image} restart/after:2")
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "run_build", registry_configuration.ident, "--agent", agent.name, "--",
+         "sh", "-c", script], cwd=ROOT, env=command_env(config_root, home), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not half.exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        docker_daemon.restart()
+        resumed.touch()
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, out + err
+    build = Build.objects.get(configuration=registry_configuration)
+    tags = list(build.operations.filter(action="tag").order_by("time_nano").values_list("image", "tag"))
+    assert tags == [("restart/before", "1"), ("restart/before", "2"), ("restart/after", "1"), ("restart/after", "2")]
+
+
+def test_a_batch_delivered_twice_changes_nothing(agent, registry_configuration):
+    from django.utils import timezone
+
+    build = Build.objects.create(configuration=registry_configuration, agent=agent, number=1, started_at=timezone.now())
+    raw = {"Type": "container", "Action": "die", "timeNano": time.time_ns(),
+           "Actor": {"ID": "c" * 64, "Attributes": {"name": "x", "image": "busybox:latest", "exitCode": "3"}}}
+    push = {"Type": "image", "Action": "push", "timeNano": time.time_ns() + 1,
+            "Actor": {"ID": "127.0.0.1:5000/team/app:1", "Attributes": {"name": "127.0.0.1:5000/team/app"}}}
+    batch = [parse_event(raw), parse_event(push)]
+    for _ in range(2):
+        services.operations_ingest(agent_id=agent.pk, records=batch, build_id=build.pk)
+    assert DockerOperation.objects.filter(build=build).count() == 2
+    assert PushedImage.objects.filter(build=build).count() == 1
+
+
+def test_the_watcher_attributes_events_to_the_build_running_at_their_time(agent, registry_configuration,
+                                                                          busybox_image, docker_client, processes,
+                                                                          config_root, home, manage):
+    """For API-driven builds: watch_docker_events gives each event to the agent's running build."""
+    from django.utils import timezone
+
+    env = command_env(config_root, home)
+    watcher = processes("watcher", [sys.executable, "manage.py", "watch_docker_events", "--agent", agent.name], env,
+                        ready="watching")
+    docker_client.images.get(busybox_image).tag("watched/outside", "0")  # no build runs: not recorded
+    build = Build.objects.create(configuration=registry_configuration, agent=agent, number=1,
+                                 started_at=timezone.now(), started_by=Build.StartedBy.API)
+    docker_client.images.get(busybox_image).tag("watched/inside", "1")
+    deadline = time.monotonic() + 30
+    while not build.operations.filter(image="watched/inside").exists():
+        assert time.monotonic() < deadline, watcher.log.read_text()
+        time.sleep(0.2)
+    assert not DockerOperation.objects.filter(image="watched/outside").exists()

@@ -2,13 +2,18 @@
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
 from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path
+from django.utils.http import urlencode
 
 from connections.admin import ProjectAdmin as BaseProjectAdmin
 from connections.models import Project
 
-from . import services
+from . import selectors, services
 from .models import Agent, Build, BuildConfiguration, DockerOperation, LoginConnection, PushedImage
 
 
@@ -98,6 +103,8 @@ class AgentAdmin(admin.ModelAdmin):
 
 @admin.register(Build)
 class BuildAdmin(admin.ModelAdmin):
+    change_form_template = "admin/builds/build/change_form.html"
+    docker_info_page_size = 50
     list_display = ("__str__", "configuration", "agent", "status", "started_at", "duration", "exit_code",
                     "operation_count", "pinned")
     list_select_related = ("configuration", "agent")
@@ -112,6 +119,30 @@ class BuildAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(_operations=Count("operations"))
+
+    def get_urls(self):
+        view = self.admin_site.admin_view(self.docker_info_view)
+        return [path("<path:object_id>/docker-info/", view, name="builds_build_docker_info"), *super().get_urls()]
+
+    def docker_info_view(self, request, object_id):
+        """The Docker Info tab: summary, containers, pushed images and the paginated operations."""
+        build = get_object_or_404(Build.objects.select_related("configuration__project", "agent"), pk=object_id)
+        if not self.has_view_permission(request, build):
+            raise PermissionDenied
+        action, search = request.GET.get("action", ""), request.GET.get("q", "").strip()
+        if action not in DockerOperation.Action.values:
+            action = ""
+        operations = selectors.build_operations(build, action, search)
+        page = Paginator(operations, self.docker_info_page_size).get_page(request.GET.get("page"))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Docker Info of build {build}", "opts": self.opts, "build": build, "original": build,
+            "summary": selectors.docker_info_summary(build),
+            "pushed_images": build.pushed_images.order_by("pushed_at", "pk"),
+            "actions": DockerOperation.Action.choices, "action": action, "search": search, "page": page,
+            "query": urlencode({k: v for k, v in (("action", action), ("q", search)) if v}),
+        }
+        return TemplateResponse(request, "admin/builds/build/docker_info.html", context)
 
     def has_add_permission(self, request):
         return False  # builds start through run_build or the API

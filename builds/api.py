@@ -14,7 +14,8 @@ from rest_framework.response import Response
 from dockersupport_site.queues import Queue
 
 from . import services, tasks
-from .models import Agent, Build, BuildConfiguration
+from .models import Agent, Build, BuildConfiguration, DockerOperation, PushedImage
+from .selectors import build_operations, docker_info_summary
 
 
 class BuildSerializer(serializers.ModelSerializer):
@@ -26,6 +27,31 @@ class BuildSerializer(serializers.ModelSerializer):
         fields = ("id", "configuration", "agent", "number", "status", "started_at", "finished_at", "exit_code",
                   "pinned", "docker_config", "warnings", "error")
         read_only_fields = fields
+
+
+class OperationSerializer(serializers.ModelSerializer):
+    container = serializers.SerializerMethodField()
+
+    class Meta:
+        model = DockerOperation
+        fields = ("time", "time_nano", "action", "event_type", "image", "tag", "digest", "container", "container_id",
+                  "exit_code")
+
+    def get_container(self, operation) -> str:
+        return operation.container_name or operation.container_id
+
+
+class PushedImageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = PushedImage
+        fields = ("registry", "repository", "tag", "digest", "reference", "pushed_at", "cleanup_status",
+                  "cleanup_reason")
+
+
+class DockerInfoSerializer(serializers.Serializer):
+    summary = serializers.DictField()
+    operations = OperationSerializer(many=True)
+    pushed_images = PushedImageSerializer(many=True)
 
 
 class BuildStartSerializer(serializers.Serializer):
@@ -137,3 +163,19 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         services.build_heartbeat(build=build)
         build.refresh_from_db()
         return Response(BuildSerializer(build).data)
+
+    @extend_schema(responses=DockerInfoSerializer, parameters=[
+        OpenApiParameter("action", str, description="only operations with this action"),
+        OpenApiParameter("image", str, description="only operations whose image name contains this"),
+    ])
+    @action(detail=True, methods=["get"], url_path="docker-info")
+    def docker_info(self, request, pk=None):
+        """The build's Docker Info: summary, every operation in time order, and the images it pushed."""
+        build = self.get_object()
+        operations = build_operations(build, request.query_params.get("action", ""),
+                                      request.query_params.get("image", ""))
+        return Response({
+            "summary": docker_info_summary(build),
+            "operations": OperationSerializer(operations.iterator(chunk_size=2000), many=True).data,
+            "pushed_images": PushedImageSerializer(build.pushed_images.order_by("pushed_at", "pk"), many=True).data,
+        })

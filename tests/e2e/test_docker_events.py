@@ -146,3 +146,55 @@ def test_the_watcher_attributes_events_to_the_build_running_at_their_time(agent,
         assert time.monotonic() < deadline, watcher.log.read_text()
         time.sleep(0.2)
     assert not DockerOperation.objects.filter(image="watched/outside").exists()
+
+
+def test_the_api_and_the_docker_info_tab_show_the_same(manage, agent, registry_configuration, private_image,
+                                                       registry, busybox_image, admin_client, admin_user):
+    from django.urls import reverse
+    from rest_framework.authtoken.models import Token
+
+    pushed = f"{registry.address}/team/same:1"
+    script = (f"docker pull {private_image} && docker tag {private_image} {pushed} && docker push {pushed} && "
+              f"docker run --rm --network none {busybox_image} sh -c 'exit 3'; true")
+    assert manage("run_build", registry_configuration.ident, "--agent", agent.name, "--", "sh", "-c",
+                  script).returncode == 0
+    build = Build.objects.get(configuration=registry_configuration)
+    token = Token.objects.create(user=admin_user)
+    info = admin_client.get(f"/api/v1/builds/{build.pk}/docker-info/", HTTP_AUTHORIZATION=f"Token {token.key}").json()
+    summary = info["summary"]
+    assert summary["operation_count"] == len(info["operations"]) == build.operations.count()
+    assert {"time", "action", "image", "tag", "digest", "container", "exit_code"} <= set(info["operations"][0])
+    assert [c["exit_code"] for c in summary["containers"]] == [3] and summary["containers_failed"] == 1
+    [image] = info["pushed_images"]
+    assert {k: image[k] for k in ("registry", "repository", "tag", "cleanup_status")} == {
+        "registry": registry.address, "repository": "team/same", "tag": "1", "cleanup_status": "kept"}
+    assert image["digest"].startswith("sha256:")
+    assert summary["warnings"] == []  # the only pull came from the registry the build logged in to
+
+    page = admin_client.get(reverse("admin:builds_build_docker_info", args=[build.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert f'data-copy="{registry.address}/team/same@{image["digest"]}"' in html
+    assert f"{summary['operation_count']}</span> operations" in html
+    assert "3 — failed" in html
+    filtered = admin_client.get(reverse("admin:builds_build_docker_info", args=[build.pk]), {"action": "push"})
+    assert filtered.context["page"].paginator.count == len([o for o in info["operations"] if o["action"] == "push"])
+    searched = admin_client.get(reverse("admin:builds_build_docker_info", args=[build.pk]), {"q": "team/same"})
+    assert all("team/same" in o.image for o in searched.context["page"].object_list)
+    change = admin_client.get(reverse("admin:builds_build_change", args=[build.pk])).content.decode()
+    assert reverse("admin:builds_build_docker_info", args=[build.pk]) in change  # the tab beside the build's fields
+
+
+def test_a_docker_build_is_recorded_as_a_build(manage, agent, registry_configuration, busybox_image, tmp_path):
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {busybox_image}\nRUN echo built > /built.txt\n")
+    result = manage("run_build", registry_configuration.ident, "--agent", agent.name, "--", "sh", "-c",
+                    f"docker build --network none -t built/app:1 {context} && docker tag {busybox_image} plain/tag:1",
+                    DOCKER_BUILDKIT="0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    build = Build.objects.get(configuration=registry_configuration)
+    assert list(build.operations.filter(action="build").values_list("image", "tag")) == [("built/app", "1")]
+    # Tagging an image that existed before the build is a tag, not a build.
+    assert build.operations.filter(action="tag", image="plain/tag").exists()
+    assert "built: built/app:1" in result.stdout

@@ -1,0 +1,79 @@
+"""The Docker Info summary from recorded operations: containers, images, anonymous pulls."""
+
+import pytest
+from django.urls import reverse
+from django.utils import timezone
+
+from builds import services
+from builds.docker.events import parse_event
+from builds.docker.references import registry_and_repository, split_reference
+from builds.selectors import docker_info_summary
+from tests.factories import BuildFactory
+
+pytestmark = pytest.mark.django_db
+T0 = 1_790_000_000_000_000_000
+
+
+def event(kind, action, actor, seconds, **attributes):
+    return parse_event({"Type": kind, "Action": action, "timeNano": T0 + int(seconds * 1e9),
+                        "Actor": {"ID": actor, "Attributes": attributes}})
+
+
+@pytest.fixture
+def build():
+    build = BuildFactory(started_at=timezone.now(), logged_in_registries=["127.0.0.1:5000"])
+    records = [
+        event("image", "pull", "busybox:latest", 0, name="busybox"),
+        event("image", "pull", "127.0.0.1:5000/team/base:2", 1, name="127.0.0.1:5000/team/base"),
+        event("container", "create", "a" * 64, 2, name="ok", image="busybox:latest"),
+        event("container", "start", "a" * 64, 2.5, name="ok", image="busybox:latest"),
+        event("container", "die", "a" * 64, 4, name="ok", image="busybox:latest", exitCode="0"),
+        event("container", "start", "b" * 64, 5, name="bad", image="busybox:latest"),
+        event("container", "exec_start: sh -c true", "b" * 64, 5.5, name="bad", image="busybox:latest"),
+        event("container", "die", "b" * 64, 6, name="bad", image="busybox:latest", exitCode="3"),
+        event("container", "attach", "b" * 64, 6.1, name="bad", image="busybox:latest"),  # not recorded
+    ]
+    services.operations_ingest(agent_id=build.agent_id, records=[r for r in records if r], build_id=build.pk)
+    return build
+
+
+def test_summary_counts_containers_with_exit_codes_and_run_time(build):
+    summary = docker_info_summary(build)
+    assert summary["operation_count"] == 8
+    assert summary["counts"]["exec"] == 1
+    assert [(c["name"], c["exit_code"], c["failed"], c["seconds"]) for c in summary["containers"]] == [
+        ("ok", 0, False, 1.5), ("bad", 3, True, 1.0)]
+    assert summary["seconds_in_containers"] == 2.5
+    assert summary["images_pulled"] == ["127.0.0.1:5000/team/base:2", "busybox:latest"]
+
+
+def test_a_pull_from_a_registry_the_build_did_not_log_in_to_is_flagged(build, admin_client):
+    [warning] = docker_info_summary(build)["warnings"]
+    assert warning == ("busybox:latest was pulled anonymously: the build was not logged in to docker.io "
+                       "(anonymous pulls get Docker Hub's lower rate limit)")
+    page = admin_client.get(reverse("admin:builds_build_docker_info", args=[build.pk])).content.decode()
+    assert "was pulled anonymously" in page and "ds-failed" in page
+
+
+@pytest.mark.parametrize("image, expected", [
+    ("busybox", ("docker.io", "library/busybox")), ("team/app", ("docker.io", "team/app")),
+    ("127.0.0.1:5000/team/app", ("127.0.0.1:5000", "team/app")), ("localhost/app", ("localhost", "app")),
+    ("ghcr.io/o/r", ("ghcr.io", "o/r")), ("index.docker.io/library/x", ("docker.io", "library/x")),
+])
+def test_registry_and_repository(image, expected):
+    assert registry_and_repository(image) == expected
+
+
+@pytest.mark.parametrize("reference, expected", [
+    ("127.0.0.1:5000/team/app:1", ("127.0.0.1:5000/team/app", "1", "")),
+    ("127.0.0.1:5000/team/app", ("127.0.0.1:5000/team/app", "", "")),
+    ("busybox@sha256:abc", ("busybox", "", "sha256:abc")),
+])
+def test_split_reference(reference, expected):
+    assert split_reference(reference) == expected
+
+
+def test_a_build_event_is_recorded_as_a_build():
+    record = parse_event({"Type": "image", "Action": "create", "timeNano": T0,
+                          "Actor": {"ID": "sha256:" + "c" * 64, "Attributes": {"name": "app:1"}}})
+    assert (record["action"], record["image"], record["tag"]) == ("build", "app", "1")

@@ -7,14 +7,17 @@ from django.core.paginator import Paginator
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
-from django.urls import path
+from django.db import transaction
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
 from connections.admin import ProjectAdmin as BaseProjectAdmin
 from connections.models import Project
 
 from . import selectors, services
-from .models import Agent, Build, BuildConfiguration, DockerOperation, LoginConnection, PushedImage
+from .models import Agent, Build, BuildConfiguration, CleanupRun, DockerOperation, LoginConnection, PushedImage
+from .server_cleanup import pushed_images_retry
 
 
 class LoginConnectionFormSet(forms.BaseInlineFormSet):
@@ -144,6 +147,18 @@ class BuildAdmin(admin.ModelAdmin):
         }
         return TemplateResponse(request, "admin/builds/build/docker_info.html", context)
 
+    def changelist_view(self, request, extra_context=None):
+        # Images of deleted builds still waiting for (or refused) registry deletion, at a glance.
+        counts = dict(PushedImage.objects.filter(build__isnull=True).exclude(
+            cleanup_status__in=[PushedImage.CleanupStatus.DELETED, PushedImage.CleanupStatus.KEPT],
+        ).values_list("cleanup_status").annotate(n=Count("pk")).order_by())
+        if counts.get("pending") or counts.get("failed"):
+            url = reverse("admin:builds_pushedimage_changelist") + "?build__isempty=1"
+            self.message_user(request, format_html(
+                'Images of deleted builds: {} pending deletion, {} failed. <a href="{}">See them</a>.',
+                counts.get("pending", 0), counts.get("failed", 0), url), messages.INFO)
+        return super().changelist_view(request, extra_context)
+
     def has_add_permission(self, request):
         return False  # builds start through run_build or the API
 
@@ -191,7 +206,38 @@ class DockerOperationAdmin(ReadOnlyAdmin):
 @admin.register(PushedImage)
 class PushedImageAdmin(ReadOnlyAdmin):
     list_display = ("reference", "tag", "configuration_ident", "build_number", "cleanup_status", "cleanup_reason",
-                    "pushed_at")
+                    "cleanup_attempts", "next_attempt_at", "pushed_at")
     list_select_related = ("build",)
-    list_filter = ("cleanup_status", "registry")
+    list_filter = ("cleanup_status", "registry", ("build", admin.EmptyFieldListFilter))
     search_fields = ("repository", "tag", "digest", "configuration_ident")
+    actions = ("retry_deletion",)
+
+    @admin.action(description="Retry deletion from the registry")
+    def retry_deletion(self, request, queryset):
+        count = pushed_images_retry(queryset)
+        if count:
+            from .tasks import retry_pending_deletions
+
+            transaction.on_commit(lambda: retry_pending_deletions.apply_async(queue="server"))
+        self.message_user(request, f"{count} image(s) will be deleted again (failed or pending ones only).",
+                          messages.SUCCESS if count else messages.WARNING)
+
+
+@admin.register(CleanupRun)
+class CleanupRunAdmin(ReadOnlyAdmin):
+    list_display = ("started_at", "trigger", "finished_at", "builds_deleted", "images_deleted", "images_kept",
+                    "images_failed", "images_retrying")
+    list_filter = ("trigger",)
+    date_hierarchy = "started_at"
+    readonly_fields = ("trigger", "started_at", "finished_at", "builds_deleted", "images_deleted", "images_kept",
+                       "images_failed", "images_retrying", "report", "error")
+    fields = readonly_fields
+    exclude = ("details",)
+
+    @admin.display(description="what happened")
+    def report(self, obj):
+        return format_html_join("", "<div>{}: <strong>{}</strong>{}</div>", (
+            (entry.get("build") or entry.get("image"), entry.get("outcome"),
+             f" — {entry['reason']}" if entry.get("reason") else "")
+            for entry in obj.details
+        )) or "—"

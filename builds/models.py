@@ -272,6 +272,11 @@ class PushedImage(models.Model):
     cleanup_reason = models.TextField(blank=True, help_text="Why it was kept, or the registry's last error.")
     cleanup_attempts = models.PositiveIntegerField(default=0)
     cleanup_updated_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a pending deletion is tried next.")
+    # A deletion run claims rows with a conditional UPDATE before touching the registry, so two
+    # runs never delete the same image twice; the claim lapses if its run dies.
+    claim = models.CharField(max_length=36, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-pushed_at", "-pk"]
@@ -291,3 +296,30 @@ class PushedImage(models.Model):
         if self.digest:
             return f"{self.registry}/{self.repository}@{self.digest}"
         return f"{self.registry}/{self.repository}:{self.tag}"
+
+
+class CleanupRun(models.Model):
+    """One server clean-up: retention applied, builds deleted, pushed images deleted, kept or failed."""
+
+    class Trigger(models.TextChoices):
+        COMMAND = "command", "cleanup_builds command"
+        SCHEDULE = "schedule", "Schedule (Celery beat)"
+        RETRY = "retry", "Retry of pending deletions"
+        ADMIN = "admin", "Admin action"
+
+    trigger = models.CharField(max_length=10, choices=Trigger.choices)
+    started_at = models.DateTimeField()
+    finished_at = models.DateTimeField(null=True, blank=True)
+    builds_deleted = models.PositiveIntegerField(default=0)
+    images_deleted = models.PositiveIntegerField(default=0)
+    images_kept = models.PositiveIntegerField(default=0)
+    images_failed = models.PositiveIntegerField(default=0)
+    images_retrying = models.PositiveIntegerField(default=0)
+    details = models.JSONField(default=list, blank=True, help_text="Each build deleted and each image's outcome, with reasons.")
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-pk"]
+
+    def __str__(self):
+        return f"clean-up {self.started_at:%Y-%m-%d %H:%M}"

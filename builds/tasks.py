@@ -84,3 +84,32 @@ def refresh_expiring_logins() -> int:
 def ingest_events(agent_id: int, records: list[dict], build_id: int | None = None) -> int:
     """Stores a batch of Docker operations (server queue); a redelivered batch changes nothing."""
     return services.operations_ingest(agent_id=agent_id, records=records, build_id=build_id)
+
+
+@app.task(name="builds.cleanup_builds", acks_late=True)
+def cleanup_builds() -> dict:
+    """Periodic (nightly by default): retention, then registry deletion of the deleted builds' images."""
+    from .models import CleanupRun
+    from .server_cleanup import cleanup_run
+
+    run = cleanup_run(trigger=CleanupRun.Trigger.SCHEDULE)
+    return {"run": run.pk, "builds_deleted": run.builds_deleted, "images_deleted": run.images_deleted}
+
+
+@app.task(name="builds.retry_pending_deletions", acks_late=True)
+def retry_pending_deletions() -> dict:
+    """Periodic: pending image deletions whose backoff has passed are tried again."""
+    from django.utils import timezone
+
+    from .models import CleanupRun, PushedImage
+    from .server_cleanup import pending_deletions_process
+
+    due = PushedImage.objects.filter(cleanup_status=PushedImage.CleanupStatus.PENDING,
+                                     next_attempt_at__lte=timezone.now())
+    if not due.exists():
+        return {}
+    run = CleanupRun.objects.create(trigger=CleanupRun.Trigger.RETRY, started_at=timezone.now())
+    tally = pending_deletions_process(run=run)
+    run.finished_at = timezone.now()
+    run.save()
+    return tally

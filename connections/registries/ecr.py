@@ -60,37 +60,62 @@ def ecr_credentials(connection: Connection, *, session_name: str,
     return credentials
 
 
+def aws_session(connection: Connection, *, session_name: str, details: list | None = None):
+    """A boto3 session with the connection's identity: its keys, the default chain, or an assumed role."""
+    session = _base_session(connection)
+    if connection.credentials != Connection.Credentials.TEMPORARY:
+        return session
+    params = {"RoleArn": connection.role_arn, "RoleSessionName": role_session_name(session_name)}
+    if connection.external_id.strip():
+        params["ExternalId"] = connection.external_id  # a blank one is left out, never sent empty
+    answer = session.client("sts", **_client_args(connection)).assume_role(**params)
+    temporary = answer["Credentials"]
+    if details is not None:
+        details.append(f"assumed role {answer['AssumedRoleUser']['Arn']}")
+    return boto3.session.Session(
+        aws_access_key_id=temporary["AccessKeyId"],
+        aws_secret_access_key=temporary["SecretAccessKey"],
+        aws_session_token=temporary["SessionToken"],
+        region_name=connection.region,
+    )
+
+
+def _client_args(connection: Connection) -> dict:
+    args = {"config": _BOTO_CONFIG}
+    if connection.endpoint_url:
+        args["endpoint_url"] = connection.endpoint_url
+    return args
+
+
+def _aws_errors(connection: Connection):
+    """Turns botocore's errors into RegistryError quoting AWS, without secrets."""
+    return _AwsErrors(connection)
+
+
+class _AwsErrors:
+    def __init__(self, connection):
+        self.connection = connection
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, traceback):
+        if isinstance(exc, ClientError):
+            error = exc.response.get("Error", {})
+            message = f"AWS {exc.operation_name} failed: {error.get('Code', 'error')}: {error.get('Message', '')}"
+            raise RegistryError(_scrub(message.rstrip(": "), self.connection)) from None
+        if isinstance(exc, BotoCoreError):
+            raise RegistryError(_scrub(f"AWS could not be asked: {exc}", self.connection)) from None
+        return False
+
+
 def fetch_token(connection: Connection, *, session_name: str) -> RegistryCredentials:
     """Asks AWS for a fresh token; raises RegistryError with AWS's answer and no secret."""
-    client_args = {"config": _BOTO_CONFIG}
-    if connection.endpoint_url:
-        client_args["endpoint_url"] = connection.endpoint_url
-    details = []
-    try:
-        session = _base_session(connection)
-        if connection.credentials == Connection.Credentials.TEMPORARY:
-            params = {"RoleArn": connection.role_arn, "RoleSessionName": role_session_name(session_name)}
-            if connection.external_id.strip():
-                params["ExternalId"] = connection.external_id  # a blank one is left out, never sent empty
-            answer = session.client("sts", **client_args).assume_role(**params)
-            temporary = answer["Credentials"]
-            session = boto3.session.Session(
-                aws_access_key_id=temporary["AccessKeyId"],
-                aws_secret_access_key=temporary["SecretAccessKey"],
-                aws_session_token=temporary["SessionToken"],
-                region_name=connection.region,
-            )
-            details.append(f"assumed role {answer['AssumedRoleUser']['Arn']}")
-        answer = session.client("ecr", **client_args).get_authorization_token(registryIds=[connection.registry_id])
-    except ClientError as exc:
-        error = exc.response.get("Error", {})
-        raise RegistryError(_scrub(
-            f"AWS {exc.operation_name} failed: "
-            f"{error.get('Code', 'error')}: {error.get('Message', '')}".rstrip(": "),
-            connection,
-        )) from None
-    except BotoCoreError as exc:
-        raise RegistryError(_scrub(f"AWS could not be asked: {exc}", connection)) from None
+    details: list[str] = []
+    with _aws_errors(connection):
+        session = aws_session(connection, session_name=session_name, details=details)
+        answer = session.client("ecr", **_client_args(connection)).get_authorization_token(
+            registryIds=[connection.registry_id])
     data = answer["authorizationData"][0]
     username, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
     expires_at = data.get("expiresAt")
@@ -100,6 +125,42 @@ def fetch_token(connection: Connection, *, session_name: str) -> RegistryCredent
         server=connection.registry_address, username=username, password=password, expires_at=expires_at,
         detail="; ".join(details),
     )
+
+
+BATCH_DELETE_LIMIT = 100  # BatchDeleteImage takes at most 100 image ids (moto does not enforce it)
+
+
+class EcrRepository:
+    """One ECR repository of a connection: its tags per digest, and batched deletion."""
+
+    def __init__(self, connection: Connection, repository: str, *, session_name: str = "dockersupport-cleanup"):
+        self.connection, self.repository = connection, repository
+        with _aws_errors(connection):
+            self.client = aws_session(connection, session_name=session_name).client("ecr", **_client_args(connection))
+
+    def tags_by_digest(self) -> dict[str, set[str]]:
+        result: dict[str, set[str]] = {}
+        with _aws_errors(self.connection):
+            pages = self.client.get_paginator("list_images").paginate(
+                registryId=self.connection.registry_id, repositoryName=self.repository)
+            for page in pages:
+                for image in page.get("imageIds", []):
+                    tags = result.setdefault(image["imageDigest"], set())
+                    if image.get("imageTag"):
+                        tags.add(image["imageTag"])
+        return result
+
+    def delete(self, image_ids: list[dict]) -> tuple[list[dict], list[dict]]:
+        """BatchDeleteImage in chunks of at most 100; returns (deleted ids, failures with their codes)."""
+        deleted, failures = [], []
+        for start in range(0, len(image_ids), BATCH_DELETE_LIMIT):
+            chunk = image_ids[start:start + BATCH_DELETE_LIMIT]
+            with _aws_errors(self.connection):
+                answer = self.client.batch_delete_image(
+                    registryId=self.connection.registry_id, repositoryName=self.repository, imageIds=chunk)
+            deleted.extend(answer.get("imageIds", []))
+            failures.extend(answer.get("failures", []))
+        return deleted, failures
 
 
 def _base_session(connection: Connection):

@@ -5,6 +5,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -13,7 +14,8 @@ from builds.docker.client_config import config_dir_create, config_write
 from builds.models import Build
 from connections.registries import RegistryCredentials
 from dockersupport_site.celery import app
-from tests.factories import (AgentFactory, BuildConfigurationFactory, EcrConnectionFactory, LoginConnectionFactory)
+from tests.factories import (AgentFactory, BuildConfigurationFactory, BuildFactory, EcrConnectionFactory,
+                             LoginConnectionFactory)
 
 pytestmark = pytest.mark.django_db
 
@@ -91,3 +93,16 @@ def test_task_names_are_stable():
 def test_periodic_tasks_are_scheduled_in_the_admin():
     scheduled = set(PeriodicTask.objects.values_list("task", flat=True))
     assert {"builds.logout_silent_builds", "builds.refresh_expiring_logins"} <= scheduled
+
+
+def test_retention_keeps_pinned_running_and_young_builds():
+    configuration = BuildConfigurationFactory(keep_last=1, keep_days=10)
+    now = timezone.now()
+    old = {name: BuildFactory(configuration=configuration, started_at=now - timedelta(days=30 - i),
+                              **{"status": "succeeded", **extra})
+           for i, (name, extra) in enumerate([("deleted", {}), ("pinned", {"pinned": True}),
+                                              ("running", {"status": "running"})])}
+    young = BuildFactory(configuration=configuration, started_at=now - timedelta(days=2), status="failed")
+    newest = BuildFactory(configuration=configuration, started_at=now, status="succeeded")
+    call_command("cleanup_builds")
+    assert set(Build.objects.filter(configuration=configuration)) == {old["pinned"], old["running"], young, newest}

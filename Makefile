@@ -11,7 +11,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
 ## run: migrate the embedded SQLite database and serve the admin with a Celery worker and beat

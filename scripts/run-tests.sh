@@ -85,6 +85,7 @@ if redis_ready 6379; then
 else
   start_private_redis
 fi
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1  # the browser test uses Debian's chromium, never a download
 export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/15"
 mkdir -p test-output
 

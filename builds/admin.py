@@ -16,7 +16,9 @@ from connections.admin import ProjectAdmin as BaseProjectAdmin
 from connections.models import Project
 
 from . import selectors, services
-from .models import Agent, Build, BuildConfiguration, CleanupRun, DockerOperation, LoginConnection, PushedImage
+from .agent_cleanup import human
+from .models import (Agent, AgentCleanup, Build, BuildConfiguration, CleanupRun, DockerOperation, LoginConnection,
+                     PushedImage)
 from .server_cleanup import pushed_images_retry
 
 
@@ -83,12 +85,62 @@ class ProjectAdmin(BaseProjectAdmin):
     inlines = [*BaseProjectAdmin.inlines, BuildConfigurationInline]
 
 
+class AgentCleanupInline(admin.TabularInline):
+    model = AgentCleanup
+    fields = ("at", "reason", "required", "before", "after", "reclaimed", "removed_images", "met")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    verbose_name_plural = "Free Disk Space runs (newest first)"
+
+    @admin.display(description="required")
+    def required(self, obj):
+        return human(obj.required_bytes)
+
+    @admin.display(description="free before")
+    def before(self, obj):
+        return human(obj.free_before)
+
+    @admin.display(description="free after")
+    def after(self, obj):
+        return human(obj.free_after)
+
+    @admin.display(description="reclaimed")
+    def reclaimed(self, obj):
+        return human(obj.bytes_reclaimed)
+
+    @admin.display(description="images removed")
+    def removed_images(self, obj):
+        return ", ".join(ref for item in obj.removed for ref in item["references"]) or "—"
+
+
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
     list_display = ("name", "os", "docker_host", "effective_data_path", "queue_name", "running_builds", "last_seen_at")
     list_filter = ("os",)
     search_fields = ("name", "docker_host")
-    readonly_fields = ("queue_name", "effective_data_path", "last_seen_at")
+    readonly_fields = ("queue_name", "effective_data_path", "last_seen_at", "free_space_chart")
+    inlines = [AgentCleanupInline]
+
+    @admin.display(description="free space over time")
+    def free_space_chart(self, obj):
+        """A small SVG line of the free space measured by the last Free Disk Space runs."""
+        points = list(obj.cleanups.order_by("-at").values_list("at", "free_before", "free_after")[:50])[::-1]
+        if not points:
+            return "No Free Disk Space run yet."
+        values = [v for _, before, after in points for v in (before, after)]
+        low, high = min(values), max(values)
+        span = (high - low) or 1
+        width, height = 400, 80
+        step = width / max(len(values) - 1, 1)
+        coords = " ".join(f"{i * step:.1f},{height - (v - low) / span * (height - 10) - 5:.1f}"
+                          for i, v in enumerate(values))
+        return format_html(
+            '<svg width="{}" height="{}" role="img" aria-label="free space from {} to {}" '
+            'style="border:1px solid var(--hairline-color,#ccc)"><polyline fill="none" stroke="#417690" '
+            'stroke-width="2" points="{}"/></svg><div>{} – {} free, over the last {} run(s)</div>',
+            width, height, human(low), human(high), coords, human(low), human(high), len(points))
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(

@@ -129,7 +129,18 @@ class Agent(models.Model):
     @property
     def effective_data_path(self) -> str:
         """Per-agent setting, else DOCKERSUPPORT_DOCKER_DATA_PATH, else the OS default."""
-        return self.docker_data_path or settings.DOCKERSUPPORT_DOCKER_DATA_PATH or default_data_path(self.os)
+        return self.data_path_and_origin()[0]
+
+    def data_path_and_origin(self) -> tuple[str, str]:
+        """The Docker data path and the setting it comes from, to name in errors."""
+        if self.docker_data_path:
+            return self.docker_data_path, f"the 'Docker data path' of agent {self.name}"
+        if settings.DOCKERSUPPORT_DOCKER_DATA_PATH:
+            return settings.DOCKERSUPPORT_DOCKER_DATA_PATH, "DOCKERSUPPORT_DOCKER_DATA_PATH"
+        return default_data_path(self.os), (
+            f"the default for {self.get_os_display()} (set the agent's 'Docker data path' or "
+            "DOCKERSUPPORT_DOCKER_DATA_PATH)"
+        )
 
 
 def default_data_path(os_name: str) -> str:
@@ -323,3 +334,44 @@ class CleanupRun(models.Model):
 
     def __str__(self):
         return f"clean-up {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class AgentImage(models.Model):
+    """An image that a build on the agent created or pulled, with its last use by a build (for agent clean-up)."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="images")
+    reference = models.CharField(max_length=500, help_text="repository:tag, or the image ID when it has no tag.")
+    image_id = models.CharField(max_length=100, blank=True)
+    created_by = models.CharField(max_length=10, help_text="The operation that brought it: pull, build, import, load, tag.")
+    first_seen_at = models.DateTimeField()
+    last_used_at = models.DateTimeField(db_index=True)
+    last_build = models.ForeignKey(Build, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    class Meta:
+        ordering = ["agent", "last_used_at"]
+        constraints = [models.UniqueConstraint(fields=["agent", "reference"], name="agent_image_once")]
+
+    def __str__(self):
+        return f"{self.reference} on {self.agent}"
+
+
+class AgentCleanup(models.Model):
+    """One Free Disk Space run on an agent: why, what was removed, free space before and after."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="cleanups")
+    at = models.DateTimeField()
+    reason = models.CharField(max_length=300)
+    data_path = models.CharField(max_length=500)
+    required_bytes = models.BigIntegerField()
+    free_before = models.BigIntegerField()
+    free_after = models.BigIntegerField()
+    bytes_reclaimed = models.BigIntegerField(default=0)
+    removed = models.JSONField(default=list, blank=True, help_text="Images removed, least recently used first.")
+    met = models.BooleanField(help_text="Whether the required free space was reached.")
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        indexes = [models.Index(fields=["agent", "at"])]
+
+    def __str__(self):
+        return f"free disk space on {self.agent} at {self.at:%Y-%m-%d %H:%M}"

@@ -22,6 +22,7 @@ from .recording import OperationRecorder
 from .selectors import docker_info_summary
 
 LOGIN_FAILED_EXIT_CODE = 1
+DISK_SPACE_EXIT_CODE = 1
 COMMAND_NOT_FOUND_EXIT_CODE = 127
 
 
@@ -55,10 +56,12 @@ class _Heartbeat(threading.Thread):
 
 
 def run_build(*, configuration: BuildConfiguration, agent: Agent, command: list[str], number: int | None = None,
-              out=sys.stdout, err=sys.stderr) -> RunResult:
+              required_free: int | None = None, out=sys.stdout, err=sys.stderr) -> RunResult:
     build = services.build_start(configuration=configuration, agent=agent, number=number,
                                  started_by=Build.StartedBy.RUN_BUILD)
     out.write(f"dockersupport: build {build} (id {build.pk}) on agent {agent}\n")
+    if required_free is not None and not _free_disk_space(build, agent, required_free, out, err):
+        return RunResult(build=Build.objects.get(pk=build.pk), exit_code=DISK_SPACE_EXIT_CODE)
     received: list[int] = []
     child: list[subprocess.Popen] = []
 
@@ -116,6 +119,27 @@ def run_build(*, configuration: BuildConfiguration, agent: Agent, command: list[
     out.write(f"dockersupport: logged out; build {build} {build.status} with exit code {exit_code}\n")
     out.write(summary_text(docker_info_summary(build)))
     return RunResult(build=build, exit_code=exit_code, login=login)
+
+
+def _free_disk_space(build: Build, agent: Agent, required: int, out, err) -> bool:
+    """Frees space before the command runs (Free Disk Space); False stops the build."""
+    from .agent_cleanup import AgentCleanupError, free_disk_space, human
+
+    try:
+        result = free_disk_space(agent, required, reason=f"build {build} requires {human(required)} free",
+                                 progress=lambda line: out.write(f"dockersupport: {line}\n"))
+    except AgentCleanupError as exc:
+        message = f"free disk space: {exc}"
+    else:
+        if result.met:
+            out.write(f"dockersupport: {human(result.free_after)} free on {result.path} "
+                      f"({human(required)} required, {len(result.removed)} image(s) removed)\n")
+            return True
+        message = (f"free disk space: {human(required)} required on {result.path} but only "
+                   f"{human(result.free_after)} could be freed: short by {human(result.shortfall)}")
+    err.write(f"dockersupport: {message}\ndockersupport: the command was not run.\n")
+    services.build_abandon(build=build, reason=message)
+    return False
 
 
 def summary_text(summary: dict) -> str:

@@ -24,7 +24,7 @@ from connections.registries.credentials import REFRESH_LEAD
 from .docker.client_config import config_dir_create, config_dir_remove, config_servers, config_write
 from .docker.daemon import DaemonError, daemon_client, daemon_verify_login
 from .docker.references import registry_and_repository
-from .models import Agent, Build, BuildConfiguration, DockerOperation, LoginConnection, PushedImage
+from .models import Agent, AgentImage, Build, BuildConfiguration, DockerOperation, LoginConnection, PushedImage
 
 
 class BuildStartError(Exception):
@@ -232,7 +232,42 @@ def operations_ingest(*, agent_id: int, records: list[dict], build_id: int | Non
     with transaction.atomic():
         DockerOperation.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
         _record_pushed_images([row for row in rows if row.action == DockerOperation.Action.PUSH])
+        _track_agent_images(agent_id, rows)
     return len(rows)
+
+
+IMAGE_CREATING_ACTIONS = {"pull", "build", "import", "load", "tag"}
+
+
+def _image_reference(operation: DockerOperation) -> str:
+    if operation.image:
+        return f"{operation.image}:{operation.tag}" if operation.tag else operation.image
+    return operation.attributes.get("image_id", "")
+
+
+def _track_agent_images(agent_id: int, rows: list[DockerOperation]) -> None:
+    """Images builds created or pulled on the agent, and their last use by a build (agent clean-up)."""
+    latest: dict[str, DockerOperation] = {}
+    created: dict[str, DockerOperation] = {}
+    for row in rows:
+        reference = _image_reference(row)
+        if not reference:
+            continue
+        if reference not in latest or row.time_nano > latest[reference].time_nano:
+            latest[reference] = row
+        if row.action in IMAGE_CREATING_ACTIONS and reference not in created:
+            created[reference] = row
+    if not latest:
+        return
+    AgentImage.objects.bulk_create([
+        AgentImage(agent_id=agent_id, reference=reference, image_id=row.attributes.get("image_id", ""),
+                   created_by=row.action, first_seen_at=row.time, last_used_at=row.time, last_build_id=row.build_id)
+        for reference, row in created.items()
+    ], ignore_conflicts=True)
+    for reference, row in latest.items():
+        # A replayed older batch must not move a last use back in time.
+        AgentImage.objects.filter(agent_id=agent_id, reference=reference, last_used_at__lt=row.time).update(
+            last_used_at=row.time, last_build_id=row.build_id)
 
 
 OPERATION_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest",

@@ -113,3 +113,14 @@ def retry_pending_deletions() -> dict:
     run.finished_at = timezone.now()
     run.save()
     return tally
+
+
+@app.task(name="builds.free_disk_space", **AGENT_TASK_OPTIONS)
+def free_disk_space(agent_id: int, required_bytes: int, reason: str = "scheduled") -> dict:
+    """Agent queue: frees `required_bytes` on the agent's Docker data volume (Free Disk Space)."""
+    from .agent_cleanup import free_disk_space as run
+    from .models import Agent
+
+    result = run(Agent.objects.get(pk=agent_id), required_bytes, reason=reason)
+    return {"met": result.met, "free_after": result.free_after, "removed": len(result.removed),
+            "shortfall": result.shortfall}

@@ -101,3 +101,28 @@ def test_admin_refuses_another_projects_connection_and_two_logins_to_one_host(ad
     assert not LoginConnection.objects.exists()
     assert post(own).status_code == 302
     assert [login.connection for login in configuration.logins.all()] == [own]
+
+
+@pytest.mark.parametrize("text, size", [("500M", 500 * 1024 ** 2), ("20G", 20 * 1024 ** 3), ("1T", 1024 ** 4),
+                                        ("1.5G", int(1.5 * 1024 ** 3)), ("2048", 2048), ("10k", 10 * 1024),
+                                        ("3GiB", 3 * 1024 ** 3)])
+def test_sizes_are_read_with_binary_units(text, size):
+    from builds.agent_cleanup import parse_size
+
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "G", "5X", "-1G", "1,5G"])
+def test_a_bad_size_names_itself(text):
+    from builds.agent_cleanup import AgentCleanupError, parse_size
+
+    with pytest.raises(AgentCleanupError, match="is not a size"):
+        parse_size(text)
+
+
+def test_the_data_path_says_where_it_comes_from(settings):
+    settings.DOCKERSUPPORT_DOCKER_DATA_PATH = ""
+    assert Agent(name="a", os="linux").data_path_and_origin()[1].startswith("the default for Linux")
+    settings.DOCKERSUPPORT_DOCKER_DATA_PATH = "/srv/docker"
+    assert Agent(name="a").data_path_and_origin() == ("/srv/docker", "DOCKERSUPPORT_DOCKER_DATA_PATH")
+    assert Agent(name="a", docker_data_path="/d").data_path_and_origin() == ("/d", "the 'Docker data path' of agent a")

@@ -23,9 +23,13 @@ class Command(BaseCommand):
         parser.add_argument("configuration", metavar="CONFIG", help="the build configuration's id")
         parser.add_argument("--agent", required=True, help="the agent (build host) this runs on")
         parser.add_argument("--number", type=int, help="the build number (default: the next one)")
+        parser.add_argument("--required-free", metavar="SIZE",
+                            help="free this much on the agent's Docker data volume first (like 500M, 20G)")
         # Everything after `--` is the build's command; `command=[...]` does the same for call_command.
         parser.add_argument("--command", nargs="+", help=argparse.SUPPRESS)
-        parser.usage = "manage.py run_build CONFIG --agent AGENT [--number N] -- COMMAND [ARG...]"
+        parser.usage = (
+            "manage.py run_build CONFIG --agent AGENT [--number N] [--required-free SIZE] -- COMMAND [ARG...]"
+        )
 
     def run_from_argv(self, argv):
         if "--" in argv:
@@ -33,12 +37,20 @@ class Command(BaseCommand):
             argv, self.build_command = argv[:split], argv[split + 1:]
         super().run_from_argv(argv)
 
-    def handle(self, *args, configuration, agent, number, command, **options):
+    def handle(self, *args, configuration, agent, number, command, required_free, **options):
         command = command or getattr(self, "build_command", None)
         if not command:
             raise CommandError("no COMMAND given: run_build CONFIG --agent AGENT -- COMMAND [ARG...]")
         if number is not None and number < 1:
             raise CommandError(f"--number {number}: a build number is 1 or more")
+        required = None
+        if required_free is not None:
+            from builds.agent_cleanup import AgentCleanupError, parse_size
+
+            try:
+                required = parse_size(required_free)
+            except AgentCleanupError as exc:
+                raise CommandError(f"--required-free {required_free}: {exc}") from None
         try:
             config = selectors.configuration_get(configuration)
         except BuildConfiguration.DoesNotExist as exc:
@@ -52,7 +64,7 @@ class Command(BaseCommand):
             ) from None
         try:
             result = run_build(configuration=config, agent=host, command=command, number=number,
-                               out=sys.stdout, err=sys.stderr)
+                               required_free=required, out=sys.stdout, err=sys.stderr)
         except services.BuildStartError as exc:
             raise CommandError(str(exc)) from None
         sys.stdout.flush()

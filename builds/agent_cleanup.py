@@ -1,0 +1,164 @@
+"""Agent clean-up (Free Disk Space): remove images builds left on a build host, least recently used first.
+
+Only images that builds on the agent created or pulled (AgentImage) are candidates; an image that
+any container uses, running or stopped, is never removed; an image no build made stays. Free
+space is measured on the volume holding the agent's Docker data path and re-read after each
+removal, which stops as soon as the requirement is met.
+"""
+
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.utils import timezone
+
+from .docker.daemon import DaemonError, daemon_client
+from .models import Agent, AgentCleanup, AgentImage
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+
+
+class AgentCleanupError(Exception):
+    """The clean-up cannot run (bad size, data path missing, daemon unreachable); nothing was removed."""
+
+
+def parse_size(text: str) -> int:
+    """'500M', '20G', '1T', '1.5G' or bytes; binary units (1G = 1024³ bytes)."""
+    match = _SIZE_RE.match(text or "")
+    if not match:
+        raise AgentCleanupError(f"'{text}' is not a size: use a number with K, M, G or T (like 500M, 20G, 1T)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def human(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if abs(size) >= _UNITS[unit]:
+            return f"{size / _UNITS[unit]:.1f}{unit}"
+    return f"{size}B"
+
+
+def free_bytes(agent: Agent) -> tuple[str, int]:
+    """(data path, free bytes on its volume); a path that does not exist names the setting to fix."""
+    path, origin = agent.data_path_and_origin()
+    if not os.path.isdir(path):
+        raise AgentCleanupError(f"the Docker data path {path} of agent {agent} does not exist; it comes from {origin}")
+    return path, shutil.disk_usage(path).free
+
+
+@dataclass
+class Candidate:
+    image_id: str
+    references: list[str]  # the tracked references that point to it (what is removed)
+    size: int
+    last_used_at: datetime
+    keeps_other_tags: bool  # other tags (not from builds) keep the image: removing ours frees nothing
+
+
+@dataclass
+class Result:
+    path: str
+    required: int
+    free_before: int
+    free_after: int
+    plan: list[Candidate] = field(default_factory=list)
+    removed: list[dict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def met(self) -> bool:
+        return self.free_after >= self.required
+
+    @property
+    def shortfall(self) -> int:
+        return max(self.required - self.free_after, 0)
+
+
+def plan_candidates(agent: Agent, client) -> list[Candidate]:
+    """Tracked images still on the daemon and used by no container, least recently used first."""
+    tracked: dict[str, list[AgentImage]] = {}
+    for row in AgentImage.objects.filter(agent=agent).only("reference", "image_id", "last_used_at"):
+        tracked.setdefault(row.reference, []).append(row)
+    in_use = {c.attrs.get("Image") for c in client.containers.list(all=True, ignore_removed=True)}
+    images: dict[str, Candidate] = {}
+    for image in client.images.list():
+        tags = image.attrs.get("RepoTags") or []
+        ours = [t for t in tags if t in tracked]
+        if image.id in tracked:
+            ours.append(image.id)
+        if not ours or image.id in in_use:
+            continue
+        last_used = max(row.last_used_at for ref in ours for row in tracked[ref])
+        others = [t for t in tags if t not in tracked]
+        images[image.id] = Candidate(image_id=image.id, references=ours, size=int(image.attrs.get("Size") or 0),
+                                     last_used_at=last_used, keeps_other_tags=bool(others))
+    return sorted(images.values(), key=lambda c: (c.last_used_at, c.image_id))
+
+
+def free_disk_space(agent: Agent, required: int, *, dry_run: bool = False, reason: str = "", progress=None) -> Result:
+    """Removes candidates until `required` bytes are free; records the run unless it is a dry run."""
+    say = progress or (lambda text: None)
+    path, free = free_bytes(agent)
+    result = Result(path=path, required=required, free_before=free, free_after=free)
+    try:
+        client = daemon_client(agent.effective_docker_host)
+    except DaemonError as exc:
+        raise AgentCleanupError(str(exc)) from None
+    try:
+        candidates = plan_candidates(agent, client)
+        if dry_run:
+            # The images that would go, until the estimate meets the requirement.
+            for candidate in candidates:
+                if result.free_after >= required:
+                    break
+                result.plan.append(candidate)
+                result.free_after += 0 if candidate.keeps_other_tags else candidate.size
+            return result
+        result.plan = candidates
+        for candidate in candidates:
+            if result.free_after >= required:
+                break
+            for reference in candidate.references:
+                try:
+                    client.images.remove(reference, noprune=False)
+                except Exception as exc:  # noqa: BLE001 - docker's errors: report and go on with the next
+                    result.errors.append(f"{reference}: {getattr(exc, 'explanation', None) or exc}")
+            before, result.free_after = result.free_after, free_bytes(agent)[1]
+            result.removed.append({"image": candidate.image_id, "references": candidate.references,
+                                   "size": candidate.size, "freed": max(result.free_after - before, 0)})
+            say(f"removed {', '.join(candidate.references)} ({human(candidate.size)}); free now "
+                f"{human(result.free_after)}")
+        AgentImage.objects.filter(agent=agent, reference__in=[r for item in result.removed
+                                                              for r in item["references"]]).delete()
+    finally:
+        client.close()
+    AgentCleanup.objects.create(
+        agent=agent, at=timezone.now(), reason=reason or "free_disk_space", data_path=path, required_bytes=required,
+        free_before=result.free_before, free_after=result.free_after,
+        bytes_reclaimed=max(result.free_after - result.free_before, 0), removed=result.removed, met=result.met,
+    )
+    return result
+
+
+def result_text(result: Result, dry_run: bool) -> str:
+    lines = [f"free space on {result.path}: {human(result.free_before)}, required: {human(result.required)}"]
+    if dry_run:
+        if result.plan:
+            lines.append("would remove, least recently used first:")
+        elif not result.met:
+            lines.append("no image that a build made can be removed")
+        for candidate in result.plan:
+            note = " (other tags keep the image: frees nothing)" if candidate.keeps_other_tags else ""
+            lines.append(f"  {', '.join(candidate.references)}  {human(candidate.size)}  last used "
+                         f"{candidate.last_used_at:%Y-%m-%d %H:%M}{note}")
+    else:
+        lines.append(f"removed {len(result.removed)} image(s); free space now {human(result.free_after)}")
+        lines.extend(f"  error: {error}" for error in result.errors)
+    if result.met:
+        lines.append("requirement met" + (" (dry run: nothing was changed)" if dry_run else ""))
+    else:
+        lines.append(f"cannot free enough: short by {human(result.shortfall)} "
+                     f"({human(result.required)} required)" + (" (dry run: nothing was changed)" if dry_run else ""))
+    return "\n".join(lines)

@@ -1,0 +1,33 @@
+"""`python manage.py free_disk_space --agent AGENT --required SIZE [--dry-run]`"""
+
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from builds.agent_cleanup import AgentCleanupError, free_disk_space, parse_size, result_text
+from builds.models import Agent
+
+
+class Command(BaseCommand):
+    help = ("Remove images that builds created or pulled on AGENT, least recently used first, until SIZE is free "
+            "on its Docker data volume. Exits 1 when that cannot be reached.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--agent", required=True)
+        parser.add_argument("--required", required=True, metavar="SIZE", help="like 500M, 20G or 1T (binary units)")
+        parser.add_argument("--dry-run", action="store_true", help="print the ordered plan and change nothing")
+
+    def handle(self, *args, agent, required, dry_run, **options):
+        try:
+            host = Agent.objects.get(name=agent)
+        except Agent.DoesNotExist:
+            raise CommandError(f"--agent {agent}: no such agent") from None
+        try:
+            size = parse_size(required)
+            result = free_disk_space(host, size, dry_run=dry_run, reason="free_disk_space command",
+                                     progress=self.stdout.write)
+        except AgentCleanupError as exc:
+            raise CommandError(f"--required {required}: {exc}" if "not a size" in str(exc) else str(exc)) from None
+        self.stdout.write(result_text(result, dry_run))
+        if not result.met:
+            sys.exit(1)

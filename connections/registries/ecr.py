@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import re
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 
 import boto3
@@ -87,32 +88,23 @@ def _client_args(connection: Connection) -> dict:
     return args
 
 
-def _aws_errors(connection: Connection):
+@contextmanager
+def aws_errors(connection: Connection):
     """Turns botocore's errors into RegistryError quoting AWS, without secrets."""
-    return _AwsErrors(connection)
-
-
-class _AwsErrors:
-    def __init__(self, connection):
-        self.connection = connection
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, traceback):
-        if isinstance(exc, ClientError):
-            error = exc.response.get("Error", {})
-            message = f"AWS {exc.operation_name} failed: {error.get('Code', 'error')}: {error.get('Message', '')}"
-            raise RegistryError(_scrub(message.rstrip(": "), self.connection)) from None
-        if isinstance(exc, BotoCoreError):
-            raise RegistryError(_scrub(f"AWS could not be asked: {exc}", self.connection)) from None
-        return False
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        message = f"AWS {exc.operation_name} failed: {error.get('Code', 'error')}: {error.get('Message', '')}"
+        raise RegistryError(_scrub(message.rstrip(": "), connection)) from None
+    except BotoCoreError as exc:
+        raise RegistryError(_scrub(f"AWS could not be asked: {exc}", connection)) from None
 
 
 def fetch_token(connection: Connection, *, session_name: str) -> RegistryCredentials:
     """Asks AWS for a fresh token; raises RegistryError with AWS's answer and no secret."""
     details: list[str] = []
-    with _aws_errors(connection):
+    with aws_errors(connection):
         session = aws_session(connection, session_name=session_name, details=details)
         answer = session.client("ecr", **_client_args(connection)).get_authorization_token(
             registryIds=[connection.registry_id])
@@ -135,12 +127,12 @@ class EcrRepository:
 
     def __init__(self, connection: Connection, repository: str, *, session_name: str = "dockersupport-cleanup"):
         self.connection, self.repository = connection, repository
-        with _aws_errors(connection):
+        with aws_errors(connection):
             self.client = aws_session(connection, session_name=session_name).client("ecr", **_client_args(connection))
 
     def tags_by_digest(self) -> dict[str, set[str]]:
         result: dict[str, set[str]] = {}
-        with _aws_errors(self.connection):
+        with aws_errors(self.connection):
             pages = self.client.get_paginator("list_images").paginate(
                 registryId=self.connection.registry_id, repositoryName=self.repository)
             for page in pages:
@@ -155,7 +147,7 @@ class EcrRepository:
         deleted, failures = [], []
         for start in range(0, len(image_ids), BATCH_DELETE_LIMIT):
             chunk = image_ids[start:start + BATCH_DELETE_LIMIT]
-            with _aws_errors(self.connection):
+            with aws_errors(self.connection):
                 answer = self.client.batch_delete_image(
                     registryId=self.connection.registry_id, repositoryName=self.repository, imageIds=chunk)
             deleted.extend(answer.get("imageIds", []))

@@ -1,6 +1,5 @@
 """Docker operations of a build, recorded from the daemon's event stream, on real daemons and a registry."""
 
-import os
 import subprocess
 import sys
 import threading

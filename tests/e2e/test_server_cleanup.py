@@ -9,13 +9,12 @@ from datetime import timedelta
 
 import pytest
 import requests
-from django.core.management import call_command
 from django.utils import timezone
 
 from builds.models import Build, CleanupRun, PushedImage
 from builds.server_cleanup import pending_deletions_process
 from tests.e2e.test_docker_events import registry_digest
-from tests.factories import BuildConfigurationFactory, BuildFactory, ProjectFactory, RegistryConnectionFactory
+from tests.factories import ProjectFactory, RegistryConnectionFactory
 from tests.harness import Registry
 
 pytestmark = [pytest.mark.e2e]

@@ -11,14 +11,22 @@ VENV_BIN=$(dirname "$PYTHON")
 "$PYTHON" manage.py ensure_superuser
 
 pids=()
-stop() {
+stop() {  # TERM to each, up to 10 s to finish, then KILL: Ctrl-C never leaves anything running
   trap - INT TERM EXIT
-  [ ${#pids[@]} -gt 0 ] && kill "${pids[@]}" 2>/dev/null || true
-  wait 2>/dev/null || true
+  [ ${#pids[@]} -gt 0 ] || return 0
+  kill "${pids[@]}" 2>/dev/null || true
+  for _ in $(seq 50); do
+    alive=0
+    for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+    [ $alive -eq 0 ] && return 0
+    sleep 0.2
+  done
+  kill -9 "${pids[@]}" 2>/dev/null || true
 }
 trap stop INT TERM EXIT
 
-"$VENV_BIN/celery" -A dockersupport_site worker -Q server -l warning --concurrency 2 &
+# Embedded mode runs tasks in-process, so this worker has little to do: threads, no forked pool.
+"$VENV_BIN/celery" -A dockersupport_site worker -Q server -l warning -P threads --concurrency 2 &
 pids+=($!)
 "$VENV_BIN/celery" -A dockersupport_site beat -l warning -s var/celerybeat-schedule &
 pids+=($!)

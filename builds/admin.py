@@ -94,6 +94,9 @@ class AgentCleanupInline(admin.TabularInline):
     can_delete = False
     verbose_name_plural = "Free Disk Space runs (newest first)"
 
+    def has_add_permission(self, request, obj=None):
+        return False  # written by the clean-up only
+
     @admin.display(description="required")
     def required(self, obj):
         return human(obj.required_bytes)

@@ -33,7 +33,9 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
 
 
-def human(size: int) -> str:
+def human(size: int | None) -> str:
+    if size is None:
+        return "—"
     for unit in ("T", "G", "M", "K"):
         if abs(size) >= _UNITS[unit]:
             return f"{size / _UNITS[unit]:.1f}{unit}"

@@ -20,16 +20,21 @@ from tests.harness import Registry
 pytestmark = [pytest.mark.e2e]
 
 
-def push_unique(docker_client, registry, repository, tag) -> str:
-    """Pushes a small image of its own (its own digest) and returns the registry's digest."""
+def unique_tarball() -> bytes:
+    """A root file system of one file with random content: an image of its own digest."""
     data = io.BytesIO()
     with tarfile.open(fileobj=data, mode="w") as tar:
         content = uuid.uuid4().hex.encode()
         info = tarfile.TarInfo("unique.txt")
         info.size = len(content)
         tar.addfile(info, io.BytesIO(content))
+    return data.getvalue()
+
+
+def push_unique(docker_client, registry, repository, tag) -> str:
+    """Pushes a small image of its own (its own digest) and returns the registry's digest."""
     reference = f"{registry.address}/{repository}"
-    docker_client.api.import_image_from_data(data.getvalue(), repository=reference, tag=tag)
+    docker_client.api.import_image_from_data(unique_tarball(), repository=reference, tag=tag)
     for line in docker_client.images.push(reference, tag, auth_config=registry.auth_config, stream=True, decode=True):
         assert "error" not in line, line
     docker_client.images.remove(f"{reference}:{tag}")
@@ -84,13 +89,7 @@ def test_three_builds_keep_last_one(manage, agent, registry_configuration, regis
         if number == 3:
             script += f" && docker tag {registry.address}/{repo}:1 {registry.address}/{repo}:again" \
                       f" && docker push {registry.address}/{repo}:again"
-        data = io.BytesIO()
-        with tarfile.open(fileobj=data, mode="w") as tar:
-            content = uuid.uuid4().hex.encode()
-            info = tarfile.TarInfo("unique.txt")
-            info.size = len(content)
-            tar.addfile(info, io.BytesIO(content))
-        docker_client.api.import_image_from_data(data.getvalue(), repository=f"{registry.address}/{repo}", tag=tag)
+        docker_client.api.import_image_from_data(unique_tarball(), repository=f"{registry.address}/{repo}", tag=tag)
         result = manage("run_build", registry_configuration.ident, "--agent", agent.name, "--", "sh", "-c", script)
         assert result.returncode == 0, result.stdout + result.stderr
         digests[number] = registry_digest(registry, repo, tag)

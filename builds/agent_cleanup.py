@@ -80,21 +80,27 @@ class Result:
 
 def plan_candidates(agent: Agent, client) -> list[Candidate]:
     """Tracked images still on the daemon and used by no container, least recently used first."""
-    tracked: dict[str, list[AgentImage]] = {}
-    for row in AgentImage.objects.filter(agent=agent).only("reference", "image_id", "last_used_at"):
-        tracked.setdefault(row.reference, []).append(row)
-    in_use = {c.attrs.get("Image") for c in client.containers.list(all=True, ignore_removed=True)}
+    # Plain tuples, not model instances: an old agent tracks thousands of references.
+    tracked: dict[str, datetime] = {}  # reference -> its last use
+    for reference, used in AgentImage.objects.filter(agent=agent).order_by().values_list("reference", "last_used_at"):
+        tracked[reference] = max(used, tracked.get(reference, used))
+    # The list endpoints' summaries, not client.containers.list() / client.images.list(), which inspect
+    # each container and image (one request each). A container summary's ImageID is inspect's Image;
+    # an image summary has the same Id, RepoTags and Size as inspect, except that older daemons list an
+    # untagged image's RepoTags as ["<none>:<none>"] (inspect: []).
+    in_use = {c.get("ImageID") for c in client.api.containers(all=True)}
     images: dict[str, Candidate] = {}
-    for image in client.images.list():
-        tags = image.attrs.get("RepoTags") or []
+    for summary in client.api.images():
+        image_id = summary["Id"]
+        tags = [t for t in summary.get("RepoTags") or [] if t != "<none>:<none>"]
         ours = [t for t in tags if t in tracked]
-        if image.id in tracked:
-            ours.append(image.id)
-        if not ours or image.id in in_use:
+        if image_id in tracked:
+            ours.append(image_id)
+        if not ours or image_id in in_use:
             continue
-        last_used = max(row.last_used_at for ref in ours for row in tracked[ref])
+        last_used = max(tracked[ref] for ref in ours)
         others = [t for t in tags if t not in tracked]
-        images[image.id] = Candidate(image_id=image.id, references=ours, size=int(image.attrs.get("Size") or 0),
+        images[image_id] = Candidate(image_id=image_id, references=ours, size=int(summary.get("Size") or 0),
                                      last_used_at=last_used, keeps_other_tags=bool(others))
     return sorted(images.values(), key=lambda c: (c.last_used_at, c.image_id))
 

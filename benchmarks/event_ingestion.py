@@ -1,0 +1,215 @@
+"""Docker event ingestion: `operations_ingest` in batches vs one ORM `.save()` per event.
+
+Creates a throw-away database (PostgreSQL by default: `dockersupport_bench` on the server of
+--database-url, dropped at the end; SQLite: a temporary file), migrates it, and stores the same
+number of synthetic daemon events (a CI-like mix: pulls, tags, pushes, container
+create/start/exec/die/destroy), parsed by `parse_event`, two ways, each into its own build and
+agent so that the unique constraint skips nothing:
+
+  batched: `services.operations_ingest(build_id=...)` in batches of `events.BATCH_SIZE` (500),
+           as the event stream delivers them; besides the operations it records a PushedImage
+           per push and the agent's images (AgentImage, for agent clean-up);
+  naive:   `DockerOperation(...).save()` per event (autocommit), operations only; so the ratio
+           understates what batching saves.
+
+Each path runs --rounds times, alternately (fresh events, build and agent each time); the best
+run of each counts, so that a busy spell of a shared machine does not decide the ratio. Prints
+events/second of each and their ratio, and checks that every run stored every event.
+Target: batched >= 10x faster than naive.
+
+    .venv/bin/python benchmarks/event_ingestion.py [--events 20000] [--rounds 3] [--database-url URL]
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
+BENCH_DATABASE = "dockersupport_bench"
+T0 = 1_790_000_000_000_000_000  # 2026-09-21, nanoseconds
+TARGET_RATIO = 10
+
+
+@contextmanager
+def throwaway_database(server_url: str, name: str):
+    """Yields a DATABASE_URL for a new, empty database on the server of `server_url`; drops it after."""
+    parts = urlsplit(server_url)
+    if parts.scheme.startswith("sqlite"):
+        with tempfile.TemporaryDirectory() as folder:
+            yield f"sqlite:///{folder}/{name}.sqlite3"
+        return
+    import psycopg
+
+    def admin_connect():
+        return psycopg.connect(host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
+                               user=parts.username or "postgres", password=parts.password,
+                               dbname=(parts.path.lstrip("/") or "postgres"), autocommit=True)
+
+    with admin_connect() as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        with admin_connect() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def database_name(connection) -> str:
+    if connection.vendor == "postgresql":
+        return f"PostgreSQL {connection.pg_version // 10000}.{connection.pg_version % 10000}"
+    return f"{connection.display_name} {connection.Database.sqlite_version}" if connection.vendor == "sqlite" \
+        else connection.display_name
+
+
+def django_setup(database_url: str):
+    os.environ["DATABASE_URL"] = database_url
+    os.environ["DEBUG"] = "0"  # production behaviour: no query log kept in memory (.env may say DEBUG=1)
+    os.environ.setdefault("DOCKERSUPPORT_ENCRYPTION_KEY", "x4wSSpAHrwsH3EYuxkHzGm9cR4bEXcWyxt8Qz5e5xHA=")
+    os.environ.setdefault("SECRET_KEY", "benchmark-only-secret-key")
+    os.environ["DJANGO_SETTINGS_MODULE"] = "dockersupport_site.settings"
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0)
+
+
+def synthetic_events(count: int, start_nano: int, label: str) -> list[dict]:
+    """`count` raw daemon events, 1 ms apart, of a CI build: each step pulls a base image, runs two
+    containers (create, start, exec, die, destroy; now and then one fails) and tags what it built;
+    every 4th step also tags a release and pushes it (about 12 events a step, 2% of them pushes)."""
+    registry = "registry.example.test:5000"
+    events = []
+    step = 0
+
+    def add(kind, action, actor, **attributes):
+        events.append({"Type": kind, "Action": action, "timeNano": start_nano + len(events) * 1_000_000,
+                       "Actor": {"ID": actor, "Attributes": attributes}})
+
+    while len(events) < count:
+        base = f"{registry}/team/base:{step % 40}"
+        app = f"{registry}/team/{label}"
+        image_id = f"sha256:{step:064x}"
+        add("image", "pull", base, name=f"{registry}/team/base")
+        for n, command in enumerate(("make test", "make package")):
+            container = f"{label}{step:08d}{n:02d}".ljust(64, "c")
+            attrs = {"name": f"{label}-step-{step}-{n}", "image": base}
+            add("container", "create", container, **attrs)
+            add("container", "start", container, **attrs)
+            add("container", f"exec_start: sh -c '{command}'", container, execID=f"{step:060x}{n:04x}", **attrs)
+            add("container", "die", container, exitCode="1" if step % 17 == n else "0", **attrs)
+            add("container", "destroy", container, **attrs)
+        add("image", "tag", image_id, name=f"{app}:build-{step}")
+        if step % 4 == 3:
+            add("image", "tag", image_id, name=f"{app}:{step}")
+            add("image", "push", f"{app}:{step}", name=app)
+        step += 1
+    return events[:count]
+
+
+def fixtures(label: str):
+    from django.utils import timezone
+
+    from builds.models import Agent, Build, BuildConfiguration
+    from connections.models import Project
+
+    project, _ = Project.objects.get_or_create(ident="bench", defaults={"name": "Bench"})
+    configuration, _ = BuildConfiguration.objects.get_or_create(project=project, ident="bench",
+                                                                defaults={"name": "bench"})
+    agent = Agent.objects.create(name=f"bench-{label}")
+    started = datetime.fromtimestamp(T0 / 1e9, tz=dt_timezone.utc) - timedelta(minutes=1)
+    number = Build.objects.filter(configuration=configuration).count() + 1
+    build = Build.objects.create(configuration=configuration, agent=agent, number=number, started_at=started,
+                                 heartbeat_at=timezone.now())
+    return agent, build
+
+
+def ingest_batched(records, agent, build, batch_size):
+    from builds import services
+
+    for i in range(0, len(records), batch_size):
+        services.operations_ingest(agent_id=agent.pk, records=records[i:i + batch_size], build_id=build.pk)
+
+
+def ingest_naive(records, agent, build):
+    from builds.models import DockerOperation
+    from builds.services import OPERATION_FIELDS
+
+    for r in records:
+        DockerOperation(build_id=build.pk, agent_id=agent.pk,
+                        time=datetime.fromtimestamp(r["time_nano"] / 1e9, tz=dt_timezone.utc),
+                        **{k: r[k] for k in OPERATION_FIELDS}).save()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each path, alternated; the best counts")
+    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL,
+                        help="server to use: a throw-away database is created on it (PostgreSQL: "
+                             f"'{BENCH_DATABASE}', dropped at the end; SQLite: a temporary file)")
+    args = parser.parse_args()
+
+    with throwaway_database(args.database_url, BENCH_DATABASE) as database_url:
+        django_setup(database_url)
+        from django.db import connection
+
+        from builds.docker.events import BATCH_SIZE, parse_event
+        from builds.models import DockerOperation, PushedImage
+
+        paths = {"batched": lambda records, agent, build: ingest_batched(records, agent, build, BATCH_SIZE),
+                 "naive": ingest_naive}
+        runs = {name: [] for name in paths}  # name -> [(seconds, operations stored, pushed images stored)]
+        for round_ in range(args.rounds):
+            # Alternate which path goes first, so that a slower spell of a shared machine hits both.
+            for name in (list(paths) if round_ % 2 == 0 else list(paths)[::-1]):
+                start_nano = T0 + (2 * round_ + (name == "naive")) * 10**15  # distinct events per path and round
+                records = [parse_event(event) for event in synthetic_events(args.events, start_nano, name)]
+                agent, build = fixtures(f"{name}-{round_}")
+                start = time.perf_counter()
+                paths[name](records, agent, build)
+                seconds = time.perf_counter() - start
+                runs[name].append((seconds, DockerOperation.objects.filter(build=build).count(),
+                                   PushedImage.objects.filter(build=build).count()))
+        mix = {}
+        for record in records:
+            mix[record["action"]] = mix.get(record["action"], 0) + 1
+        vendor = database_name(connection)
+
+    print(f"Docker event ingestion, {args.events} events per path and round, best of {args.rounds} round(s), "
+          f"on {vendor}")
+    print(f"  event mix: {', '.join(f'{k} {v}' for k, v in sorted(mix.items()))}")
+    complete = True
+    for name, label in (("batched", f"operations_ingest, batches of {BATCH_SIZE}"), ("naive", "one .save() per event")):
+        best = min(seconds for seconds, _, _ in runs[name])
+        stored = {operations for _, operations, _ in runs[name]}
+        pushed = {images for _, _, images in runs[name]}
+        complete &= stored == {args.events}
+        print(f"  {name:8} ({label}): {best:6.2f} s  {args.events / best:7.0f} events/s"
+              f"   (rounds: {', '.join(f'{args.events / seconds:.0f}' for seconds, _, _ in runs[name])} events/s)")
+        print(f"           stored {'/'.join(map(str, sorted(stored)))} operations per round"
+              f"{' (all)' if stored == {args.events} else ' (MISSING SOME)'}, "
+              f"{'/'.join(map(str, sorted(pushed)))} pushed images")
+    ratio = min(s for s, _, _ in runs["naive"]) / min(s for s, _, _ in runs["batched"])
+    print(f"  ratio batched / naive: {ratio:5.1f} x   (target >= {TARGET_RATIO} x: "
+          f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})")
+    if not complete:
+        raise SystemExit("a path did not store every event")
+
+
+if __name__ == "__main__":
+    main()

@@ -163,6 +163,7 @@ class AgentAdmin(admin.ModelAdmin):
 class BuildAdmin(admin.ModelAdmin):
     change_form_template = "admin/builds/build/change_form.html"
     docker_info_page_size = 50
+    docker_info_list_size = 50
     list_display = ("__str__", "configuration", "agent", "status", "started_at", "duration", "exit_code",
                     "operation_count", "pinned")
     list_select_related = ("configuration", "agent")
@@ -192,11 +193,25 @@ class BuildAdmin(admin.ModelAdmin):
             action = ""
         operations = selectors.build_operations(build, action, search)
         page = Paginator(operations, self.docker_info_page_size).get_page(request.GET.get("page"))
+        summary = selectors.docker_info_summary(build)
+        # Long lists are cut on every page (the operations table has them all): failed containers
+        # are always shown, then the first others in time order.
+        containers = summary["containers"]
+        room = self.docker_info_list_size - sum(1 for c in containers if c["failed"])
+        shown = []
+        for container in containers:
+            if not container["failed"]:
+                if room <= 0:
+                    continue
+                room -= 1
+            shown.append(container)
+        pushed = build.pushed_images.order_by("pushed_at", "pk")
         context = {
             **self.admin_site.each_context(request),
             "title": f"Docker Info of build {build}", "opts": self.opts, "build": build, "original": build,
-            "summary": selectors.docker_info_summary(build),
-            "pushed_images": build.pushed_images.order_by("pushed_at", "pk"),
+            "summary": summary, "containers": shown,
+            "pushed_images": pushed[:self.docker_info_list_size], "pushed_count": pushed.count(),
+            "pushed_url": reverse("admin:builds_pushedimage_changelist") + f"?build__id__exact={build.pk}",
             "actions": DockerOperation.Action.choices, "action": action, "search": search, "page": page,
             "query": urlencode({k: v for k, v in (("action", action), ("q", search)) if v}),
         }

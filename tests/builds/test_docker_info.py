@@ -77,3 +77,26 @@ def test_a_build_event_is_recorded_as_a_build():
     record = parse_event({"Type": "image", "Action": "create", "timeNano": T0,
                           "Actor": {"ID": "sha256:" + "c" * 64, "Attributes": {"name": "app:1"}}})
     assert (record["action"], record["image"], record["tag"]) == ("build", "app", "1")
+
+
+def test_long_lists_are_cut_but_failed_containers_always_show(admin_client, settings):
+    from builds.admin import BuildAdmin
+    from builds.models import PushedImage
+
+    build = BuildFactory(started_at=timezone.now())
+    records = []
+    for n in range(60):
+        container = f"{n:064x}"
+        records.append(event("container", "start", container, n, name=f"c{n}", image="busybox:latest"))
+        records.append(event("container", "die", container, n + 0.5, name=f"c{n}", image="busybox:latest",
+                             exitCode="1" if n == 59 else "0"))
+        records.append(event("image", "push", f"127.0.0.1:5000/app/n{n}:1", n + 0.7, name="127.0.0.1:5000/app/n"))
+    services.operations_ingest(agent_id=build.agent_id, records=records, build_id=build.pk)
+    url = reverse("admin:builds_build_docker_info", args=[build.pk])
+    response = admin_client.get(url)
+    shown = [c["name"] for c in response.context["containers"]]
+    assert len(shown) == BuildAdmin.docker_info_list_size and "c59" in shown and "c58" not in shown
+    assert len(response.context["pushed_images"]) == 50 and response.context["pushed_count"] == 60
+    assert PushedImage.objects.filter(build=build).count() == 60
+    listing = admin_client.get(response.context["pushed_url"])
+    assert listing.status_code == 200 and listing.context["cl"].result_count == 60

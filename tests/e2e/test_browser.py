@@ -65,7 +65,8 @@ def open_page(monkeypatch, live_server):
         page.set_default_timeout(15_000)
         page.loaded, page.broken = [], []
         page.on("response", lambda r: (page.loaded if r.status < 400 else page.broken).append((r.status, r.url)))
-        page.on("requestfailed", lambda r: page.broken.append((r.failure, r.url)))
+        # A request the browser cancels because the page navigates on (net::ERR_ABORTED) is not broken.
+        page.on("requestfailed", lambda r: r.failure == "net::ERR_ABORTED" or page.broken.append((r.failure, r.url)))
         return page
 
     yield open_page

@@ -27,5 +27,11 @@ test: $(VENV)/.installed-test
 	scripts/install-test-deps.sh
 	PYTHON=$(PY) scripts/run-tests.sh
 
+## benchmarks: the speed targets of the issues, with their figures and ratios (needs root for Debian's skopeo)
+benchmarks: $(VENV)/.installed-test
+	scripts/install-test-deps.sh
+	command -v skopeo >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends skopeo)
+	for benchmark in benchmarks/*.py; do echo "== $$benchmark"; $(PY) $$benchmark || exit 1; done
+
 clean:
 	rm -rf $(VENV) test-output

@@ -121,7 +121,7 @@ def synthetic_events(count: int, start_nano: int, label: str) -> list[dict]:
 def build_with_operations(count: int, label: str, start_nano: int):
     from django.utils import timezone
 
-    from builds import services
+    from builds import ingestion
     from builds.docker.events import BATCH_SIZE, parse_event
     from builds.models import Agent, Build, BuildConfiguration, DockerOperation
     from connections.models import Project
@@ -138,7 +138,7 @@ def build_with_operations(count: int, label: str, start_nano: int):
     )
     records = [parse_event(event) for event in synthetic_events(count, start_nano, label)]
     for i in range(0, len(records), BATCH_SIZE):
-        services.operations_ingest(agent_id=agent.pk, records=records[i:i + BATCH_SIZE], build_id=build.pk)
+        ingestion.operations_ingest(agent_id=agent.pk, records=records[i:i + BATCH_SIZE], build_id=build.pk)
     assert DockerOperation.objects.filter(build=build).count() == count
     return build
 

@@ -6,7 +6,7 @@ number of synthetic daemon events (a CI-like mix: pulls, tags, pushes, container
 create/start/exec/die/destroy), parsed by `parse_event`, two ways, each into its own build and
 agent so that the unique constraint skips nothing:
 
-  batched: `services.operations_ingest(build_id=...)` in batches of `events.BATCH_SIZE` (500),
+  batched: `ingestion.operations_ingest(build_id=...)` in batches of `events.BATCH_SIZE` (500),
            as the event stream delivers them; besides the operations it records a PushedImage
            per push and the agent's images (AgentImage, for agent clean-up);
   naive:   `DockerOperation(...).save()` per event (autocommit), operations only; so the ratio
@@ -139,15 +139,15 @@ def fixtures(label: str):
 
 
 def ingest_batched(records, agent, build, batch_size):
-    from builds import services
+    from builds import ingestion
 
     for i in range(0, len(records), batch_size):
-        services.operations_ingest(agent_id=agent.pk, records=records[i:i + batch_size], build_id=build.pk)
+        ingestion.operations_ingest(agent_id=agent.pk, records=records[i:i + batch_size], build_id=build.pk)
 
 
 def ingest_naive(records, agent, build):
+    from builds.ingestion import OPERATION_FIELDS
     from builds.models import DockerOperation
-    from builds.services import OPERATION_FIELDS
 
     for r in records:
         DockerOperation(build_id=build.pk, agent_id=agent.pk,

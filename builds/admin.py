@@ -4,10 +4,10 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.db.models import Count, Q
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
-from django.db import transaction
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
@@ -17,8 +17,16 @@ from connections.models import Project
 
 from . import selectors, services
 from .agent_cleanup import human
-from .models import (Agent, AgentCleanup, Build, BuildConfiguration, CleanupRun, DockerOperation, LoginConnection,
-                     PushedImage)
+from .models import (
+    Agent,
+    AgentCleanup,
+    Build,
+    BuildConfiguration,
+    CleanupRun,
+    DockerOperation,
+    LoginConnection,
+    PushedImage,
+)
 from .server_cleanup import pushed_images_retry
 
 

@@ -12,7 +12,6 @@ from django.db import models
 from connections.models import Connection, Project
 from connections.validators import validate_ident
 
-
 _AT_LEAST_ONE = MinValueValidator(1, message="must be at least 1; leave it empty to not use this rule")
 
 

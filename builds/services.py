@@ -4,28 +4,23 @@ Login and logout touch the agent's Docker daemon and file system, so they run on
 host: in `run_build` itself, or in a Celery worker of the agent's queue for API-driven builds.
 """
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
-from datetime import timezone as dt_timezone
 from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, connections, router, transaction
-from django.db.models import Max, Q
+from django.db import IntegrityError, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from connections.models import Connection
 from connections.registries import RegistryCredentials, RegistryError, credentials_for
-from connections.registries.credentials import docker_server
-from connections.registries.credentials import REFRESH_LEAD
+from connections.registries.credentials import REFRESH_LEAD, docker_server
 
 from .docker.client_config import config_dir_create, config_dir_remove, config_servers, config_write
 from .docker.daemon import DaemonError, daemon_client, daemon_verify_login
-from .docker.references import registry_and_repository
-from .models import Agent, AgentImage, Build, BuildConfiguration, DockerOperation, LoginConnection, PushedImage
+from .models import Agent, Build, BuildConfiguration, LoginConnection
 
 
 class BuildStartError(Exception):
@@ -206,156 +201,3 @@ def build_abandon(*, build: Build, reason: str) -> None:
     Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
         status=Build.Status.ERROR, error=reason, finished_at=timezone.now(),
     )
-
-
-def operations_ingest(*, agent_id: int, records: list[dict], build_id: int | None = None) -> int:
-    """Stores a batch of Docker operation records with bulk inserts; returns how many were attributed.
-
-    Records come from `builds.docker.events.parse_event`. With `build_id` they belong to that
-    build (run_build); without it each is given to the agent's build that was running at the
-    event's time (the agent's watcher), and records outside any build are dropped. A batch
-    delivered twice changes nothing: operations are unique per agent, time, type, action, actor.
-    """
-    if not records:
-        return 0
-    if build_id is not None:
-        owners = {r["time_nano"]: build_id for r in records}
-    else:
-        owners = _owners_by_time(agent_id, [r["time_nano"] for r in records])
-    rows = [
-        DockerOperation(
-            build_id=owners[r["time_nano"]], agent_id=agent_id,
-            time=datetime.fromtimestamp(r["time_nano"] / 1e9, tz=dt_timezone.utc),
-            **{k: r[k] for k in OPERATION_FIELDS},
-        )
-        for r in records if owners.get(r["time_nano"]) is not None
-    ]
-    with transaction.atomic():
-        _operations_insert(rows)
-        _record_pushed_images([row for row in rows if row.action == DockerOperation.Action.PUSH])
-        _track_agent_images(agent_id, rows)
-    return len(rows)
-
-
-def _operations_insert(rows: list[DockerOperation]) -> None:
-    """`bulk_create(rows, ignore_conflicts=True)`, in one statement on PostgreSQL.
-
-    There the rows go as one JSON document that `jsonb_to_recordset` expands: the same
-    INSERT ... ON CONFLICT DO NOTHING of the same values, without Django preparing each of the
-    15 values of every row through its model field and psycopg quoting them one by one, which
-    took most of the ingestion's time (benchmarks/event_ingestion.py).
-    """
-    connection = connections[router.db_for_write(DockerOperation)]
-    if connection.vendor != "postgresql" or not rows:
-        DockerOperation.objects.bulk_create(rows, ignore_conflicts=True, batch_size=1000)
-        return
-    fields = [DockerOperation._meta.get_field(name) for name in ("build", "agent", "time", *OPERATION_FIELDS)]
-    quote = connection.ops.quote_name
-    columns = ", ".join(quote(f.column) for f in fields)
-    # Types without length, as bulk_create's UNNEST: too long a value fails the INSERT, never truncated.
-    types = ", ".join(f"{quote(f.column)} {f.db_type(connection).split('(')[0]}" for f in fields)
-    payload = json.dumps([
-        {"build_id": row.build_id, "agent_id": row.agent_id, "time": row.time.isoformat(),
-         **{name: getattr(row, name) for name in OPERATION_FIELDS}}
-        for row in rows
-    ])
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {quote(DockerOperation._meta.db_table)} ({columns}) SELECT {columns}"
-            f" FROM jsonb_to_recordset(%s::jsonb) AS r({types}) ON CONFLICT DO NOTHING",
-            [payload],
-        )
-
-
-IMAGE_CREATING_ACTIONS = {"pull", "build", "import", "load", "tag"}
-
-
-def _image_reference(operation: DockerOperation) -> str:
-    if operation.image:
-        return f"{operation.image}:{operation.tag}" if operation.tag else operation.image
-    return operation.attributes.get("image_id", "")
-
-
-def _track_agent_images(agent_id: int, rows: list[DockerOperation]) -> None:
-    """Images builds created or pulled on the agent, and their last use by a build (agent clean-up)."""
-    latest: dict[str, DockerOperation] = {}
-    created: dict[str, DockerOperation] = {}
-    for row in rows:
-        reference = _image_reference(row)
-        if not reference:
-            continue
-        if reference not in latest or row.time_nano > latest[reference].time_nano:
-            latest[reference] = row
-        if row.action in IMAGE_CREATING_ACTIONS and reference not in created:
-            created[reference] = row
-    if not latest:
-        return
-    AgentImage.objects.bulk_create([
-        AgentImage(agent_id=agent_id, reference=reference, image_id=row.attributes.get("image_id", ""),
-                   created_by=row.action, first_seen_at=row.time, last_used_at=row.time, last_build_id=row.build_id)
-        for reference, row in created.items()
-    ], ignore_conflicts=True)
-    connection = connections[router.db_for_write(AgentImage)]
-    if connection.vendor == "postgresql":
-        # The same updates as the loop below in one statement: one UPDATE per image (~90 in a batch
-        # of 500 events) took half of the ingestion's time (benchmarks/event_ingestion.py).
-        column = {name: connection.ops.quote_name(AgentImage._meta.get_field(name).column)
-                  for name in ("agent", "reference", "last_used_at", "last_build")}
-        uses = json.dumps([
-            {"reference": reference, "last_used_at": row.time.isoformat(), "last_build_id": row.build_id}
-            for reference, row in latest.items()
-        ])
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {connection.ops.quote_name(AgentImage._meta.db_table)} AS a"
-                f" SET {column['last_used_at']} = u.last_used_at, {column['last_build']} = u.last_build_id"
-                " FROM jsonb_to_recordset(%s::jsonb)"
-                " AS u(reference text, last_used_at timestamptz, last_build_id bigint)"
-                f" WHERE a.{column['agent']} = %s AND a.{column['reference']} = u.reference"
-                f" AND a.{column['last_used_at']} < u.last_used_at",  # never back in time (a replayed older batch)
-                [uses, agent_id],
-            )
-        return
-    for reference, row in latest.items():
-        # A replayed older batch must not move a last use back in time.
-        AgentImage.objects.filter(agent_id=agent_id, reference=reference, last_used_at__lt=row.time).update(
-            last_used_at=row.time, last_build_id=row.build_id)
-
-
-OPERATION_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest",
-                    "container_id", "container_name", "exit_code", "attributes")
-
-
-def _owners_by_time(agent_id: int, times: list[int]) -> dict[int, int]:
-    """Event time → the id of the agent's build that was running then (the latest started)."""
-    low = datetime.fromtimestamp(min(times) / 1e9, tz=dt_timezone.utc)
-    high = datetime.fromtimestamp(max(times) / 1e9, tz=dt_timezone.utc)
-    builds = list(
-        Build.objects.filter(agent_id=agent_id, started_at__lte=high)
-        .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=low))
-        .order_by("-started_at").values_list("pk", "started_at", "finished_at")
-    )
-    owners = {}
-    for nano in times:
-        moment = datetime.fromtimestamp(nano / 1e9, tz=dt_timezone.utc)
-        for pk, started, finished in builds:
-            if started <= moment and (finished is None or moment <= finished):
-                owners[nano] = pk
-                break
-    return owners
-
-
-def _record_pushed_images(pushes: list[DockerOperation]) -> None:
-    if not pushes:
-        return
-    builds = Build.objects.select_related("configuration").in_bulk({p.build_id for p in pushes})
-    images = []
-    for push in pushes:
-        build = builds[push.build_id]
-        registry, repository = registry_and_repository(push.image)
-        images.append(PushedImage(
-            build=build, project_id=build.configuration.project_id, configuration_ident=build.configuration.ident,
-            build_number=build.number, registry=registry, repository=repository, tag=push.tag,
-            digest=push.digest, pushed_at=push.time,
-        ))
-    PushedImage.objects.bulk_create(images, ignore_conflicts=True)

@@ -11,7 +11,7 @@ from django.db import OperationalError
 from dockersupport_site.celery import app
 from dockersupport_site.queues import Queue
 
-from . import selectors, services
+from . import ingestion, selectors, services
 from .models import Build
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def refresh_expiring_logins() -> int:
           autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
 def ingest_events(agent_id: int, records: list[dict], build_id: int | None = None) -> int:
     """Stores a batch of Docker operations (server queue); a redelivered batch changes nothing."""
-    return services.operations_ingest(agent_id=agent_id, records=records, build_id=build_id)
+    return ingestion.operations_ingest(agent_id=agent_id, records=records, build_id=build_id)
 
 
 @app.task(name="builds.cleanup_builds", acks_late=True)

@@ -4,7 +4,7 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from builds import services
+from builds import ingestion
 from builds.docker.events import parse_event
 from builds.docker.references import registry_and_repository, split_reference
 from builds.selectors import docker_info_summary
@@ -33,7 +33,7 @@ def build():
         event("container", "die", "b" * 64, 6, name="bad", image="busybox:latest", exitCode="3"),
         event("container", "attach", "b" * 64, 6.1, name="bad", image="busybox:latest"),  # not recorded
     ]
-    services.operations_ingest(agent_id=build.agent_id, records=[r for r in records if r], build_id=build.pk)
+    ingestion.operations_ingest(agent_id=build.agent_id, records=[r for r in records if r], build_id=build.pk)
     return build
 
 
@@ -91,7 +91,7 @@ def test_long_lists_are_cut_but_failed_containers_always_show(admin_client, sett
         records.append(event("container", "die", container, n + 0.5, name=f"c{n}", image="busybox:latest",
                              exitCode="1" if n == 59 else "0"))
         records.append(event("image", "push", f"127.0.0.1:5000/app/n{n}:1", n + 0.7, name="127.0.0.1:5000/app/n"))
-    services.operations_ingest(agent_id=build.agent_id, records=records, build_id=build.pk)
+    ingestion.operations_ingest(agent_id=build.agent_id, records=records, build_id=build.pk)
     url = reverse("admin:builds_build_docker_info", args=[build.pk])
     response = admin_client.get(url)
     shown = [c["name"] for c in response.context["containers"]]
@@ -100,3 +100,11 @@ def test_long_lists_are_cut_but_failed_containers_always_show(admin_client, sett
     assert PushedImage.objects.filter(build=build).count() == 60
     listing = admin_client.get(response.context["pushed_url"])
     assert listing.status_code == 200 and listing.context["cl"].result_count == 60
+
+
+def test_the_operation_time_is_the_event_time(build):
+    from datetime import datetime, timedelta, timezone
+
+    first = build.operations.order_by("time_nano").first()
+    assert first.time_nano == T0
+    assert abs(first.time - datetime.fromtimestamp(T0 / 1e9, tz=timezone.utc)) <= timedelta(microseconds=1)

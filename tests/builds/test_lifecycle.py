@@ -14,8 +14,13 @@ from builds.docker.client_config import config_dir_create, config_write
 from builds.models import Build
 from connections.registries import RegistryCredentials
 from dockersupport_site.celery import app
-from tests.factories import (AgentFactory, BuildConfigurationFactory, BuildFactory, EcrConnectionFactory,
-                             LoginConnectionFactory)
+from tests.factories import (
+    AgentFactory,
+    BuildConfigurationFactory,
+    BuildFactory,
+    EcrConnectionFactory,
+    LoginConnectionFactory,
+)
 
 pytestmark = pytest.mark.django_db
 

@@ -5,8 +5,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from builds.models import Agent, LoginConnection, default_data_path
-from tests.factories import (AgentFactory, BuildConfigurationFactory, ProjectFactory,
-                             RegistryConnectionFactory)
+from tests.factories import AgentFactory, BuildConfigurationFactory, ProjectFactory, RegistryConnectionFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -10,9 +10,8 @@ import pytest
 from django.core.cache import cache
 
 from connections.registries import RegistryError, credentials_for
-from connections.registries.credentials import REUSE_MARGIN
+from connections.registries.credentials import REUSE_MARGIN, RegistryCredentials
 from connections.registries.ecr import _cache_put, cache_key, ecr_credentials, role_session_name, token_is_reusable
-from connections.registries.credentials import RegistryCredentials
 from tests.factories import EcrConnectionFactory
 
 pytestmark = pytest.mark.django_db

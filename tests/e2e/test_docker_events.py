@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from builds import services
+from builds import ingestion
 from builds.docker.events import parse_event
 from builds.models import Build, DockerOperation, PushedImage
 from tests.e2e.conftest import ROOT, command_env
@@ -122,7 +122,7 @@ def test_a_batch_delivered_twice_changes_nothing(agent, registry_configuration):
             "Actor": {"ID": "127.0.0.1:5000/team/app:1", "Attributes": {"name": "127.0.0.1:5000/team/app"}}}
     batch = [parse_event(raw), parse_event(push)]
     for _ in range(2):
-        services.operations_ingest(agent_id=agent.pk, records=batch, build_id=build.pk)
+        ingestion.operations_ingest(agent_id=agent.pk, records=batch, build_id=build.pk)
     assert DockerOperation.objects.filter(build=build).count() == 2
     assert PushedImage.objects.filter(build=build).count() == 1
 

@@ -19,24 +19,24 @@ log = logging.getLogger(__name__)
 
 class OperationRecorder:
     def __init__(self, agent: Agent, build: Build | None = None, since_nano: int | None = None):
-        from . import tasks  # Celery loads only in processes that record
-
         self.agent, self.build, self.since_nano = agent, build, since_nano
-        self._task = tasks.ingest_events
         self._results = []
         self.stream: EventStream | None = None
         self.error = ""
+        self._client = None
 
     def _deliver(self, records: list[dict]) -> None:
+        # Imported here, in the writer thread: Celery loads only once there is something to record,
+        # while the build's command runs (run_build's start-up stays lean).
+        from .tasks import ingest_events
+
         args = [self.agent.pk, records, self.build.pk if self.build else None]
-        self._results.append(self._task.apply_async(args=args, queue=Queue.SERVER))
+        self._results.append(ingest_events.apply_async(args=args, queue=Queue.SERVER))
 
     def _daemon_now(self) -> int:
-        client = daemon_client(self.agent.effective_docker_host)
-        try:
-            return daemon_time_nano(client)
-        finally:
-            client.close()
+        if self._client is None:
+            self._client = daemon_client(self.agent.effective_docker_host)
+        return daemon_time_nano(self._client)
 
     def start(self) -> bool:
         """Opens the event stream; False (and `error`) when the daemon cannot be reached."""
@@ -58,6 +58,8 @@ class OperationRecorder:
         except (DaemonError, OSError):
             until = self.stream.last_nano  # the daemon is gone: take what was read
         self.stream.stop(until, timeout=timeout)
+        if self._client is not None:
+            self._client.close()
         if settings.CELERY_TASK_ALWAYS_EAGER or settings.CELERY_RESULT_BACKEND:
             for result in self._results:
                 try:

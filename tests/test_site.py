@@ -26,8 +26,9 @@ def test_check_deploy_is_clean_with_production_settings():
     assert "no issues" in result.stdout
 
 
-def test_check_fails_without_an_encryption_key():
-    result = manage("check", DEBUG="0", SECRET_KEY=secrets.token_urlsafe(50), DOCKERSUPPORT_ENCRYPTION_KEY="")
+def test_check_deploy_fails_without_an_encryption_key():
+    result = manage("check", "--deploy", DEBUG="0", SECRET_KEY=secrets.token_urlsafe(50),
+                    DOCKERSUPPORT_ENCRYPTION_KEY="", ALLOWED_HOSTS="ci.example.com")
     assert result.returncode != 0
     assert "connections.E001" in result.stderr and "DOCKERSUPPORT_ENCRYPTION_KEY is not set" in result.stderr
 

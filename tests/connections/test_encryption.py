@@ -81,12 +81,17 @@ def test_a_malformed_key_is_a_clear_error(settings):
         crypto.encrypt("x")
 
 
-def test_the_system_check_reports_an_unusable_key(settings):
-    from connections.checks import encryption_key_check
+def test_the_system_checks_report_an_unusable_key(settings):
+    from connections.checks import encryption_key_check, encryption_key_deploy_check
 
     settings.DOCKERSUPPORT_ENCRYPTION_KEY = []
-    [error] = encryption_key_check(None)
+    [warning] = encryption_key_check(None)  # everyday commands still run in a fresh checkout
+    assert warning.id == "connections.W001"
+    [error] = encryption_key_deploy_check(None)
     assert error.id == "connections.E001"
+    settings.DOCKERSUPPORT_ENCRYPTION_KEY = ["not-a-key"]
+    [error] = encryption_key_check(None)
+    assert error.id == "connections.E001" and "not a valid Fernet key" in error.msg
 
 
 @pytest.mark.django_db

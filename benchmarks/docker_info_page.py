@@ -15,107 +15,18 @@ Targets: <= 15 queries per page, the same count for 100 and 10,000 operations; m
 """
 
 import argparse
-import os
 import statistics
-import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from _common import DEFAULT_DATABASE_URL, T0, database_name, django_setup, synthetic_events, throwaway_database
 
-DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
 BENCH_DATABASE = "dockersupport_bench"
-T0 = 1_790_000_000_000_000_000  # 2026-09-21, nanoseconds
 SMALL = 100
 MAX_QUERIES = 15
 MAX_MEDIAN_MS = 150
 SEARCH = "team/ops"  # the images the builds tag and push: about 1 operation in 10
-
-
-@contextmanager
-def throwaway_database(server_url: str, name: str):
-    """Yields a DATABASE_URL for a new, empty database on the server of `server_url`; drops it after."""
-    parts = urlsplit(server_url)
-    if parts.scheme.startswith("sqlite"):
-        with tempfile.TemporaryDirectory() as folder:
-            yield f"sqlite:///{folder}/{name}.sqlite3"
-        return
-    import psycopg
-
-    def admin_connect():
-        return psycopg.connect(host=parts.hostname or "127.0.0.1", port=parts.port or 5432,
-                               user=parts.username or "postgres", password=parts.password,
-                               dbname=(parts.path.lstrip("/") or "postgres"), autocommit=True)
-
-    with admin_connect() as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
-    finally:
-        from django.db import connections
-
-        connections.close_all()
-        with admin_connect() as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def database_name(connection) -> str:
-    if connection.vendor == "postgresql":
-        return f"PostgreSQL {connection.pg_version // 10000}.{connection.pg_version % 10000}"
-    return f"{connection.display_name} {connection.Database.sqlite_version}" if connection.vendor == "sqlite" \
-        else connection.display_name
-
-
-def django_setup(database_url: str):
-    os.environ["DATABASE_URL"] = database_url
-    os.environ["DEBUG"] = "0"  # production behaviour (.env may say DEBUG=1); test_settings turn the SSL redirect off
-    os.environ["ALLOWED_HOSTS"] = "testserver"
-    os.environ["DJANGO_SETTINGS_MODULE"] = "dockersupport_site.test_settings"  # fixed keys, no SSL redirect
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0)
-
-
-def synthetic_events(count: int, start_nano: int, label: str) -> list[dict]:
-    """`count` raw daemon events, 1 ms apart, of a CI build: each step pulls a base image, runs two
-    containers (create, start, exec, die, destroy; now and then one fails) and tags what it built;
-    every 4th step also tags a release and pushes it (about 12 events a step, 2% of them pushes)."""
-    registry = "registry.example.test:5000"
-    events = []
-    step = 0
-
-    def add(kind, action, actor, **attributes):
-        events.append({"Type": kind, "Action": action, "timeNano": start_nano + len(events) * 1_000_000,
-                       "Actor": {"ID": actor, "Attributes": attributes}})
-
-    while len(events) < count:
-        base = f"{registry}/team/base:{step % 40}"
-        app = f"{registry}/team/{label}"
-        image_id = f"sha256:{step:064x}"
-        add("image", "pull", base, name=f"{registry}/team/base")
-        for n, command in enumerate(("make test", "make package")):
-            container = f"{label}{step:08d}{n:02d}".ljust(64, "c")
-            attrs = {"name": f"{label}-step-{step}-{n}", "image": base}
-            add("container", "create", container, **attrs)
-            add("container", "start", container, **attrs)
-            add("container", f"exec_start: sh -c '{command}'", container, execID=f"{step:060x}{n:04x}", **attrs)
-            add("container", "die", container, exitCode="1" if step % 17 == n else "0", **attrs)
-            add("container", "destroy", container, **attrs)
-        add("image", "tag", image_id, name=f"{app}:build-{step}")
-        if step % 4 == 3:
-            add("image", "tag", image_id, name=f"{app}:{step}")
-            add("image", "push", f"{app}:{step}", name=app)
-        step += 1
-    return events[:count]
 
 
 def build_with_operations(count: int, label: str, start_nano: int):

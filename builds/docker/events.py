@@ -13,6 +13,7 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -110,7 +111,6 @@ class EventStream:
         self.events: queue.Queue = queue.Queue()
         self.stats = StreamStats()
         self._until: int | None = None
-        self._stop = threading.Event()
         self._stream = None
         self._reader = threading.Thread(target=self._read, name="docker-events-reader", daemon=True)
         self._writer = threading.Thread(target=self._write, name="docker-events-writer", daemon=True)
@@ -131,7 +131,7 @@ class EventStream:
     # Reader: nothing but reading, so that the daemon never drops an event for us.
     def _read(self):
         delay, failures = 0.2, 0
-        while not self._stop.is_set():
+        while True:  # ends when a bounded read (after stop()) is complete
             until, client = self._until, None
             try:
                 client = daemon_client(self.docker_host)
@@ -159,7 +159,7 @@ class EventStream:
                     return
                 self.stats.reconnects += 1
                 log.info("Docker event stream of %s broke (%s); reconnecting", self.docker_host or "DOCKER_HOST", exc)
-                self._stop.wait(delay)
+                time.sleep(delay)
                 delay = min(delay * 2, 2)
             finally:
                 if client is not None:

@@ -94,6 +94,7 @@ class RegistrySession:
         self._challenge: Challenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}  # scope → (token, valid until)
         self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
 
     def close(self):
         self.http.close()
@@ -147,6 +148,14 @@ class RegistrySession:
             token, until = self._tokens.get(key, ("", 0.0))
         if token and until > time.monotonic():
             return token
+        with self._fetch_lock:  # threads that need the same new token wait for one fetch
+            with self._lock:
+                token, until = self._tokens.get(key, ("", 0.0))
+            if token and until > time.monotonic():
+                return token
+            return self._fetch_token(challenge, scope, key)
+
+    def _fetch_token(self, challenge: Challenge, scope: str | None, key: str) -> str:
         realm = challenge.params.get("realm")
         if not realm:
             raise RegistryError(f"{self.url} asked for a bearer token without naming its realm")

@@ -12,11 +12,6 @@ from django.views.decorators.http import require_POST
 from .models import Connection, Project
 from .services import connection_test
 
-TYPE_SECRETS = {
-    Connection.Type.DOCKER_REGISTRY: ("password",),
-    Connection.Type.AMAZON_ECR: ("secret_access_key", "external_id"),
-}
-
 
 class ConnectionForm(forms.ModelForm):
     class Meta:
@@ -38,6 +33,8 @@ class ConnectionForm(forms.ModelForm):
             field.help_text = f"{field.help_text} {state}".strip()
 
     def _post_clean(self):
+        # What was typed is given, even when equal to the stored value (see Connection._clean_destination).
+        self.instance.secrets_given = frozenset(name for name in Connection.SECRET_FIELDS if self.cleaned_data.get(name))
         # An empty secret field keeps the stored value: the widget never shows it to be re-sent.
         for name in Connection.SECRET_FIELDS:
             if not self.cleaned_data.get(name) and self.instance.pk:
@@ -46,7 +43,7 @@ class ConnectionForm(forms.ModelForm):
                 ).get()
         # Secrets the chosen type does not use are dropped rather than kept out of sight.
         kind = self.cleaned_data.get("type")
-        for other_kind, names in TYPE_SECRETS.items():
+        for other_kind, names in Connection.TYPE_SECRETS.items():
             if other_kind != kind:
                 for name in names:
                     self.cleaned_data[name] = ""
@@ -106,6 +103,23 @@ class ConnectionAdmin(admin.ModelAdmin):
         }),
         ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
+
+    def construct_change_message(self, request, form, formsets, add=False):
+        """The history names where the connection used to send its secrets and where it sends them now."""
+        message = super().construct_change_message(request, form, formsets, add)
+        if add or not message or "changed" not in message[0]:
+            return message
+        fields = []
+        for name in form.changed_data:
+            label = str(form.fields[name].label or name)
+            if name in Connection.SECRET_FIELDS:
+                fields.append(f"{label} (replaced)")
+            elif name in Connection.DESTINATION_FIELDS:
+                fields.append(f"{label} ({form.initial.get(name) or '(empty)'} → {form.cleaned_data.get(name) or '(empty)'})")
+            else:
+                fields.append(label)
+        message[0]["changed"]["fields"] = fields
+        return message
 
     def get_urls(self):
         test = self.admin_site.admin_view(require_POST(self.test_connection_view))

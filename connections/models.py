@@ -55,6 +55,13 @@ class Connection(models.Model):
         DEFAULT_CHAIN = "default-chain", "Default AWS credential provider chain"
 
     SECRET_FIELDS = ("password", "secret_access_key", "external_id")
+    TYPE_SECRETS = {
+        Type.DOCKER_REGISTRY: ("password",),
+        Type.AMAZON_ECR: ("secret_access_key", "external_id"),
+    }
+    # Where the secrets (or the tokens they buy) are sent. A stored secret only ever goes where it was
+    # given for: changing any of these needs the secrets again (see `_clean_destination`).
+    DESTINATION_FIELDS = ("type", "registry", "registry_id", "region", "endpoint_url")
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="connections")
     ident = models.CharField(
@@ -99,6 +106,10 @@ class Connection(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # The secret fields that the writer of this change gave (typed in the admin, present in the settings
+    # file), even when equal to the stored value; a secret that differs from the stored one is given too.
+    secrets_given: frozenset = frozenset()
+
     class Meta:
         ordering = ["project__ident", "ident"]
         constraints = [
@@ -121,8 +132,39 @@ class Connection(models.Model):
             "docker.io", "index.docker.io", "registry-1.docker.io",
         )
 
+    def save(self, *args, **kwargs):
+        # Whatever path writes the row (admin, settings file, shell), stored secrets stay with their destination.
+        errors = self._clean_destination()
+        if errors:
+            raise ValidationError(errors)
+        super().save(*args, **kwargs)
+
+    def destination_changes(self) -> list[str]:
+        """The destination fields whose values differ from the stored row (none for a new connection)."""
+        if self.pk is None:
+            return []
+        stored = type(self).objects.filter(pk=self.pk).values(*self.DESTINATION_FIELDS).first()
+        if stored is None:
+            return []
+        return [name for name in self.DESTINATION_FIELDS if getattr(self, name) != stored[name]]
+
+    def _clean_destination(self) -> dict:
+        """A change of where the connection sends its secrets must give those secrets again."""
+        moved = self.destination_changes()
+        if not moved:
+            return {}
+        stored = type(self).objects.filter(pk=self.pk).values(*self.SECRET_FIELDS).get()
+        kept = [name for name in self.SECRET_FIELDS
+                if getattr(self, name) and getattr(self, name) == stored[name] and name not in self.secrets_given]
+        labels = " and ".join(str(self._meta.get_field(name).verbose_name) for name in moved)
+        return {
+            name: f"{labels} changed: give the {self._meta.get_field(name).verbose_name} again; a stored secret is "
+                  "only sent to the destination it was given for"
+            for name in kept
+        }
+
     def clean(self):
-        errors = {}
+        errors = self._clean_destination()
         if self.type == self.Type.DOCKER_REGISTRY:
             if not self.username:
                 errors["username"] = "a Docker registry connection needs a username"

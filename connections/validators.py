@@ -1,8 +1,10 @@
 """Validation of connection fields; each message names what is wrong and how it should look."""
 
+import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
 
 _HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
@@ -13,6 +15,34 @@ _ROLE_ARN_RE = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:rol
 _REGISTRY_ID_RE = re.compile(r"^\d{12}$")
 _ACCESS_KEY_ID_RE = re.compile(r"^[A-Z0-9]{16,128}$")
 _IDENT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+
+
+# Link-local addresses are where clouds serve instance metadata and credentials (169.254.169.254,
+# fd00:ec2::254): no registry, endpoint or token service of a connection may point there unless the
+# operator allows it (DOCKERSUPPORT_ALLOW_LINK_LOCAL).
+FORBIDDEN_NETWORKS = [
+    ipaddress.ip_network("169.254.0.0/16"),
+    ipaddress.ip_network("fe80::/10"),
+    ipaddress.ip_network("fd00:ec2::254/128"),
+]
+
+
+def forbidden_address(address: str) -> bool:
+    """True for an IP address (text) in a link-local or cloud-metadata network, unless allowed."""
+    if getattr(settings, "DOCKERSUPPORT_ALLOW_LINK_LOCAL", False):
+        return False
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False  # a host name: checked where it is resolved
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in network for network in FORBIDDEN_NETWORKS)
+
+
+def forbidden_address_message(value: str, what: str) -> str:
+    return (f"'{value}' is a link-local or cloud-metadata address, refused as {what}; "
+            "set DOCKERSUPPORT_ALLOW_LINK_LOCAL=true to allow it")
 
 
 def registry_host(address: str) -> str:
@@ -51,6 +81,8 @@ def validate_registry_address(value: str) -> None:
     port = match.group("port")
     if port is not None and not 0 < int(port) < 65536:
         raise ValidationError(f"'{value}' is not a registry address: port {port} is out of range 1-65535")
+    if forbidden_address(urlsplit(f"//{netloc}").hostname or ""):
+        raise ValidationError(forbidden_address_message(value, "a registry address"))
 
 
 def validate_aws_region(value: str) -> None:
@@ -83,6 +115,10 @@ def validate_endpoint_url(value: str) -> None:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValidationError(f"'{value}' is not an endpoint URL: expected http(s)://host[:port]")
+    if parts.username or parts.password:
+        raise ValidationError("an endpoint URL must not carry credentials")
+    if forbidden_address(parts.hostname or ""):
+        raise ValidationError(forbidden_address_message(value, "an endpoint URL"))
 
 
 def validate_ident(value: str) -> None:

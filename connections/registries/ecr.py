@@ -10,8 +10,10 @@ import base64
 import hashlib
 import json
 import re
+import socket
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
@@ -20,6 +22,7 @@ from django.core.cache import cache
 
 from connections import crypto
 from connections.models import Connection
+from connections.validators import forbidden_address, forbidden_address_message
 
 from .credentials import REUSE_MARGIN, RegistryCredentials, RegistryError
 
@@ -84,8 +87,20 @@ def aws_session(connection: Connection, *, session_name: str, details: list | No
 def _client_args(connection: Connection) -> dict:
     args = {"config": _BOTO_CONFIG}
     if connection.endpoint_url:
+        _check_endpoint(connection.endpoint_url)
         args["endpoint_url"] = connection.endpoint_url
     return args
+
+
+def _check_endpoint(url: str) -> None:
+    """An endpoint whose name resolves to a cloud-metadata or link-local address is refused."""
+    host = urlsplit(url).hostname or ""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except OSError:
+        return  # unresolvable: botocore says so in its own words
+    if any(forbidden_address(address) for address in addresses | {host}):
+        raise RegistryError(forbidden_address_message(url, "an endpoint URL"))
 
 
 @contextmanager

@@ -5,6 +5,12 @@ the registry's auth: Basic, or Bearer tokens from the realm named in
 `WWW-Authenticate: Bearer realm="...",service="...",scope="..."`, fetched for the scope the
 registry asks for and reused while they are valid (about 60 s). It is safe to share between
 threads of one clean-up run.
+
+What a registry answers is not trusted (it may be anyone's host, or lie): credentials go only to
+the registry's own host name (any port) or to a token service over https; redirects are followed
+without credentials; link-local and cloud-metadata addresses are refused even when a host name
+resolves to one; an answer is quoted in errors only when it comes from the registry's own host,
+and then cut short.
 """
 
 import ipaddress
@@ -12,14 +18,21 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+from connections.validators import forbidden_address, forbidden_address_message
 
 from .credentials import RegistryError
 
 TIMEOUT = (10, 30)
+MAX_REDIRECTS = 5
+QUOTE_LIMIT = 300  # characters of a registry's answer quoted in an error
+BODY_LIMIT = 8 * 1024 * 1024  # a registry's answer larger than this is refused, not read
 DOCKER_HUB_API = "https://registry-1.docker.io"
 # Without the list types a registry answers with one child manifest's digest, not the pushed one.
 MANIFEST_TYPES = ", ".join([
@@ -33,6 +46,44 @@ _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 class TransientRegistryError(RegistryError):
     """Worth retrying later: unreachable, 5xx, 429."""
+
+
+class ForbiddenDestination(RegistryError):
+    """A request would have gone to an address that is never contacted (cloud metadata, link-local)."""
+
+
+class _GuardedConnectionMixin:
+    """Checks the address actually connected to, so a host name resolving to a metadata address is refused."""
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        peer = sock.getpeername()[0]
+        if forbidden_address(peer):
+            sock.close()
+            raise ForbiddenDestination(forbidden_address_message(f"{self.host} ({peer})", "a registry destination"))
+        return sock
+
+
+class _GuardedHTTPConnection(_GuardedConnectionMixin, HTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_GuardedConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _GuardedHTTPConnection
+
+
+class _GuardedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _GuardedHTTPSConnection
+
+
+class _GuardedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args, **kwargs):
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
 
 
 @dataclass
@@ -66,13 +117,23 @@ def parse_challenge(header: str) -> Challenge | None:
     return Challenge(scheme=scheme.lower(), params=dict(_CHALLENGE_PARAM.findall(rest)))
 
 
-def error_text(response: requests.Response) -> str:
-    """The registry's own words: the `errors` of its JSON body, else the start of its body."""
-    try:
-        errors = response.json().get("errors") or []
-        text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ") for e in errors)
-    except (ValueError, AttributeError):
-        text = response.text[:200].strip()
+def error_text(response: requests.Response, *, quote: bool = True) -> str:
+    """The registry's own words: the `errors` of its JSON body, else the start of its body, cut short.
+
+    `quote=False` (an answer from another host than the registry's) gives the status only: the
+    text of an arbitrary host must not be read back through the connection test.
+    """
+    text = ""
+    if quote:
+        try:
+            errors = response.json().get("errors") or []
+            text = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
+                             for e in errors if isinstance(e, dict))
+        except (ValueError, AttributeError, TypeError):
+            text = response.text[:QUOTE_LIMIT]
+        text = " ".join(text.split())
+        if len(text) > QUOTE_LIMIT:
+            text = text[:QUOTE_LIMIT] + "…"
     return f"HTTP {response.status_code}" + (f" {text}" if text else "")
 
 
@@ -85,10 +146,14 @@ def _reason(exc: Exception) -> str:
 class RegistrySession:
     def __init__(self, address: str, username: str = "", password: str = "", pool_size: int = 10):
         self.url = base_url(address)
+        self.host = urlsplit(self.url).hostname or ""
+        if forbidden_address(self.host):
+            raise ForbiddenDestination(forbidden_address_message(address, "a registry address"))
         self.username, self.password = username, password
         self.http = requests.Session()
         self.http.headers["User-Agent"] = "dockersupport"
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size)
+        self.http.max_redirects = MAX_REDIRECTS
+        adapter = _GuardedAdapter(pool_connections=2, pool_maxsize=pool_size)
         self.http.mount("http://", adapter)
         self.http.mount("https://", adapter)
         self._challenge: Challenge | None = None
@@ -102,13 +167,40 @@ class RegistrySession:
     # Transport -----------------------------------------------------------------------------------
     def _send(self, method, url, **kwargs):
         try:
-            return self.http.request(method, url, timeout=TIMEOUT, **kwargs)
+            response = self._send_once(method, url, **kwargs)
         except requests.exceptions.ConnectionError:  # TLS errors included
             # Docker allows plain HTTP to registries on loopback addresses; so do we.
             if not (url.startswith("https://") and _is_loopback(url)):
                 raise
             self.url = "http://" + self.url.removeprefix("https://")
-            return self.http.request(method, "http://" + url.removeprefix("https://"), timeout=TIMEOUT, **kwargs)
+            url = "http://" + url.removeprefix("https://")
+            response = self._send_once(method, url, **kwargs)
+        return self._follow_redirects(method, response, kwargs)
+
+    def _send_once(self, method, url, **kwargs):
+        response = self.http.request(method, url, timeout=TIMEOUT, allow_redirects=False, stream=True, **kwargs)
+        _read_body(response)
+        return response
+
+    def _follow_redirects(self, method, response, kwargs):
+        """Reads go where a registry redirects them (a CDN, say), but never with credentials."""
+        hops = 0
+        headers = {k: v for k, v in (kwargs.pop("headers", None) or {}).items() if k.lower() != "authorization"}
+        while response.is_redirect and method in ("GET", "HEAD"):
+            hops += 1
+            if hops > MAX_REDIRECTS:
+                raise RegistryError(f"{self.url}: more than {MAX_REDIRECTS} redirects")
+            target = urljoin(response.url, response.headers["Location"])
+            if urlsplit(target).scheme not in ("http", "https"):
+                raise RegistryError(f"{self.url} redirected to a URL that is not http(s)")
+            response = self._send_once(method, target, headers=headers, **kwargs)
+        return response
+
+    def _from_registry(self, response: requests.Response) -> bool:
+        return (urlsplit(response.url).hostname or "") == self.host
+
+    def _error_text(self, response: requests.Response) -> str:
+        return error_text(response, quote=self._from_registry(response))
 
     def request(self, method: str, path: str, scope: str | None = None, **kwargs) -> requests.Response:
         """An authenticated request; raises TransientRegistryError when unreachable, 5xx or 429."""
@@ -127,7 +219,7 @@ class RegistrySession:
         except requests.exceptions.RequestException as exc:
             raise TransientRegistryError(f"registry {self.url} cannot be reached: {_reason(exc)}") from None
         if response.status_code >= 500 or response.status_code == 429:
-            raise TransientRegistryError(f"{method} {self.url}{path}: {error_text(response)}")
+            raise TransientRegistryError(f"{method} {self.url}{path}: {self._error_text(response)}")
         return response
 
     def _auth_headers(self, scope, extra: dict) -> dict:
@@ -155,22 +247,42 @@ class RegistrySession:
                 return token
             return self._fetch_token(challenge, scope, key)
 
+    def _check_realm(self, realm: str) -> None:
+        """Credentials go to a token service over https, or to the registry's own host name."""
+        parts = urlsplit(realm)
+        host = parts.hostname or ""
+        if parts.scheme not in ("http", "https") or not host:
+            raise RegistryError(f"{self.url} names a token service that is not an http(s) URL")
+        if forbidden_address(host):
+            raise ForbiddenDestination(forbidden_address_message(realm, "a token service"))
+        if parts.scheme != "https" and host != self.host:
+            raise RegistryError(
+                f"{self.url} names the token service {parts.scheme}://{parts.netloc} on another host over plain "
+                "http; credentials are sent to another host only over https"
+            )
+
     def _fetch_token(self, challenge: Challenge, scope: str | None, key: str) -> str:
         realm = challenge.params.get("realm")
         if not realm:
             raise RegistryError(f"{self.url} asked for a bearer token without naming its realm")
+        self._check_realm(realm)
         params = {"service": challenge.params.get("service", "")}
         if scope:
             params["scope"] = scope
         try:
-            response = self.http.get(realm, params=params, auth=(self.username, self.password), timeout=TIMEOUT)
+            response = self._send_once("GET", realm, params=params, auth=(self.username, self.password))
         except requests.exceptions.RequestException as exc:
             raise TransientRegistryError(f"token service {realm} cannot be reached: {_reason(exc)}") from None
         if response.status_code != 200:
-            raise RegistryError(f"token service {realm} refused the credentials: {error_text(response)}")
-        body = response.json()
-        token = body.get("token") or body.get("access_token") or ""
-        lifetime = int(body.get("expires_in") or 60)
+            raise RegistryError(f"token service {realm} refused the credentials: {self._error_text(response)}")
+        try:
+            body = response.json()
+            token = body.get("token") or body.get("access_token") or ""
+            lifetime = int(body.get("expires_in") or 60)
+        except (ValueError, AttributeError, TypeError):
+            raise RegistryError(f"token service {realm} answered without a token") from None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"token service {realm} answered without a token")
         with self._lock:
             self._tokens[key] = (token, time.monotonic() + max(lifetime - 10, 5))
         return token
@@ -188,14 +300,15 @@ class RegistrySession:
             return verified
         challenge = parse_challenge(response.headers.get("WWW-Authenticate", ""))
         if response.status_code != 401 or challenge is None:
-            raise RegistryError(f"{self.url}/v2/ answered {error_text(response)}, not a registry's login challenge")
+            raise RegistryError(f"{self.url}/v2/ answered {self._error_text(response)}, not a registry's login "
+                                "challenge")
         self._challenge = challenge
         if challenge.scheme == "bearer":
             self._token(challenge, None)
             verified.append(f"token service {challenge.params.get('realm')} accepted the credentials")
         response = self._send("GET", f"{self.url}/v2/", headers=self._auth_headers(None, {}))
         if response.status_code != 200:
-            raise RegistryError(f"credentials refused by {self.url}: {error_text(response)}")
+            raise RegistryError(f"credentials refused by {self.url}: {self._error_text(response)}")
         verified.append(f"credentials of '{self.username}' accepted")
         return verified
 
@@ -205,7 +318,7 @@ class RegistrySession:
                                 headers={"Accept": MANIFEST_TYPES})
         if response.status_code == 404:
             return None
-        _raise_for_status(response, f"HEAD {repository}:{reference}")
+        self._raise_for_status(response, f"HEAD {repository}:{reference}")
         return response.headers.get("Docker-Content-Digest")
 
     def tags(self, repository: str) -> list[str]:
@@ -214,11 +327,16 @@ class RegistrySession:
             response = self.request("GET", path, scope=_scope(repository, "pull"))
             if response.status_code == 404:
                 return tags
-            _raise_for_status(response, f"listing the tags of {repository}")
-            tags.extend(response.json().get("tags") or [])
+            self._raise_for_status(response, f"listing the tags of {repository}")
+            try:
+                tags.extend(tag for tag in response.json().get("tags") or [] if isinstance(tag, str))
+            except (ValueError, AttributeError, TypeError):
+                raise RegistryError(f"listing the tags of {repository}: the registry's answer is not a tag list") \
+                    from None
             link = response.headers.get("Link", "")
             match = re.match(r"<([^>]+)>", link)
-            path = match.group(1) if match else ""
+            # The next page is always asked of the registry itself, whatever host the link names.
+            path = _path_and_query(match.group(1)) if match else ""
         return tags
 
     def delete_manifest(self, repository: str, digest: str) -> bool:
@@ -233,16 +351,34 @@ class RegistrySession:
                 f"{self.url} refuses to delete manifests (HTTP 405 UNSUPPORTED): deletion is disabled on this "
                 "registry; enable it with storage.delete.enabled: true in the registry's configuration"
             )
-        _raise_for_status(response, f"deleting {repository}@{digest}")
+        self._raise_for_status(response, f"deleting {repository}@{digest}")
         return True
+
+    def _raise_for_status(self, response: requests.Response, what: str) -> None:
+        """Anything but a 2xx is an error: a redirect left unfollowed (DELETE) is not a success."""
+        if response.status_code in (401, 403):
+            raise RegistryError(f"{what}: the registry refused the credentials: {self._error_text(response)}")
+        if not 200 <= response.status_code < 300:
+            raise RegistryError(f"{what}: {self._error_text(response)}")
 
 
 def _scope(repository: str, action: str) -> str:
     return f"repository:{repository}:{action}" if action == "pull" else f"repository:{repository}:pull,{action}"
 
 
-def _raise_for_status(response: requests.Response, what: str) -> None:
-    if response.status_code in (401, 403):
-        raise RegistryError(f"{what}: the registry refused the credentials: {error_text(response)}")
-    if response.status_code >= 400:
-        raise RegistryError(f"{what}: {error_text(response)}")
+def _path_and_query(link: str) -> str:
+    parts = urlsplit(link)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+def _read_body(response: requests.Response) -> None:
+    """Reads the answer into memory up to BODY_LIMIT: a registry cannot make the server hold gigabytes."""
+    try:
+        data = response.raw.read(BODY_LIMIT + 1, decode_content=True)
+    except Exception as exc:  # noqa: BLE001 - urllib3 raises several kinds; all mean the answer broke off
+        response.close()
+        raise requests.exceptions.ChunkedEncodingError(f"the answer broke off: {exc}") from None
+    response.close()
+    if len(data) > BODY_LIMIT:
+        raise RegistryError(f"{response.url} answered with more than {BODY_LIMIT // (1024 * 1024)} MiB; not read")
+    response._content = data  # what requests itself sets when it reads a body

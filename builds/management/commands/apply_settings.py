@@ -4,7 +4,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from builds.settings_file import SettingsFileError, apply_settings, parse_settings
+from builds.settings_file import SettingsFileError, apply_settings, parse_settings, read_settings
 
 
 class Command(BaseCommand):
@@ -15,15 +15,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, file, **options):
         try:
-            if file == "-":
-                text = sys.stdin.read()
-            else:
-                with open(file, encoding="utf-8") as handle:
-                    text = handle.read()
-        except OSError as exc:
-            raise CommandError(f"{file}: cannot read the settings file: {exc.strerror}") from None
-        try:
-            report = apply_settings(parse_settings(text))
+            report = apply_settings(parse_settings(self.read(file)))
         except SettingsFileError as exc:
             count = len(exc.errors)
             raise CommandError(
@@ -31,3 +23,15 @@ class Command(BaseCommand):
                 + "\n".join(f"  {error}" for error in exc.errors)
             ) from None
         self.stdout.write(self.style.SUCCESS(f"Applied {file}: {report.summary()}"))
+
+    @staticmethod
+    def read(file: str) -> str:
+        """The file's text. read_settings reads at most the size limit and one byte more, so a huge
+        file or an endless stream is refused without being read into memory."""
+        try:
+            if file == "-":
+                return read_settings(getattr(sys.stdin, "buffer", sys.stdin), "(standard input)")
+            with open(file, "rb") as handle:
+                return read_settings(handle, file)
+        except OSError as exc:
+            raise CommandError(f"{file}: cannot read the settings file: {exc.strerror}") from None

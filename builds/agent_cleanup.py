@@ -11,6 +11,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 from django.utils import timezone
 
@@ -19,6 +20,9 @@ from .models import Agent, AgentCleanup, AgentImage
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3, "T": 1024 ** 4}
+# More than any disk holds (1 EiB), and well inside the BigIntegerField that records it: a larger
+# requirement would remove every image and then fail to save its own record.
+MAX_SIZE = 2 ** 60
 
 
 class AgentCleanupError(Exception):
@@ -26,11 +30,18 @@ class AgentCleanupError(Exception):
 
 
 def parse_size(text: str) -> int:
-    """'500M', '20G', '1T', '1.5G' or bytes; binary units (1G = 1024³ bytes)."""
+    """'500M', '20G', '1T', '1.5G' or bytes; binary units (1G = 1024³ bytes); 1 byte to MAX_SIZE."""
     match = _SIZE_RE.match(text or "")
     if not match:
         raise AgentCleanupError(f"'{text}' is not a size: use a number with K, M, G or T (like 500M, 20G, 1T)")
-    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+    # Decimal, not float: a number too long for a float would be infinity, which int() cannot take.
+    size = int(Decimal(match.group(1)) * _UNITS[match.group(2).upper()])
+    if size < 1:
+        raise AgentCleanupError(f"'{text}' is no space at all: give a size of at least 1 byte (like 500M, 20G, 1T)")
+    if size > MAX_SIZE:
+        raise AgentCleanupError(f"'{text}' is more than any disk holds: at most {MAX_SIZE // _UNITS['T']}T "
+                                f"({MAX_SIZE} bytes)")
+    return size
 
 
 def human(size: int | None) -> str:

@@ -4,11 +4,15 @@ Login and logout run as Celery tasks in the agent's own queue, on the build host
 for the answer up to DOCKERSUPPORT_AGENT_TASK_TIMEOUT seconds. Task messages carry ids only.
 """
 
+import logging
+
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from django.conf import settings
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from django.db.backends.base.operations import BaseDatabaseOperations
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 
 from dockersupport_site.queues import Queue
@@ -17,10 +21,45 @@ from . import services, tasks
 from .models import Agent, Build, BuildConfiguration, DockerOperation, PushedImage
 from .selectors import build_operations, docker_info_summary
 
+log = logging.getLogger(__name__)
+
+# What the columns hold on PostgreSQL (Django's portable ranges). SQLite would store more, so the API
+# bounds numbers itself: a value out of range is a 400 naming the field, never a database error.
+_RANGES = BaseDatabaseOperations.integer_field_ranges
+BUILD_NUMBER_MAX = _RANGES["PositiveIntegerField"][1]
+EXIT_CODE_MIN, EXIT_CODE_MAX = _RANGES["IntegerField"]
+
+
+def _whole_number(what: str, low: int, high: int, **kwargs) -> serializers.IntegerField:
+    message = f"{what} is a whole number from {low} to {high}"
+    return serializers.IntegerField(min_value=low, max_value=high, error_messages={
+        "invalid": message, "min_value": message, "max_value": message, "max_string_length": message,
+    }, **kwargs)
+
+
+class _IdentRelatedField(serializers.SlugRelatedField):
+    """A lookup by identifier that refuses NUL characters before asking the database: no identifier
+    holds one, and PostgreSQL answers a text containing one with an error instead of no match."""
+
+    default_error_messages = {"null_characters": "Null characters are not allowed."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("null_characters")
+        return super().to_internal_value(data)
+
+
+class BuildPagination(LimitOffsetPagination):
+    # Bounded so that a huge ?limit= cannot overflow the database's LIMIT (a larger one is clamped, as
+    # DRF does); a huge ?offset= is past the count, which DRF answers with an empty page, unqueried.
+    max_limit = 1000
+    limit_query_description = f"Number of results to return per page (at most {max_limit})."
+
 
 class BuildSerializer(serializers.ModelSerializer):
     configuration = serializers.SlugRelatedField(slug_field="ident", read_only=True)
     agent = serializers.SlugRelatedField(slug_field="name", read_only=True)
+    warnings = serializers.ListField(child=serializers.CharField(), read_only=True)
 
     class Meta:
         model = Build
@@ -48,16 +87,60 @@ class PushedImageSerializer(serializers.ModelSerializer):
                   "cleanup_reason")
 
 
+# The two below only describe, in the schema, the dict that selectors.docker_info_summary answers.
+class ContainerSerializer(serializers.Serializer):
+    """A container the build ran."""
+
+    id = serializers.CharField()
+    name = serializers.CharField()
+    image = serializers.CharField()
+    exit_code = serializers.IntegerField(allow_null=True)
+    seconds = serializers.FloatField(allow_null=True, help_text="From its start to its end; null when its start "
+                                                                "was not recorded.")
+    failed = serializers.BooleanField()
+
+
+class DockerInfoSummarySerializer(serializers.Serializer):
+    """What the build did with Docker, in figures."""
+
+    operation_count = serializers.IntegerField()
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="Operations by action.")
+    images_pulled = serializers.ListField(child=serializers.CharField())
+    images_built = serializers.ListField(child=serializers.CharField())
+    images_pushed = serializers.ListField(child=serializers.CharField())
+    containers = ContainerSerializer(many=True)
+    containers_failed = serializers.IntegerField()
+    seconds_in_containers = serializers.FloatField()
+    warnings = serializers.ListField(child=serializers.CharField())
+
+
 class DockerInfoSerializer(serializers.Serializer):
-    summary = serializers.DictField()
+    summary = DockerInfoSummarySerializer()
     operations = OperationSerializer(many=True)
     pushed_images = PushedImageSerializer(many=True)
 
 
+class BuildFilterSerializer(serializers.Serializer):
+    """The list's query parameters."""
+
+    configuration = serializers.CharField(required=False, trim_whitespace=False,
+                                          help_text="a build configuration's id")
+    number = _whole_number("a build number", 1, BUILD_NUMBER_MAX, required=False, help_text="a build number")
+
+
+class DockerInfoFilterSerializer(serializers.Serializer):
+    """The Docker Info's query parameters."""
+
+    action = serializers.ChoiceField(choices=DockerOperation.Action.choices, required=False, allow_blank=True,
+                                     help_text="only operations with this action")
+    image = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False,
+                                  help_text="only operations whose image name contains this")
+
+
 class BuildStartSerializer(serializers.Serializer):
-    configuration = serializers.SlugRelatedField(slug_field="ident", queryset=BuildConfiguration.objects.all())
-    agent = serializers.SlugRelatedField(slug_field="name", queryset=Agent.objects.all())
-    number = serializers.IntegerField(min_value=1, required=False)
+    configuration = _IdentRelatedField(slug_field="ident", queryset=BuildConfiguration.objects.all())
+    agent = _IdentRelatedField(slug_field="name", queryset=Agent.objects.all())
+    number = _whole_number("a build number", 1, BUILD_NUMBER_MAX, required=False)
 
 
 class BuildStartedSerializer(serializers.Serializer):
@@ -69,19 +152,57 @@ class BuildStartedSerializer(serializers.Serializer):
 
 
 class BuildFinishSerializer(serializers.Serializer):
-    exit_code = serializers.IntegerField()
+    exit_code = _whole_number("an exit code", EXIT_CODE_MIN, EXIT_CODE_MAX)
 
 
-_ERROR = inline_serializer("BuildError", {"detail": serializers.CharField(), "id": serializers.IntegerField()})
+class BuildErrorSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="The build's id.")
+    detail = serializers.CharField()
+
+
+class DetailSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+# DRF's answers to bad input: a serializer's errors map each field (`non_field_errors` for the body as a
+# whole) to its messages; a body that cannot be parsed at all gets a `detail`.
+_FIELD_ERRORS = {
+    "type": "object",
+    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+    "example": {"number": [f"a build number is a whole number from 1 to {BUILD_NUMBER_MAX}"]},
+}
+_DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+BAD_REQUEST = OpenApiResponse(
+    response={"oneOf": [_FIELD_ERRORS, _DETAIL]},
+    description="Bad input: each bad field (query parameter or body field) with what is wrong with it.",
+)
+NOT_FOUND = OpenApiResponse(DetailSerializer, description="No such build.")
+# Every operation: no or a wrong token (401), a session without its CSRF token (403).
+AUTH = {401: OpenApiResponse(DetailSerializer, description="Not authenticated."),
+        403: OpenApiResponse(DetailSerializer, description="Not allowed.")}
+NOT_RUNNING = OpenApiResponse(BuildErrorSerializer, description="The build is not running.")
+NO_WORKER = OpenApiResponse(BuildErrorSerializer, description="No worker of the agent's queue answered in time.")
+
+
+class AgentTaskError(Exception):
+    """An agent task raised instead of answering (its Docker daemon unreachable, say)."""
 
 
 def _run_on_agent(task, build: Build, *args) -> dict | None:
-    """Runs `task` in the build's agent queue and waits for it; None when no worker answered."""
-    result = task.apply_async(args=[build.pk, *args], queue=Queue.for_agent(build.agent.name))
+    """Runs `task` in the build's agent queue and waits for it; None when no worker answered.
+
+    A task that raised is an AgentTaskError naming the build, not a 500: the agent is the API's
+    upstream, and its failure is the client's to read (502).
+    """
     try:
+        # In the embedded mode the task runs right here and apply_async raises what it raised.
+        result = task.apply_async(args=[build.pk, *args], queue=Queue.for_agent(build.agent.name))
         return result.get(timeout=settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT, disable_sync_subtasks=False)
     except CeleryTimeoutError:
         return None
+    except Exception as exc:
+        log.exception("Task %s of build %s (id %s) failed on agent %s", task.name, build, build.pk, build.agent)
+        raise AgentTaskError(f"{task.name} of build {build} failed on agent {build.agent}: {exc}") from exc
 
 
 def _no_worker(build: Build, what: str) -> Response:
@@ -95,30 +216,39 @@ def _no_worker(build: Build, what: str) -> Response:
 
 class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     serializer_class = BuildSerializer
+    pagination_class = BuildPagination
+    # Any path segment reaches the view, so a malformed id is the API's JSON 404, not Django's HTML page.
+    lookup_value_regex = "[^/]+"
     queryset = Build.objects.select_related("configuration", "agent").order_by("-started_at", "-pk")
 
     def get_queryset(self):
         queryset = super().get_queryset()
-        configuration = self.request.query_params.get("configuration")
-        number = self.request.query_params.get("number")
-        if configuration:
-            queryset = queryset.filter(configuration__ident=configuration)
-        if number:
-            if not number.isdigit():
-                raise serializers.ValidationError({"number": f"'{number}' is not a build number"})
-            queryset = queryset.filter(number=int(number))
+        if self.action != "list":  # the filters are the list's; a build is found by its id alone
+            return queryset
+        filters = BuildFilterSerializer(data=self.request.query_params)
+        filters.is_valid(raise_exception=True)
+        if "configuration" in filters.validated_data:
+            queryset = queryset.filter(configuration__ident=filters.validated_data["configuration"])
+        if "number" in filters.validated_data:
+            queryset = queryset.filter(number=filters.validated_data["number"])
         return queryset
 
-    @extend_schema(parameters=[
-        OpenApiParameter("configuration", str, description="a build configuration's id"),
-        OpenApiParameter("number", int, description="a build number"),
-    ])
+    @extend_schema(parameters=[BuildFilterSerializer], responses={200: BuildSerializer, 400: BAD_REQUEST, **AUTH})
     def list(self, request, *args, **kwargs):
         """Builds, newest first."""
         return super().list(request, *args, **kwargs)
 
-    @extend_schema(request=BuildStartSerializer,
-                   responses={201: BuildStartedSerializer, 400: _ERROR, 502: _ERROR, 504: _ERROR})
+    @extend_schema(responses={200: BuildSerializer, 404: NOT_FOUND, **AUTH})
+    def retrieve(self, request, *args, **kwargs):
+        """One build."""
+        return super().retrieve(request, *args, **kwargs)
+
+    @extend_schema(request=BuildStartSerializer, responses={
+        201: BuildStartedSerializer, 400: BAD_REQUEST, **AUTH,
+        502: OpenApiResponse(BuildErrorSerializer, description="A required login failed (the message names the "
+                                                               "connection), or the agent's task failed."),
+        504: NO_WORKER,
+    })
     def create(self, request):
         """Starts a build: logs in to its registries on the agent and answers its DOCKER_CONFIG."""
         start = BuildStartSerializer(data=request.data)
@@ -127,7 +257,17 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             build = services.build_start(started_by=Build.StartedBy.API, **start.validated_data)
         except services.BuildStartError as exc:
             raise serializers.ValidationError({"number": [str(exc)]}) from None
-        answer = _run_on_agent(tasks.build_login, build)
+        try:
+            answer = _run_on_agent(tasks.build_login, build)
+        except AgentTaskError as exc:
+            # The login did not end cleanly: the build must not stay running, and what the agent may
+            # have written for it is erased there.
+            services.build_abandon(build=build, reason=str(exc))
+            try:
+                tasks.build_logout.apply_async(args=[build.pk], queue=Queue.for_agent(build.agent.name))
+            except Exception:  # the answer stays the login's failure; this one is in the log
+                log.exception("Logging build %s (id %s) out after its failed login failed", build, build.pk)
+            return Response({"id": build.pk, "detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
         if answer is None:
             services.build_abandon(build=build, reason="no agent worker logged the build in")
             return _no_worker(build, "login")
@@ -137,7 +277,12 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
                                                                 ("docker_config", "logged_in", "warnings")}}
         return Response(BuildStartedSerializer(payload).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=BuildFinishSerializer, responses={200: BuildSerializer, 409: _ERROR, 504: _ERROR})
+    @extend_schema(request=BuildFinishSerializer, responses={
+        200: BuildSerializer, 400: BAD_REQUEST, **AUTH, 404: NOT_FOUND, 409: NOT_RUNNING,
+        502: OpenApiResponse(BuildErrorSerializer, description="The agent's logout failed; the build is still "
+                                                               "running, try again."),
+        504: NO_WORKER,
+    })
     @action(detail=True, methods=["post"])
     def finish(self, request, pk=None):
         """Logs the build out on its agent and closes it with the command's exit code."""
@@ -147,12 +292,16 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         if not build.is_running:
             return Response({"id": build.pk, "detail": f"build {build} is already {build.status}"},
                             status=status.HTTP_409_CONFLICT)
-        if _run_on_agent(tasks.build_finish, build, finish.validated_data["exit_code"]) is None:
+        try:
+            answer = _run_on_agent(tasks.build_finish, build, finish.validated_data["exit_code"])
+        except AgentTaskError as exc:
+            return Response({"id": build.pk, "detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
+        if answer is None:
             return _no_worker(build, "logout is queued and runs when a worker takes it")
         build.refresh_from_db()
         return Response(BuildSerializer(build).data)
 
-    @extend_schema(request=None, responses={200: BuildSerializer, 409: _ERROR})
+    @extend_schema(request=None, responses={200: BuildSerializer, **AUTH, 404: NOT_FOUND, 409: NOT_RUNNING})
     @action(detail=True, methods=["post"])
     def heartbeat(self, request, pk=None):
         """Tells that the build's process is alive (run_build does this by itself)."""
@@ -164,16 +313,17 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         build.refresh_from_db()
         return Response(BuildSerializer(build).data)
 
-    @extend_schema(responses=DockerInfoSerializer, parameters=[
-        OpenApiParameter("action", str, description="only operations with this action"),
-        OpenApiParameter("image", str, description="only operations whose image name contains this"),
-    ])
+    @extend_schema(parameters=[DockerInfoFilterSerializer], responses={
+        200: DockerInfoSerializer, 400: BAD_REQUEST, **AUTH, 404: NOT_FOUND,
+    })
     @action(detail=True, methods=["get"], url_path="docker-info")
     def docker_info(self, request, pk=None):
         """The build's Docker Info: summary, every operation in time order, and the images it pushed."""
         build = self.get_object()
-        operations = build_operations(build, request.query_params.get("action", ""),
-                                      request.query_params.get("image", ""))
+        filters = DockerInfoFilterSerializer(data=request.query_params)
+        filters.is_valid(raise_exception=True)
+        operations = build_operations(build, filters.validated_data.get("action", ""),
+                                      filters.validated_data.get("image", ""))
         return Response({
             "summary": docker_info_summary(build),
             "operations": OperationSerializer(operations.iterator(chunk_size=2000), many=True).data,

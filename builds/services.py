@@ -23,6 +23,9 @@ from .docker.daemon import DaemonError, daemon_client, daemon_verify_login
 from .models import Agent, Build, BuildConfiguration, LoginConnection
 
 
+BUILD_NUMBER_MAX = 2_147_483_647  # what Build.number holds on every database
+
+
 class BuildStartError(Exception):
     """The build could not be started; nothing was created."""
 
@@ -68,6 +71,11 @@ def build_start(*, configuration: BuildConfiguration, agent: Agent, number: int 
             BuildConfiguration.objects.select_for_update().filter(pk=configuration.pk).first()
             if number is None:
                 number = (configuration.builds.aggregate(last=Max("number"))["last"] or 0) + 1
+                if number > BUILD_NUMBER_MAX:
+                    raise BuildStartError(
+                        f"configuration '{configuration.ident}' has used the highest build number, "
+                        f"{BUILD_NUMBER_MAX}; give a --number of a build that no longer exists"
+                    )
             return Build.objects.create(
                 configuration=configuration, agent=agent, number=number, started_at=now, heartbeat_at=now,
                 started_by=started_by,
@@ -105,7 +113,11 @@ def build_login(*, build: Build) -> LoginResult:
     build.docker_config = str(path)
     result = LoginResult(docker_config=str(path))
     credentials: list[RegistryCredentials] = []
-    client = daemon_client(build.agent.effective_docker_host)
+    try:
+        client = daemon_client(build.agent.effective_docker_host)
+    except DaemonError as exc:
+        config_dir_remove(path, root)
+        _fail(build, f"login failed on agent {build.agent}: {exc}")
     try:
         for login in logins:
             connection = login.connection

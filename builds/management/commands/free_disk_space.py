@@ -24,10 +24,13 @@ class Command(BaseCommand):
             raise CommandError(f"--agent {agent}: no such agent") from None
         try:
             size = parse_size(required)
+        except AgentCleanupError as exc:
+            raise CommandError(f"--required {required}: {exc}") from None
+        try:
             result = free_disk_space(host, size, dry_run=dry_run, reason="free_disk_space command",
                                      progress=self.stdout.write)
         except AgentCleanupError as exc:
-            raise CommandError(f"--required {required}: {exc}" if "not a size" in str(exc) else str(exc)) from None
+            raise CommandError(str(exc)) from None
         self.stdout.write(result_text(result, dry_run))
         if not result.met:
             sys.exit(1)

@@ -4,6 +4,7 @@ Every setting an operator may change is listed in the README's configuration tab
 environment the embedded defaults apply: SQLite under ./var and Celery tasks run in-process.
 """
 
+import logging
 from pathlib import Path
 
 import environ
@@ -101,14 +102,25 @@ SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
-SECURE_HSTS_PRELOAD = not DEBUG
+# Preloading is a commitment: browsers ship the list and keep HTTPS-only for the domain and every
+# subdomain for months after it is withdrawn. Only the domain's owner can make it, so only on request.
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=False)
+# W021 says "SECURE_HSTS_PRELOAD is not set"; it is off on purpose (above), so `check --deploy`
+# stays clean with the defaults and a warning there still means something.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("BEHIND_TLS_PROXY", default=False) else None
+# DEBUG error pages and error e-mails show the settings: hide passwords inside URLs too
+# (CELERY_BROKER_URL, CACHES' LOCATION), not only settings whose name says PASS or KEY.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "dockersupport_site.debug.UrlPasswordFilter"
 
 # --- Docker support ----------------------------------------------------------------------------
 # Fernet keys, comma-separated, newest first: the first encrypts, all decrypt (key rotation).
 DOCKERSUPPORT_ENCRYPTION_KEY = env.list("DOCKERSUPPORT_ENCRYPTION_KEY", default=[])
 # Overrides the OS default of every agent's Docker data path on this host (per-agent values win).
 DOCKERSUPPORT_DOCKER_DATA_PATH = env.str("DOCKERSUPPORT_DOCKER_DATA_PATH", default="")
+# Registry addresses, ECR endpoints and token services at link-local or cloud-metadata addresses
+# (169.254.0.0/16, fe80::/10, fd00:ec2::254) are refused: that is where clouds hand out credentials.
+DOCKERSUPPORT_ALLOW_LINK_LOCAL = env.bool("DOCKERSUPPORT_ALLOW_LINK_LOCAL", default=False)
 # The Docker daemon of an agent that does not name its own endpoint.
 DOCKER_HOST = env.str("DOCKER_HOST", default="")
 # Per-build Docker client config directories (DOCKER_CONFIG) live below this folder.
@@ -165,11 +177,21 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Logging -----------------------------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO").upper()
+# The HTTP libraries log whole requests and responses at DEBUG: botocore the STS external ID, the
+# assumed role's secret key and session token and the ECR token, urllib3 and requests the
+# registry's headers, the Docker SDK its auth lookups. LOG_LEVEL=DEBUG is for our own code, so
+# these stay at INFO at most, whatever LOG_LEVEL says (and quieter when LOG_LEVEL is).
+LIBRARY_LOG_LEVEL = logging.getLevelName(max(logging.INFO, logging.getLevelNamesMapping().get(LOG_LEVEL, 0)))
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3", "requests", "docker")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        **{name: {"level": LIBRARY_LOG_LEVEL} for name in QUIET_LIBRARIES},
+    },
 }

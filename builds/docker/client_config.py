@@ -10,12 +10,14 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
 from connections.registries import RegistryCredentials
 
 CONFIG_FILE = "config.json"
+_MAX_CONFIG_BYTES = 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
@@ -53,17 +55,72 @@ def config_servers(path: Path) -> set[str]:
 
 
 def config_dir_remove(path: Path | str, root: Path) -> bool:
-    """Erases the build's directory; refuses paths outside `root`. True if something was removed."""
+    """Erases a build's directory (a direct child of `root`, as config_dir_create makes them).
+
+    Refuses, with ValueError naming the path, anything else: a path that leaves root through `..`
+    or a symbolic link, a link named like a build directory, root itself. The build's command can
+    write in its directory, so nothing inside is trusted: config.json is overwritten only if it
+    is a regular file with no other name (not a link to, nor a hard link of, a file elsewhere),
+    and the tree is removed without following links. True if something was removed.
+    """
     path = Path(path)
-    if not path.is_relative_to(root) or path.resolve() == root.resolve():
-        raise ValueError(f"refusing to remove {path}: not a build config directory below {root}")
-    if not path.exists():
+    real_root = os.path.realpath(root)
+    # The parent's real path, not the directory's: a link named like a build dir must not resolve away.
+    if path.name in ("", ".", "..") or os.path.realpath(path.parent) != real_root:
+        raise ValueError(f"refusing to remove {path}: not a build config directory directly below {root}")
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
         return False
-    config = path / CONFIG_FILE
-    if config.exists():
-        # Overwrite before unlinking, so the credentials do not linger in the file's old blocks.
-        size = config.stat().st_size
-        with open(config, "r+b") as handle:
-            handle.write(b"\0" * size)
-    shutil.rmtree(path)
+    if not stat.S_ISDIR(info.st_mode):
+        kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
+        raise ValueError(f"refusing to remove {path}: {kind}, not a build config directory below {root}")
+    _zero_fill_config(path)
+    shutil.rmtree(path)  # on Linux fd-based: never follows a link inside, refuses a link at the top
     return True
+
+
+def _zero_fill_config(path: Path) -> None:
+    """Overwrites config.json before it is unlinked, so the credentials do not linger in the file's
+    old blocks; only when it is safely the build's own file."""
+    fd = _open_config(path)
+    if fd is None:
+        return  # missing, a link, a FIFO...: nothing of ours to overwrite
+    try:
+        info = os.fstat(fd)
+        # A hard link shares its blocks with a file outside: zeroing it would destroy that file.
+        # The config we write is a few kilobytes; a huge file is not ours and not worth the time.
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_size <= _MAX_CONFIG_BYTES:
+            zeros = b"\0" * info.st_size
+            while zeros:
+                zeros = zeros[os.write(fd, zeros):]
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _open_config(path: Path) -> int | None:
+    """config.json opened for writing without following a link, or None."""
+    # O_NOFOLLOW: a link is not opened (ELOOP); O_NONBLOCK: a FIFO does not hang the logout.
+    flags = os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        if os.open in os.supports_dir_fd:
+            # Relative to the directory opened without following a link: swapping the directory
+            # for a link after config_dir_remove's checks leads nowhere.
+            directory = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                return os.open(CONFIG_FILE, flags, dir_fd=directory)
+            finally:
+                os.close(directory)
+        # Windows has neither dir_fd nor O_NOFOLLOW: lstat before opening says whether it is a
+        # link, and the same file after opening that it was not swapped in between.
+        before = os.lstat(path / CONFIG_FILE)
+        if not stat.S_ISREG(before.st_mode):
+            return None
+        fd = os.open(path / CONFIG_FILE, flags)
+        if not os.path.samestat(before, os.fstat(fd)):
+            os.close(fd)
+            return None
+        return fd
+    except OSError:
+        return None

@@ -96,6 +96,7 @@ MAX_DEPTH = 100
 # file that reuses an anchor a few times (a login list, a retention block) adds dozens or
 # hundreds; an alias-free file is limited only by its size.
 MAX_ALIAS_NODES = 100_000
+TEXT_CHARS_PER_NODE = 64
 
 # `${VAR}` reads the environment of the process that applies the file, which is the server's own:
 # these variables hold its keys and passwords (the encryption key, the database and broker URLs
@@ -142,6 +143,9 @@ def parse_settings(text: str, environ=None) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise SettingsFileError([f"{where}not valid YAML: {getattr(exc, 'problem', None) or exc}"]) from None
+    except (ValueError, OverflowError) as exc:
+        # PyYAML's constructors: a date like 2024-13-45, a number of thousands of digits.
+        raise SettingsFileError([f"not a valid value: {str(exc)[:200]}"]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -204,7 +208,8 @@ class _SettingsLoader(yaml.SafeLoader):
         elif isinstance(node, yaml.MappingNode):
             node.expanded_size = 1 + sum(k.expanded_size + v.expanded_size for k, v in node.value)
         else:
-            node.expanded_size = 1
+            # A long text counts by its length too: a thousand aliases of one 600 KB text are 600 MB.
+            node.expanded_size = 1 + len(node.value) // TEXT_CHARS_PER_NODE
         return node
 
 
@@ -221,6 +226,9 @@ def _substitute(value, path, environ, errors):
         return {k: _substitute(v, _join(path, str(k)), environ, errors) for k, v in value.items()}
     if isinstance(value, list):
         return [_substitute(v, f"{path}[{i}]", environ, errors) for i, v in enumerate(value)]
+    if isinstance(value, str) and "\x00" in value:
+        errors.append(f"{path}: contains a NUL character, which no field can hold")
+        return value
     if not isinstance(value, str) or "$" not in value:
         return value
 

@@ -1,5 +1,8 @@
 """Projects (a tree) and the registry connections defined on them."""
 
+from urllib.parse import urlsplit
+
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 
@@ -61,7 +64,8 @@ class Connection(models.Model):
     }
     # Where the secrets (or the tokens they buy) are sent. A stored secret only ever goes where it was
     # given for: changing any of these needs the secrets again (see `_clean_destination`).
-    DESTINATION_FIELDS = ("type", "registry", "registry_id", "region", "endpoint_url")
+    # The IAM role is one too: AssumeRole hands the external ID to the account that owns the role.
+    DESTINATION_FIELDS = ("type", "registry", "registry_id", "region", "endpoint_url", "role_arn")
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="connections")
     ident = models.CharField(
@@ -179,6 +183,26 @@ class Connection(models.Model):
         if errors:
             raise ValidationError(errors)
 
+    def default_chain_problems(self) -> dict:
+        """The default credential chain is the server's own AWS identity: its tokens go to AWS's hosts only.
+
+        Anyone who may edit connections could otherwise point one at a host of theirs and receive
+        an ECR token of the server's account. DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST lifts this.
+        """
+        if self.credentials != self.Credentials.DEFAULT_CHAIN or settings.DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST:
+            return {}
+        problems = {}
+        hosts = {"registry": validators.registry_host(self.registry) if self.registry else "",
+                 "endpoint_url": urlsplit(self.endpoint_url).hostname or "" if self.endpoint_url else ""}
+        for name, host in hosts.items():
+            if host and not validators.is_aws_host(host.split(":")[0]):
+                problems[name] = (
+                    f"'{host}' is not an AWS host name (*.amazonaws.com): with the default credential chain (the "
+                    "server's own AWS identity) tokens go to AWS only; set DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST=true "
+                    "to allow other hosts"
+                )
+        return problems
+
     def _clean_ecr(self) -> dict:
         errors = {}
         for field in ("username", "password"):
@@ -202,6 +226,8 @@ class Connection(models.Model):
             for field in ("access_key_id", "secret_access_key"):
                 if getattr(self, field):
                     errors[field] = "the default credential provider chain takes no keys: leave this empty"
+        if self.credentials == self.Credentials.DEFAULT_CHAIN:
+            errors.update(self.default_chain_problems())
         if self.credentials == self.Credentials.TEMPORARY:
             if not self.role_arn:
                 errors["role_arn"] = "temporary credentials need the IAM role ARN to assume"

@@ -2,6 +2,7 @@
 
 import ipaddress
 import re
+import socket
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -14,6 +15,8 @@ _AWS_REGION_RE = re.compile(r"^(?:[a-z]{2}(?:-gov|-iso[a-z]*)?)-[a-z]+-\d$")
 _ROLE_ARN_RE = re.compile(r"^arn:aws(?:-cn|-us-gov|-iso|-iso-b)?:iam::\d{12}:role/[\w+=,.@/-]{1,512}$")
 _REGISTRY_ID_RE = re.compile(r"^\d{12}$")
 _ACCESS_KEY_ID_RE = re.compile(r"^[A-Z0-9]{16,128}$")
+_NUMERIC_HOST_RE = re.compile(r"^(?:0[xX][0-9a-fA-F]+|[0-9]+)(?:\.(?:0[xX][0-9a-fA-F]+|[0-9]+)){0,3}$")
+_AWS_HOST_RE = re.compile(r"(?:^|\.)amazonaws\.com(?:\.cn)?$")
 _IDENT_RE = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
 
 
@@ -31,10 +34,16 @@ def forbidden_address(address: str) -> bool:
     """True for an IP address (text) in a link-local or cloud-metadata network, unless allowed."""
     if getattr(settings, "DOCKERSUPPORT_ALLOW_LINK_LOCAL", False):
         return False
+    address = address.strip("[]").split("%", 1)[0]
     try:
-        ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
+        ip = ipaddress.ip_address(address)
     except ValueError:
-        return False  # a host name: checked where it is resolved
+        if not _NUMERIC_HOST_RE.match(address):
+            return False  # a host name: checked where it is resolved
+        try:  # 2852039166, 0xa9fea9fe, 0251.0376.0251.0376: forms of 169.254.169.254 that resolvers accept
+            ip = ipaddress.IPv4Address(socket.inet_aton(address))
+        except OSError:
+            return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return any(ip in network for network in FORBIDDEN_NETWORKS)
@@ -127,3 +136,8 @@ def validate_ident(value: str) -> None:
             f"'{value}' is not a valid id: use 1-64 lowercase letters, digits, '.', '_' or '-', "
             "starting and ending with a letter or digit"
         )
+
+
+def is_aws_host(host: str) -> bool:
+    """A host name of AWS's own (ECR, STS, VPC endpoints): *.amazonaws.com or *.amazonaws.com.cn."""
+    return bool(_AWS_HOST_RE.search(host.lower().rstrip(".")))

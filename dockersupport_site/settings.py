@@ -121,6 +121,9 @@ DOCKERSUPPORT_DOCKER_DATA_PATH = env.str("DOCKERSUPPORT_DOCKER_DATA_PATH", defau
 # Registry addresses, ECR endpoints and token services at link-local or cloud-metadata addresses
 # (169.254.0.0/16, fe80::/10, fd00:ec2::254) are refused: that is where clouds hand out credentials.
 DOCKERSUPPORT_ALLOW_LINK_LOCAL = env.bool("DOCKERSUPPORT_ALLOW_LINK_LOCAL", default=False)
+# ECR connections with the default credential chain use the server's own AWS identity: their
+# registry address and endpoint URL must be AWS host names (*.amazonaws.com) unless this is set.
+DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST = env.bool("DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST", default=False)
 # The Docker daemon of an agent that does not name its own endpoint.
 DOCKER_HOST = env.str("DOCKER_HOST", default="")
 # Per-build Docker client config directories (DOCKER_CONFIG) live below this folder.

@@ -22,6 +22,7 @@ from django.core.cache import cache
 
 from connections import crypto
 from connections.models import Connection
+from connections import validators
 from connections.validators import forbidden_address, forbidden_address_message
 
 from .credentials import REUSE_MARGIN, RegistryCredentials, RegistryError
@@ -55,6 +56,9 @@ def role_session_name(name: str) -> str:
 def ecr_credentials(connection: Connection, *, session_name: str,
                     valid_for: timedelta = REUSE_MARGIN) -> RegistryCredentials:
     """A token valid for at least `valid_for` more: from the cache when it has one, else from AWS."""
+    problems = connection.default_chain_problems()  # checked on save too; this holds for any row
+    if problems:
+        raise RegistryError(f"connection '{connection}': " + "; ".join(problems.values()))
     key = cache_key(connection)
     cached = _cache_get(key)
     if cached is not None and token_is_reusable(cached.expires_at, margin=max(valid_for, REUSE_MARGIN)):
@@ -110,10 +114,15 @@ def aws_errors(connection: Connection):
         yield
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        message = f"AWS {exc.operation_name} failed: {error.get('Code', 'error')}: {error.get('Message', '')}"
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", "")
+        text = str(error.get("Message", ""))
+        if connection.endpoint_url and not validators.is_aws_host(urlsplit(connection.endpoint_url).hostname or ""):
+            # botocore puts a body it cannot parse into the message: another host's page is not quoted.
+            text = f"HTTP {status}".strip()
+        message = f"AWS {exc.operation_name} failed: {str(error.get('Code', 'error'))[:100]}: {_cut(text)}"
         raise RegistryError(_scrub(message.rstrip(": "), connection)) from None
     except BotoCoreError as exc:
-        raise RegistryError(_scrub(f"AWS could not be asked: {exc}", connection)) from None
+        raise RegistryError(_scrub(f"AWS could not be asked: {_cut(str(exc))}", connection)) from None
 
 
 def fetch_token(connection: Connection, *, session_name: str) -> RegistryCredentials:
@@ -178,6 +187,11 @@ def _base_session(connection: Connection):
         aws_secret_access_key=connection.secret_access_key,
         region_name=connection.region,
     )
+
+
+def _cut(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _scrub(message: str, connection: Connection) -> str:

@@ -24,6 +24,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util import parse_url
 
 from connections.validators import forbidden_address, forbidden_address_message
 
@@ -247,42 +248,57 @@ class RegistrySession:
                 return token
             return self._fetch_token(challenge, scope, key)
 
-    def _check_realm(self, realm: str) -> None:
-        """Credentials go to a token service over https, or to the registry's own host name."""
-        parts = urlsplit(realm)
+    def _checked_realm(self, realm: str) -> str:
+        """The realm URL as requests will send it, if credentials may go there: to a token service
+        over https, or to the registry's own host name.
+
+        The check reads the URL that requests prepares, the very one then fetched: parsers disagree
+        on odd URLs (a backslash before an `@`), and a realm is whatever the registry says.
+        """
+        if any(c.isspace() or c == "\\" or ord(c) < 32 for c in realm):
+            raise RegistryError(f"{self.url} names a token service whose URL holds spaces, control characters "
+                                "or backslashes")
+        try:
+            prepared = requests.Request("GET", realm).prepare().url
+        except requests.exceptions.RequestException:
+            raise RegistryError(f"{self.url} names a token service that is not an http(s) URL") from None
+        parts = urlsplit(prepared)
         host = parts.hostname or ""
-        if parts.scheme not in ("http", "https") or not host:
-            raise RegistryError(f"{self.url} names a token service that is not an http(s) URL")
+        if (parse_url(prepared).host or "").strip("[]").lower() != host:  # urllib3, which connects, must agree
+            raise RegistryError(f"{self.url} names a token service whose URL is ambiguous")
+        if parts.scheme not in ("http", "https") or not host or parts.username or parts.password:
+            raise RegistryError(f"{self.url} names a token service that is not a plain http(s) URL")
         if forbidden_address(host):
-            raise ForbiddenDestination(forbidden_address_message(realm, "a token service"))
+            raise ForbiddenDestination(forbidden_address_message(_cut(realm), "a token service"))
         if parts.scheme != "https" and host != self.host:
             raise RegistryError(
-                f"{self.url} names the token service {parts.scheme}://{parts.netloc} on another host over plain "
-                "http; credentials are sent to another host only over https"
+                f"{self.url} names the token service {_cut(parts.scheme + '://' + parts.netloc)} on another host "
+                "over plain http; credentials are sent to another host only over https"
             )
+        return prepared
 
     def _fetch_token(self, challenge: Challenge, scope: str | None, key: str) -> str:
         realm = challenge.params.get("realm")
         if not realm:
             raise RegistryError(f"{self.url} asked for a bearer token without naming its realm")
-        self._check_realm(realm)
+        realm = self._checked_realm(realm)
         params = {"service": challenge.params.get("service", "")}
         if scope:
             params["scope"] = scope
         try:
             response = self._send_once("GET", realm, params=params, auth=(self.username, self.password))
         except requests.exceptions.RequestException as exc:
-            raise TransientRegistryError(f"token service {realm} cannot be reached: {_reason(exc)}") from None
+            raise TransientRegistryError(f"token service {_cut(realm)} cannot be reached: {_reason(exc)}") from None
         if response.status_code != 200:
-            raise RegistryError(f"token service {realm} refused the credentials: {self._error_text(response)}")
+            raise RegistryError(f"token service {_cut(realm)} refused the credentials: {self._error_text(response)}")
         try:
             body = response.json()
             token = body.get("token") or body.get("access_token") or ""
             lifetime = int(body.get("expires_in") or 60)
         except (ValueError, AttributeError, TypeError):
-            raise RegistryError(f"token service {realm} answered without a token") from None
+            raise RegistryError(f"token service {_cut(realm)} answered without a token") from None
         if not isinstance(token, str) or not token:
-            raise RegistryError(f"token service {realm} answered without a token")
+            raise RegistryError(f"token service {_cut(realm)} answered without a token")
         with self._lock:
             self._tokens[key] = (token, time.monotonic() + max(lifetime - 10, 5))
         return token
@@ -305,7 +321,7 @@ class RegistrySession:
         self._challenge = challenge
         if challenge.scheme == "bearer":
             self._token(challenge, None)
-            verified.append(f"token service {challenge.params.get('realm')} accepted the credentials")
+            verified.append(f"token service {_cut(challenge.params.get('realm', ''))} accepted the credentials")
         response = self._send("GET", f"{self.url}/v2/", headers=self._auth_headers(None, {}))
         if response.status_code != 200:
             raise RegistryError(f"credentials refused by {self.url}: {self._error_text(response)}")
@@ -360,6 +376,10 @@ class RegistrySession:
             raise RegistryError(f"{what}: the registry refused the credentials: {self._error_text(response)}")
         if not 200 <= response.status_code < 300:
             raise RegistryError(f"{what}: {self._error_text(response)}")
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= QUOTE_LIMIT else text[:QUOTE_LIMIT] + "…"
 
 
 def _scope(repository: str, action: str) -> str:

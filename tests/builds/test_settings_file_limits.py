@@ -208,3 +208,22 @@ def test_the_encryption_key_never_reaches_the_database_or_the_export(tmp_path):
     call_command("export_settings", stdout=out)
     assert key not in out.getvalue()
     assert not Project.objects.exists()
+
+
+def test_aliases_of_one_long_text_count_by_its_length():
+    """A thousand aliases of one 600 KB text would be 600 MB: refused at once, like an alias bomb."""
+    text = "a: &a '" + "$$" * 300_000 + "'\nb: [" + ", ".join(["*a"] * 1000) + "]\n"
+    with pytest.raises(SettingsFileError, match="aliases expand the file"):
+        parse_settings(text)
+
+
+@pytest.mark.parametrize("value", ["9" * 5000, "2024-13-45 99:99:99"])
+def test_a_value_yaml_cannot_make_is_a_clear_error(value):
+    with pytest.raises(SettingsFileError, match="not a valid value"):
+        parse_settings(f"projects:\n  - id: p\n    description: {value}\n")
+
+
+def test_a_nul_character_is_refused_naming_where():
+    with pytest.raises(SettingsFileError) as refused:
+        parse_settings('projects:\n  - id: p\n    name: "a\\0b"\n')
+    assert refused.value.errors == ["projects[0].name: contains a NUL character, which no field can hold"]

@@ -123,3 +123,13 @@ projects:
     assert Connection.objects.get(ident="reg").registry == "registry.example.test"
     apply_settings(parse_settings(text % ("mirror.example.test", ", password: \"${REG_PASSWORD}\"")))
     assert Connection.objects.get(ident="reg").registry == "mirror.example.test"
+
+
+def test_a_new_role_needs_the_secrets_again():
+    """AssumeRole hands the external ID to the account that owns the role."""
+    connection = EcrConnectionFactory(credentials="temporary", role_arn="arn:aws:iam::123456789012:role/ci",
+                                      external_id="ext-id-1")
+    connection.role_arn = "arn:aws:iam::999999999999:role/theirs"
+    with pytest.raises(ValidationError) as refused:
+        connection.save()
+    assert set(refused.value.message_dict) == {"secret_access_key", "external_id"}

@@ -154,7 +154,8 @@ def test_aws_errors_are_quoted_without_secrets(moto_server):
     assert "aws-secret-0d1" not in str(info.value) and "ext-secret-e1" not in str(info.value)
 
 
-def test_default_credential_chain_takes_keys_from_the_environment(moto_server, monkeypatch):
+def test_default_credential_chain_takes_keys_from_the_environment(moto_server, monkeypatch, settings):
+    settings.DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST = True  # moto is no AWS host
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENVIRONMENT00001")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-the-environment")
     connection = EcrConnectionFactory(endpoint_url=moto_server.endpoint_url, credentials="default-chain",

@@ -174,3 +174,61 @@ def test_a_connection_test_reaches_only_the_saved_address(db, other_host):
         assert connection_test(connection).ok
     assert reg.authorizations() == [basic()]
     assert other_host.requests == []
+
+
+@pytest.mark.parametrize("realm", [
+    "http://{other}\\\\@127.0.0.2/token",  # parsers disagree on the host: one reads 127.0.0.2, requests the other
+    "http://127.0.0.2@{other}/token",
+    "https://user:pw@{other}/token",
+    "http://127.0.0.2 @{other}/token",
+])
+def test_an_ambiguous_realm_gets_no_credentials(other_host, realm):
+    challenge = {"WWW-Authenticate": f'Bearer realm="{realm.format(other=other_host.address)}",service="x"'}
+    with StandIn("127.0.0.2", lambda r: Answer(401, challenge)) as registry:
+        with pytest.raises(RegistryError):
+            RegistrySession(registry.address, "ci", PASSWORD).check_login()
+    assert other_host.requests == []
+
+
+def test_a_long_realm_is_not_quoted_whole():
+    realm = "http://elsewhere.example.test/" + "x" * 20_000
+    with StandIn("127.0.0.2", lambda r: Answer(401, {"WWW-Authenticate": f'Bearer realm="{realm}"'})) as registry:
+        with pytest.raises(RegistryError) as failure:
+            RegistrySession(registry.address, "ci", PASSWORD).check_login()
+    assert len(str(failure.value)) < QUOTE_LIMIT + 200
+
+
+@pytest.mark.parametrize("address", ["2852039166", "0xa9fea9fe", "0251.0376.0251.0376", "169.254.43518"])
+def test_numeric_forms_of_a_metadata_address_are_refused(address):
+    with pytest.raises(ValidationError, match="link-local or cloud-metadata"):
+        validators.validate_registry_address(address)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("registry", "evil.example.test"), ("endpoint_url", "http://evil.example.test"),
+])
+def test_the_default_chain_sends_the_servers_tokens_to_aws_hosts_only(db, field, value):
+    connection = EcrConnectionFactory.build(credentials="default-chain", access_key_id="", secret_access_key="",
+                                            **{field: value})
+    with pytest.raises(ValidationError) as refused:
+        connection.full_clean()
+    assert "DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST" in refused.value.message_dict[field][0]
+    result = connection_test(connection)  # a row written around the validation is refused at use too
+    assert not result.ok and "not an AWS host name" in result.error
+
+
+def test_the_default_chain_takes_aws_hosts(db):
+    connection = EcrConnectionFactory.build(
+        credentials="default-chain", access_key_id="", secret_access_key="",
+        registry="123456789012.dkr.ecr.eu-west-1.amazonaws.com",
+        endpoint_url="https://vpce-1a2b.api.ecr.eu-west-1.vpce.amazonaws.com")
+    connection.full_clean(exclude=["project"])
+
+
+def test_an_endpoints_page_is_not_quoted_in_the_error(db):
+    page = b"<html>INTERNAL ADMIN PAGE: db password hunter2</html>"
+    with StandIn("127.0.0.2", lambda r: Answer(403, {"Content-Type": "text/html"}, page)) as endpoint:
+        connection = EcrConnectionFactory.build(endpoint_url=endpoint.url)
+        result = connection_test(connection)
+    assert not result.ok and "HTTP 403" in result.error
+    assert "hunter2" not in result.error and "INTERNAL" not in result.error

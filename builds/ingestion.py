@@ -14,9 +14,10 @@ from datetime import timezone as dt_timezone
 
 from django.db import connections, router, transaction
 from django.db.models import Q
+from django.utils import timezone
 
 from .docker.references import registry_and_repository
-from .models import AgentImage, Build, DockerOperation, PushedImage
+from .models import AgentImage, Build, DockerOperation, EventBatch, PushedImage
 
 OPERATION_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest",
                     "container_id", "container_name", "exit_code", "attributes")
@@ -45,6 +46,27 @@ def operations_ingest(*, agent_id: int, records: list[dict], build_id: int | Non
         _insert_operations(rows)
         _record_pushed_images([row for row in rows if row["action"] == DockerOperation.Action.PUSH])
         _track_agent_images(agent_id, rows)
+    return len(rows)
+
+
+def batch_ingest(*, batch_id: int, records: list[dict]) -> int:
+    """Stores an agent's batch: each record once for each of the builds the agent gave it to.
+
+    Only the agent's own builds count: a record naming another agent's build is not stored for it.
+    Returns the number of operations stored (or already there).
+    """
+    batch = EventBatch.objects.select_related("agent").get(pk=batch_id)
+    named = {build for record in records for build in record.get("builds") or [] if isinstance(build, int)}
+    own = set(Build.objects.filter(agent=batch.agent, pk__in=named).values_list("pk", flat=True))
+    rows = [
+        {"build_id": build, "agent_id": batch.agent_id, **{name: r[name] for name in OPERATION_FIELDS}}
+        for r in records for build in dict.fromkeys(r.get("builds") or []) if build in own
+    ]
+    with transaction.atomic():
+        _insert_operations(rows)
+        _record_pushed_images([row for row in rows if row["action"] == DockerOperation.Action.PUSH])
+        _track_agent_images(batch.agent_id, rows)
+        EventBatch.objects.filter(pk=batch.pk).update(ingested_at=timezone.now())
     return len(rows)
 
 

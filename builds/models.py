@@ -95,25 +95,47 @@ class Agent(models.Model):
 
     name = models.CharField(
         max_length=64, unique=True, validators=[validate_ident],
-        help_text="Also names its Celery queue: agent.<name>.",
+        help_text="Run it on the build host with `manage.py agent --server URL --token-file FILE`.",
     )
     os = models.CharField("operating system", max_length=10, choices=OS.choices, default="linux")
+    projects = models.ManyToManyField(
+        Project, blank=True, related_name="agents",
+        help_text="The projects whose builds it runs (and their subprojects). None: a shared agent that runs "
+                  "every project's builds.",
+    )
     docker_host = models.CharField(
         "Docker endpoint", max_length=255, blank=True,
-        help_text="e.g. unix:///var/run/docker.sock or tcp://host:2376; empty uses DOCKER_HOST.",
+        help_text="e.g. unix:///var/run/docker.sock or tcp://host:2376; the agent's own DOCKER_HOST wins.",
     )
     docker_data_path = models.CharField(
         "Docker data path", max_length=500, blank=True,
         help_text="Where the daemon keeps its data; empty uses DOCKERSUPPORT_DOCKER_DATA_PATH, "
                   "else /var/lib/docker (Linux), %ProgramData% (Windows), $HOME (others).",
     )
+    # The agent's own token, hashed: `manage.py agent_token NAME` prints it once. Empty: revoked.
+    token_hash = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
+    token_created_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # What the agent last said of itself.
     last_seen_at = models.DateTimeField(null=True, blank=True)
+    connected_at = models.DateTimeField(null=True, blank=True)
+    hostname = models.CharField(max_length=255, blank=True)
+    agent_version = models.CharField(max_length=32, blank=True)
+    daemon_ok = models.BooleanField(null=True, blank=True)
+    daemon_error = models.TextField(blank=True)
+    daemon_version = models.CharField(max_length=64, blank=True)
+    reported_docker_host = models.CharField(max_length=255, blank=True)
+    free_bytes = models.BigIntegerField(null=True, blank=True)
 
     class Meta:
         ordering = ["name"]
 
     def __str__(self):
         return self.name
+
+    def serves(self, project: Project) -> bool:
+        """A shared agent (no projects) serves every project; else its projects and their subprojects."""
+        assigned = set(self.projects.values_list("pk", flat=True))
+        return not assigned or any(p.pk in assigned for p in project.lineage())
 
     @property
     def queue_name(self) -> str:
@@ -164,6 +186,7 @@ class Build(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
         ERROR = "error", "Error (did not run)"
+        LOST = "lost", "Lost (ended without finishing)"
 
     configuration = models.ForeignKey(BuildConfiguration, on_delete=models.CASCADE, related_name="builds")
     agent = models.ForeignKey(Agent, on_delete=models.PROTECT, related_name="builds")
@@ -192,6 +215,8 @@ class Build(models.Model):
     )
     warnings = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
+    # The build's own token, hashed: it authorizes the agent's requests for this build only, while it runs.
+    token_hash = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
 
     class Meta:
         ordering = ["-started_at", "-pk"]
@@ -247,10 +272,12 @@ class DockerOperation(models.Model):
     class Meta:
         ordering = ["time_nano", "pk"]
         constraints = [
-            # The daemon replays events after a reconnect: this key makes a replay harmless.
+            # The daemon replays events after a reconnect and agents resend unacknowledged batches: this
+            # key makes both harmless. The build is part of it: builds that overlap on one daemon each
+            # get their own row of an event.
             models.UniqueConstraint(
-                fields=["agent", "time_nano", "event_type", "raw_action", "actor_id"],
-                name="docker_operation_once",
+                fields=["build", "time_nano", "event_type", "raw_action", "actor_id"],
+                name="docker_operation_once_per_build",
             ),
         ]
         indexes = [
@@ -379,3 +406,51 @@ class AgentCleanup(models.Model):
 
     def __str__(self):
         return f"free disk space on {self.agent} at {self.at:%Y-%m-%d %H:%M}"
+
+
+class AgentJob(models.Model):
+    """Work for an agent, which it pulls from the server (the server never connects to agents)."""
+
+    class Kind(models.TextChoices):
+        LOGIN = "login", "Log an API-driven build in"
+        LOGOUT = "logout", "Log a build out"
+        FREE_DISK_SPACE = "free_disk_space", "Free disk space"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        CLAIMED = "claimed", "Taken by the agent"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    build = models.ForeignKey(Build, null=True, blank=True, on_delete=models.CASCADE, related_name="jobs")
+    payload = models.JSONField(default=dict, blank=True, help_text="The job's parameters; never a secret.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    result = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField()
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+        indexes = [models.Index(fields=["agent", "status"])]
+
+    def __str__(self):
+        return f"{self.kind} on {self.agent_id} ({self.status})"
+
+
+class EventBatch(models.Model):
+    """A batch of Docker operations an agent sent, until ingested: finishing a build waits for its batches."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="event_batches")
+    first_seq = models.BigIntegerField()
+    last_seq = models.BigIntegerField()
+    records = models.PositiveIntegerField()
+    received_at = models.DateTimeField()
+    ingested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["agent", "first_seq"], name="event_batch_once")]
+        indexes = [models.Index(fields=["agent", "ingested_at"])]

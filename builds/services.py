@@ -213,3 +213,124 @@ def build_abandon(*, build: Build, reason: str) -> None:
     Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
         status=Build.Status.ERROR, error=reason, finished_at=timezone.now(),
     )
+
+
+# --- Builds run by agents (the agent protocol) ------------------------------------------------------
+
+def build_info(build: Build) -> "protocol.BuildInfo":
+    from agent import protocol
+
+    return protocol.BuildInfo(id=build.pk, number=build.number, configuration=build.configuration.ident,
+                              project=build.configuration.project.ident)
+
+
+def build_token_issue(build: Build) -> str:
+    """A new token for the build's later requests; the previous one stops working."""
+    from agent import protocol
+
+    from .agent_services import new_token
+
+    token, digest = new_token(protocol.BUILD_TOKEN_PREFIX)
+    Build.objects.filter(pk=build.pk).update(token_hash=digest)
+    build.token_hash = digest
+    return token
+
+
+def build_credentials(build: Build) -> list:
+    """The registry logins of a running build, with their credentials (obtained here, on the server).
+
+    A connection whose credentials cannot be obtained comes back with its error instead: the agent
+    treats it as a failed login (a warning when the login is optional).
+    """
+    from agent import protocol
+
+    logins = []
+    for login in _build_logins(build):
+        connection = login.connection
+        entry = protocol.RegistryLogin(connection=str(connection), registry=connection.registry_address,
+                                       server=docker_server(connection), optional=login.optional)
+        try:
+            obtained = credentials_for(connection, session_name=_session_name(build))
+        except RegistryError as exc:
+            entry.error = f"login with connection '{connection}' to {connection.registry_address} failed: {exc}"
+        else:
+            entry.username, entry.password, entry.expires_at = obtained.username, obtained.password, obtained.expires_at
+        logins.append(entry)
+    return logins
+
+
+def build_start_on_agent(*, agent: Agent, configuration_ident: str, number: int | None = None,
+                         started_by: str = Build.StartedBy.RUN_BUILD):
+    """Starts a build on the agent asking (run_build): the build, its token and its logins' credentials."""
+    from agent import protocol
+
+    from .selectors import configuration_get
+
+    try:
+        configuration = configuration_get(configuration_ident)
+    except BuildConfiguration.DoesNotExist as exc:
+        raise BuildStartError(str(exc)) from None
+    agent_check_serves(agent, configuration)
+    try:
+        login_hosts_validate(login.connection for login in _build_logins_of(configuration))
+    except ValidationError as exc:
+        raise BuildStartError(f"configuration '{configuration.ident}': {exc.messages[0]}") from None
+    build = build_start(configuration=configuration, agent=agent, number=number, started_by=started_by)
+    token = build_token_issue(build)
+    return protocol.BuildStarted(build=build_info(build), token=token, logins=build_credentials(build))
+
+
+def agent_check_serves(agent: Agent, configuration: BuildConfiguration) -> None:
+    if not agent.serves(configuration.project):
+        served = ", ".join(agent.projects.values_list("ident", flat=True))
+        raise BuildStartError(
+            f"agent {agent} does not run builds of project '{configuration.project.ident}' (it serves: {served}); "
+            "assign the project to the agent or run the build on another agent"
+        )
+
+
+def _build_logins_of(configuration: BuildConfiguration) -> list[LoginConnection]:
+    return list(configuration.logins.select_related("connection__project"))
+
+
+def build_login_report(*, build: Build, report) -> Build:
+    """What the agent did with the build's logins. A failed required login: the build did not run."""
+    now = timezone.now()
+    if report.error:
+        Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
+            status=Build.Status.ERROR, error=report.error[:5000], docker_config="", finished_at=now,
+            logged_out_at=now, token_hash="", warnings=[*build.warnings, *report.warnings],
+        )
+    else:
+        Build.objects.filter(pk=build.pk).update(
+            docker_config=report.docker_config[:500], warnings=[*build.warnings, *report.warnings],
+            logged_in_registries=report.registries, login_expires_at=report.expires_at,
+        )
+    build.refresh_from_db()
+    return build
+
+
+def build_close(*, build: Build, exit_code: int | None = None, lost: str = "", events_through: int = 0,
+                events_timeout: float = 30):
+    """Closes a build the agent finished (or lost), once the server holds its Docker operations.
+
+    The agent has erased the build's config; its token stops working. Returns the FinishAnswer
+    with the Docker Info summary, which therefore counts every operation of the build.
+    """
+    from agent import protocol
+
+    from .agent_services import event_batches_wait
+    from .selectors import docker_info_summary
+
+    if events_through:
+        event_batches_wait(agent=build.agent, through=events_through, timeout=events_timeout)
+    now = timezone.now()
+    if lost:
+        status, error = Build.Status.LOST, lost[:5000]
+    else:
+        status, error = (Build.Status.SUCCEEDED if exit_code == 0 else Build.Status.FAILED), ""
+    Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
+        status=status, exit_code=exit_code, finished_at=now, error=error)
+    Build.objects.filter(pk=build.pk).update(docker_config="", logged_out_at=now, token_hash="")
+    build.refresh_from_db()
+    return protocol.FinishAnswer(status=build.status, summary=docker_info_summary(build))

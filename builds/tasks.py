@@ -86,6 +86,13 @@ def ingest_events(agent_id: int, records: list[dict], build_id: int | None = Non
     return ingestion.operations_ingest(agent_id=agent_id, records=records, build_id=build_id)
 
 
+@app.task(name="builds.ingest_event_batch", acks_late=True, reject_on_worker_lost=True,
+          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def ingest_event_batch(batch_id: int, records: list[dict]) -> int:
+    """Stores a batch an agent sent (server queue); a redelivered batch changes nothing."""
+    return ingestion.batch_ingest(batch_id=batch_id, records=records)
+
+
 @app.task(name="builds.cleanup_builds", acks_late=True)
 def cleanup_builds() -> dict:
     """Periodic (nightly by default): retention, then registry deletion of the deleted builds' images."""

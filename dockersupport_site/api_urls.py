@@ -1,11 +1,28 @@
-"""REST API v1 (token auth): builds, the connection test, and the OpenAPI schema."""
+"""REST API v1 (token auth): builds, the connection test, the agent protocol, and the OpenAPI schema."""
 
-from django.urls import path
+from django.urls import path, register_converter
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import SimpleRouter
 
+from builds import agent_api
 from builds.api import BuildViewSet
 from connections.api import ConnectionTestView
+
+
+
+class IdConverter:
+    """An id in a path: at most 18 digits, so that it always fits a 64-bit key column."""
+
+    regex = "[0-9]{1,18}"
+
+    def to_python(self, value):
+        return int(value)
+
+    def to_url(self, value):
+        return str(value)
+
+
+register_converter(IdConverter, "id")
 
 router = SimpleRouter()
 router.register("builds", BuildViewSet, basename="build")
@@ -15,4 +32,16 @@ urlpatterns = [
     path("projects/<str:project>/connections/<str:connection>/test/", ConnectionTestView.as_view(),
          name="connection-test"),
     *router.urls,
+    # Agents on build hosts (agent and build tokens, see builds/agent_api.py).
+    path("agent/connect/", agent_api.ConnectView.as_view(), name="agent-connect"),
+    path("agent/heartbeat/", agent_api.HeartbeatView.as_view(), name="agent-heartbeat"),
+    path("agent/jobs/", agent_api.agent_jobs, name="agent-jobs"),
+    path("agent/jobs/<id:pk>/", agent_api.JobResultView.as_view(), name="agent-job-result"),
+    path("agent/builds/", agent_api.BuildStartView.as_view(), name="agent-build-start"),
+    path("agent/builds/<id:pk>/credentials/", agent_api.BuildCredentialsView.as_view(), name="agent-build-credentials"),
+    path("agent/builds/<id:pk>/logins/", agent_api.BuildLoginsView.as_view(), name="agent-build-logins"),
+    path("agent/builds/<id:pk>/finish/", agent_api.BuildFinishView.as_view(), name="agent-build-finish"),
+    path("agent/events/", agent_api.EventsView.as_view(), name="agent-events"),
+    path("agent/images/", agent_api.TrackedImagesView.as_view(), name="agent-images"),
+    path("agent/cleanups/", agent_api.CleanupReportView.as_view(), name="agent-cleanups"),
 ]

@@ -25,6 +25,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from agent import protocol
+from builds import agent_services, services
 from builds.models import Build, DockerOperation, PushedImage
 from dockersupport_site.wsgi import application
 from tests.factories import AgentFactory, BuildConfigurationFactory, BuildFactory, RegistryConnectionFactory
@@ -107,6 +109,7 @@ def seeded(in_test_transaction, admin_user, settings, tmp_path):
     instead of waiting for a daemon or a registry.
     """
     settings.DOCKERSUPPORT_BUILD_CONFIG_ROOT = tmp_path / "configs"
+    settings.DOCKERSUPPORT_AGENT_JOB_WAIT = 0  # the job poll answers at once: bounded waits
     configuration = BuildConfigurationFactory(ident="app")
     connection = RegistryConnectionFactory(project=configuration.project, ident="local", registry="127.0.0.1:1")
     agent = AgentFactory(name="agent-1", docker_host=f"unix://{tmp_path}/no-daemon.sock")
@@ -135,8 +138,24 @@ def seeded(in_test_transaction, admin_user, settings, tmp_path):
         query={"configuration": ["app"], "number": [1, 2], "action": ["pull", "die"], "image": ["busy"]},
         body={"configuration": ["app"], "agent": ["agent-1"]},
     )
-    yield {"Authorization": f"Token {Token.objects.create(user=admin_user).key}"}
+    _, agent_token, _ = agent_services.agent_token_issue(name="agent-1")
+    protocol_header = {protocol.PROTOCOL_HEADER: str(protocol.PROTOCOL_VERSION)}
+    yield {
+        "user": {"Authorization": f"Token {Token.objects.create(user=admin_user).key}"},
+        "agent": {"Authorization": f"Bearer {agent_token}", **protocol_header},
+        "build": {"Authorization": f"Bearer {services.build_token_issue(running)}", **protocol_header},
+    }
     REAL.clear()
+
+
+def credentials_for(path: str, seeded: dict) -> dict:
+    """The user's token for the user API; the agent's for the agent protocol; the running build's for
+    that build's own requests (the protocol's build tokens)."""
+    if path.startswith("/api/v1/agent/builds/{"):
+        return seeded["build"]
+    if path.startswith("/api/v1/agent/"):
+        return seeded["agent"]
+    return seeded["user"]
 
 
 @schema.parametrize()
@@ -147,5 +166,5 @@ def test_no_input_is_a_server_error_and_every_answer_is_declared(case, seeded):
     # Each case starts from the seeded rows (a finish must find its build still running), and a
     # database error in one cannot spoil the next.
     with transaction.atomic():
-        case.call_and_validate(headers=seeded, checks=CHECKS)
+        case.call_and_validate(headers=credentials_for(case.operation.path, seeded), checks=CHECKS)
         transaction.set_rollback(True)

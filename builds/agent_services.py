@@ -1,0 +1,243 @@
+"""Agents as the server sees them: their tokens, what they report, the jobs they pull and the
+batches of Docker operations they send.
+
+Agents pull everything: the server never connects to a build host. A job is a row an agent
+claims with a conditional UPDATE; whoever waits for it (the build API, `free_disk_space`) polls
+the row. Tokens are stored as SHA-256 digests: they are long random strings, so a fast hash is
+enough, and a stolen database yields no usable token.
+"""
+
+import hashlib
+import secrets
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from agent import protocol
+
+from .models import Agent, AgentJob, Build, EventBatch
+
+JOB_NOTICE_KEY = "dockersupport:agent-jobs:{}"
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def new_token(prefix: str) -> tuple[str, str]:
+    """(token, its digest): the token is shown once, the digest is stored."""
+    token = prefix + secrets.token_urlsafe(32)
+    return token, token_digest(token)
+
+
+# --- Tokens ------------------------------------------------------------------------------------------
+
+@transaction.atomic
+def agent_token_issue(*, name: str) -> tuple[Agent, str, bool]:
+    """Creates the agent if needed and gives it a new token; the old one stops working at once.
+
+    Returns (agent, token, created); the token exists nowhere else, so it is shown once.
+    """
+    agent = Agent.objects.select_for_update().filter(name=name).first()
+    created = agent is None
+    if created:
+        agent = Agent(name=name)
+        agent.full_clean()  # a name that is no valid id is refused with its reason
+    token, agent.token_hash = new_token(protocol.AGENT_TOKEN_PREFIX)
+    agent.token_created_at = timezone.now()
+    agent.save()
+    return agent, token, created
+
+
+def agent_token_revoke(*, agent: Agent) -> None:
+    """The agent's next request is refused, and it stops."""
+    Agent.objects.filter(pk=agent.pk).update(token_hash="", token_created_at=None)
+    agent.token_hash, agent.token_created_at = "", None
+
+
+def agent_authenticate(token: str) -> Agent | None:
+    if not token.startswith(protocol.AGENT_TOKEN_PREFIX):
+        return None
+    return Agent.objects.filter(token_hash=token_digest(token)).first()
+
+
+def build_authenticate(token: str) -> Build | None:
+    if not token.startswith(protocol.BUILD_TOKEN_PREFIX):
+        return None
+    # Only while the build runs: an ended build's token opens nothing, whatever path ended it.
+    return Build.objects.select_related("configuration__project", "agent").filter(
+        token_hash=token_digest(token), status=Build.Status.RUNNING).first()
+
+
+# --- What agents report ------------------------------------------------------------------------------
+
+def _daemon_fields(daemon: protocol.DaemonState) -> dict:
+    return {"daemon_ok": daemon.ok, "daemon_error": daemon.error[:2000], "daemon_version": daemon.version[:64],
+            "reported_docker_host": daemon.docker_host[:255]}
+
+
+def agent_connect(*, agent: Agent, hello: protocol.ConnectRequest) -> protocol.AgentSettings:
+    """An agent (re)started: what it says of itself is kept, jobs it had taken are offered again."""
+    now = timezone.now()
+    Agent.objects.filter(pk=agent.pk).update(
+        connected_at=now, last_seen_at=now, hostname=hello.hostname[:255], agent_version=hello.agent_version[:32],
+        **_daemon_fields(hello.daemon),
+    )
+    # A job the previous run of the agent took but never finished: the new run does it (jobs are idempotent).
+    AgentJob.objects.filter(agent=agent, status=AgentJob.Status.CLAIMED).update(
+        status=AgentJob.Status.PENDING, claimed_at=None)
+    projects = sorted(agent.projects.values_list("ident", flat=True))
+    return protocol.AgentSettings(
+        name=agent.name, heartbeat_interval=settings.DOCKERSUPPORT_AGENT_HEARTBEAT_INTERVAL,
+        job_wait=settings.DOCKERSUPPORT_AGENT_JOB_WAIT, shared=not projects, projects=projects,
+        docker_data_path=agent.docker_data_path,
+    )
+
+
+def agent_heartbeat(*, agent: Agent, beat: protocol.HeartbeatRequest) -> protocol.HeartbeatAnswer:
+    """The agent is alive, and so are the builds it runs; it learns which of them the server closed."""
+    now = timezone.now()
+    Agent.objects.filter(pk=agent.pk).update(last_seen_at=now, free_bytes=beat.free_bytes,
+                                             **_daemon_fields(beat.daemon))
+    running = Build.objects.filter(agent=agent, pk__in=beat.running_builds, status=Build.Status.RUNNING)
+    still = set(running.values_list("pk", flat=True))
+    running.update(heartbeat_at=now)
+    return protocol.HeartbeatAnswer(ended_builds=sorted(set(beat.running_builds) - still))
+
+
+def agent_seen(agent: Agent) -> None:
+    Agent.objects.filter(pk=agent.pk).update(last_seen_at=timezone.now())
+
+
+def agent_is_connected(agent: Agent) -> bool:
+    """Heard from recently enough to be taken as running."""
+    if agent.last_seen_at is None:
+        return False
+    return agent.last_seen_at >= timezone.now() - timedelta(seconds=settings.DOCKERSUPPORT_AGENT_TIMEOUT)
+
+
+@transaction.atomic
+def agents_silent_mark_lost(now=None) -> list[Build]:
+    """Running builds of agents silent past DOCKERSUPPORT_AGENT_TIMEOUT are lost (periodic task)."""
+    now = now or timezone.now()
+    limit = now - timedelta(seconds=settings.DOCKERSUPPORT_AGENT_TIMEOUT)
+    builds = list(Build.objects.select_for_update().filter(status=Build.Status.RUNNING).filter(
+        Q(agent__last_seen_at__lt=limit) | Q(agent__last_seen_at__isnull=True, started_at__lt=limit),
+    ).select_related("agent", "configuration"))
+    for build in builds:
+        Build.objects.filter(pk=build.pk).update(
+            status=Build.Status.LOST, finished_at=now, token_hash="",
+            error=f"agent {build.agent} was silent for more than {settings.DOCKERSUPPORT_AGENT_TIMEOUT} s",
+        )
+    return builds
+
+
+# --- Jobs -------------------------------------------------------------------------------------------
+
+def _notify(agent_id: int) -> None:
+    # A long-poll of the agent checks this key often and the database seldom (see agent_api).
+    try:
+        cache.incr(JOB_NOTICE_KEY.format(agent_id))
+    except ValueError:
+        cache.set(JOB_NOTICE_KEY.format(agent_id), 1, timeout=None)
+
+
+def job_notice(agent_id: int):
+    return cache.get(JOB_NOTICE_KEY.format(agent_id))
+
+
+def job_create(*, agent: Agent, kind: str, build: Build | None = None, payload: dict | None = None) -> AgentJob:
+    job = AgentJob.objects.create(agent=agent, kind=kind, build=build, payload=payload or {},
+                                  created_at=timezone.now())
+    transaction.on_commit(lambda: _notify(agent.pk))
+    return job
+
+
+def jobs_claim(*, agent: Agent, limit: int = 10) -> list[protocol.Job]:
+    """Takes the agent's pending jobs (a conditional UPDATE per job: a second poller gets none twice)."""
+    claimed = []
+    now = timezone.now()
+    pending = AgentJob.objects.filter(agent=agent, status=AgentJob.Status.PENDING).select_related(
+        "build__configuration__project")[:limit]
+    for job in pending:
+        taken = AgentJob.objects.filter(pk=job.pk, status=AgentJob.Status.PENDING).update(
+            status=AgentJob.Status.CLAIMED, claimed_at=now)
+        if taken:
+            claimed.append(_job_message(job))
+    return claimed
+
+
+def _job_message(job: AgentJob) -> protocol.Job:
+    from .services import build_info, build_token_issue
+
+    message = protocol.Job(id=job.pk, kind=job.kind, build=build_info(job.build) if job.build else None)
+    payload = job.payload
+    if job.kind == AgentJob.Kind.LOGIN and job.build is not None and job.build.is_running:
+        # The build's token is made when the agent takes the job: it travels only to that agent.
+        message.token = build_token_issue(job.build)
+    if job.kind == AgentJob.Kind.LOGOUT:
+        message.exit_code, message.lost = payload.get("exit_code"), payload.get("lost", "")
+    if job.kind == AgentJob.Kind.FREE_DISK_SPACE:
+        message.required_bytes, message.dry_run = payload["required_bytes"], payload.get("dry_run", False)
+        message.reason = payload.get("reason", "")
+    return message
+
+
+def job_complete(*, agent: Agent, job_id: int, outcome: protocol.JobResult) -> bool:
+    """False when the job is not this agent's or not taken (a late answer of a job given again)."""
+    status = AgentJob.Status.DONE if outcome.ok else AgentJob.Status.FAILED
+    return bool(AgentJob.objects.filter(pk=job_id, agent=agent, status=AgentJob.Status.CLAIMED).update(
+        status=status, result=outcome.result, error=outcome.error[:5000], finished_at=timezone.now()))
+
+
+def job_wait(job: AgentJob, timeout: float, interval: float = 0.05) -> AgentJob | None:
+    """The job once the agent finished it; None after `timeout` seconds (the job stays for the agent)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job.refresh_from_db(fields=["status", "result", "error", "finished_at"])
+        if job.status in (AgentJob.Status.DONE, AgentJob.Status.FAILED):
+            return job
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(interval)
+
+
+def job_withdraw(job: AgentJob) -> bool:
+    """A job nobody waits for any more is not done later, unless the agent already took it."""
+    return bool(AgentJob.objects.filter(pk=job.pk, status=AgentJob.Status.PENDING).delete()[0])
+
+
+# --- Docker operations ------------------------------------------------------------------------------
+
+def events_receive(*, agent: Agent, batch: protocol.EventBatch) -> protocol.EventAck:
+    """Takes a batch for ingestion (the Celery ingest task); a batch sent again is not ingested twice."""
+    from .tasks import ingest_event_batch
+
+    if batch.last_seq < batch.first_seq:
+        raise ValidationError(f"last_seq {batch.last_seq} is before first_seq {batch.first_seq}")
+    with transaction.atomic():
+        row, created = EventBatch.objects.get_or_create(
+            agent=agent, first_seq=batch.first_seq,
+            defaults={"last_seq": batch.last_seq, "records": len(batch.records), "received_at": timezone.now()},
+        )
+        if created:
+            transaction.on_commit(lambda: ingest_event_batch.delay(row.pk, batch.records))
+    agent_seen(agent)
+    return protocol.EventAck(acked=batch.last_seq)
+
+
+def event_batches_wait(*, agent: Agent, through: int, timeout: float) -> bool:
+    """Waits until every batch of the agent up to sequence number `through` is ingested."""
+    deadline = time.monotonic() + timeout
+    pending = EventBatch.objects.filter(agent=agent, first_seq__lte=through, ingested_at__isnull=True)
+    while pending.exists():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True

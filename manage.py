@@ -3,19 +3,17 @@
 import os
 import sys
 
-# Commands that run on build hosts load the settings without the server-only apps: run_build
-# starts on every CI build step, and those apps are most of its start-up time.
-AGENT_COMMANDS = {"run_build"}
-
-
-def default_settings_module(argv: list[str]) -> str:
-    if len(argv) > 1 and argv[1] in AGENT_COMMANDS:
-        return "dockersupport_site.agent_settings"
-    return "dockersupport_site.settings"
+# The build host's commands run without Django: a build host has none of the server's settings,
+# and run_build starts on every CI build step (see agent/).
+BUILD_HOST_COMMANDS = {"agent", "run_build"}
 
 
 def main():
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", default_settings_module(sys.argv))
+    if len(sys.argv) > 1 and sys.argv[1] in BUILD_HOST_COMMANDS:
+        from agent.cli import main as build_host_main
+
+        sys.exit(build_host_main(sys.argv[1], sys.argv[2:]))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dockersupport_site.settings")
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

@@ -21,6 +21,7 @@ AGENT_TOKEN_PREFIX = "dsa_"
 BUILD_TOKEN_PREFIX = "dsb_"
 
 MAX_SIZE = 2 ** 60  # bytes: no disk is larger (1048576T)
+EVENT_BATCH_SIZE = 500  # records an agent sends at once (the server takes up to twice as many)
 
 
 class JobKind:
@@ -66,6 +67,8 @@ class AgentSettings:
     shared: bool  # serves every project
     projects: list[str]
     docker_data_path: str = ""  # set in the admin; empty: the agent's own setting or the OS default
+    docker_host: str = ""  # set in the admin; the agent's own DOCKER_HOST wins
+    session: int = 0  # this run of the agent: its job polls name it
 
 
 @dataclass
@@ -139,6 +142,7 @@ class FinishRequest:
     exit_code: int | None = None
     lost: str = ""  # the build ended without its command's exit code, and why
     events_through: int = 0  # the agent's event sequence number up to which the build's events were sent
+    logins: LoginReport | None = None  # the login report, when the build ended before it was sent
 
 
 @dataclass

@@ -93,3 +93,19 @@ def synthetic_events(count: int, start_nano: int, label: str) -> list[dict]:
             add("image", "push", f"{app}:{step}", name=app)
         step += 1
     return events[:count]
+
+
+def ingest_for_build(agent, build, records: list[dict], batch_size: int) -> None:
+    """The server's side of what an agent sends: the records in batches, each given to `build`
+    (builds.ingestion.batch_ingest, as the ingest task runs it)."""
+    from django.utils import timezone
+
+    from builds import ingestion
+    from builds.models import EventBatch
+
+    first = EventBatch.objects.filter(agent=agent).count() * 1_000_000 + 1
+    for i in range(0, len(records), batch_size):
+        chunk = [{**record, "builds": [build.pk]} for record in records[i:i + batch_size]]
+        batch = EventBatch.objects.create(agent=agent, first_seq=first + i, last_seq=first + i + len(chunk) - 1,
+                                          records=len(chunk), received_at=timezone.now())
+        ingestion.batch_ingest(batch_id=batch.pk, records=chunk)

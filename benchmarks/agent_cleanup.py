@@ -1,15 +1,15 @@
 """Agent clean-up (Free Disk Space): planning over 10,000 tracked images, and removing 100 images.
 
-Starts its own Docker daemon (tests/harness, vfs storage) and an SQLite database in a temporary
-folder, then measures two things in one run:
+Starts its own Docker daemon (tests/harness, vfs storage), then measures the agent's side of it
+(agent/cleanup.py) in one run:
 
-  plan:    `plan_candidates(agent, client)` for an agent with --tracked (10,000) AgentImage rows,
-           as on a long-lived build host: most of them name images that are gone from the daemon;
+  plan:    `plan_candidates(client, tracked)` for --tracked (10,000) tracked images (the list the
+           server hands the agent), as on a long-lived build host: most of them are gone from the daemon;
            the rest match real images there (--tags tags of one image, --distinct small images of
            their own, a few of them used by stopped containers), next to images no build made.
-           Median of --runs runs, with a breakdown (database query, daemon image list, containers).
+           Median of --runs runs, with a breakdown (daemon image list, containers).
            Target: <= 1 s.
-  removal: `free_disk_space(agent, required=free + 1 TiB)` removing --remove (100) tracked, distinct
+  removal: `free_disk_space(client, tracked, required=free + 1 TiB, ...)` removing --remove (100) tracked, distinct
            small images (each with a layer of its own, so each removal deletes a vfs directory),
            re-reading free space after each, vs a `docker image rm <ref>` loop (one docker CLI
            process per image) over as many other images of the same kind on the same daemon.
@@ -26,9 +26,8 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,19 +37,6 @@ from tests.harness import DockerDaemon, import_busybox_image  # noqa: E402
 
 PLAN_TARGET_S = 1.0
 TiB = 1024 ** 4
-
-
-def django_setup(folder: str):
-    os.environ.update({
-        "DATABASE_URL": f"sqlite:///{folder}/db.sqlite3",
-        "DOCKERSUPPORT_ENCRYPTION_KEY": "x4wSSpAHrwsH3EYuxkHzGm9cR4bEXcWyxt8Qz5e5xHA=",
-        "SECRET_KEY": "bench", "DEBUG": "1", "DJANGO_SETTINGS_MODULE": "dockersupport_site.settings",
-    })
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", verbosity=0)
 
 
 def tiny_tarball(label: str) -> bytes:
@@ -79,23 +65,17 @@ def timed(function, runs):
     return statistics.median(times), value
 
 
-def track(agent, references, image_ids, now, rng):
-    """AgentImage rows for `references`, last used over the past 90 days (in random order)."""
-    from builds.models import AgentImage
+def track(references, now, rng):
+    """Tracked images for `references`, last used over the past 90 days (in random order)."""
+    from agent.protocol import TrackedImage
 
-    rows = []
-    for reference in references:
-        last_used = now - timedelta(seconds=rng.randrange(90 * 86400))
-        rows.append(AgentImage(agent=agent, reference=reference, image_id=image_ids.get(reference, ""),
-                               created_by=rng.choice(("pull", "build", "tag")),
-                               first_seen_at=last_used - timedelta(days=rng.randrange(30)),
-                               last_used_at=last_used, last_build=None))
-    AgentImage.objects.bulk_create(rows, batch_size=2000)
+    return [TrackedImage(reference=reference, last_used_at=now - timedelta(seconds=rng.randrange(90 * 86400)))
+            for reference in references]
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tracked", type=int, default=10_000, help="AgentImage rows of the planning agent")
+    parser.add_argument("--tracked", type=int, default=10_000, help="tracked images the server hands the agent")
     parser.add_argument("--tags", type=int, default=500, help="tracked tags of one image (busybox) on the daemon")
     parser.add_argument("--distinct", type=int, default=50, help="tracked distinct small images on the daemon")
     parser.add_argument("--containers", type=int, default=5, help="stopped containers using tracked images")
@@ -105,13 +85,8 @@ def main():
     args = parser.parse_args()
     rng = random.Random(42)
 
-    with tempfile.TemporaryDirectory() as folder, DockerDaemon() as daemon:
-        django_setup(folder)
-        from django.db import connection
-        from django.utils import timezone
-
-        from builds.agent_cleanup import free_bytes, free_disk_space, plan_candidates
-        from builds.models import Agent, AgentImage
+    with DockerDaemon() as daemon:
+        from agent.cleanup import free_bytes, free_disk_space, plan_candidates
 
         client = daemon.client(timeout=120)
         docker_env = {**os.environ, "DOCKER_HOST": daemon.host}
@@ -128,31 +103,24 @@ def main():
         ours_refs = [f"bench/ours{n}:1" for n in range(args.remove)]
         cli_refs = [f"bench/cli{n}:1" for n in range(args.remove)]
         import_distinct(client, distinct_refs + ours_refs + cli_refs)
-        image_ids = {ref: client.images.get(ref).id for ref in distinct_refs + ours_refs}
-        image_ids.update(dict.fromkeys(tag_refs, busybox.id))
         for reference in distinct_refs[:args.containers]:
             client.containers.create(reference, "true", network_mode="none")  # stopped: keeps the image
         setup_daemon = time.perf_counter() - start
         summaries = client.api.images()
 
-        # The database: the planning agent tracks --tracked references, most of them gone.
-        now = timezone.now()
-        planner = Agent.objects.create(name="bench-plan", docker_host=daemon.host, docker_data_path=daemon.data_root)
+        # What the server hands the agent: --tracked references, most of them gone.
+        now = datetime.now(timezone.utc)
         real = tag_refs + distinct_refs
         gone = [f"registry.example.test/team/app{n % 97}:build-{n}" for n in range(max(args.tracked - len(real), 0))]
-        for n, reference in enumerate(gone):
-            image_ids[reference] = f"sha256:{n:064x}"
-        track(planner, real + gone, image_ids, now, rng)
-        tracked = AgentImage.objects.filter(agent=planner).count()
+        planned = track(real + gone, now, rng)
+        tracked = len(planned)
 
         print(f"set-up: {len(summaries)} images on the daemon ({sum(len(s.get('RepoTags') or []) for s in summaries)} "
               f"tags; made in {setup_daemon:.1f} s), {args.containers} stopped containers, "
               f"{tracked} tracked references ({len(real)} on the daemon, {len(gone)} gone)")
 
         # 1. The plan.
-        plan_time, plan = timed(lambda: plan_candidates(planner, client), args.runs)
-        in_db, _ = timed(lambda: list(AgentImage.objects.filter(agent=planner).order_by()
-                                      .values_list("reference", "last_used_at")), args.runs)
+        plan_time, plan = timed(lambda: plan_candidates(client, planned), args.runs)
         in_images_api, _ = timed(lambda: client.api.images(), args.runs)
         in_containers_api, _ = timed(lambda: client.api.containers(all=True), args.runs)
         in_images_list, _ = timed(lambda: client.images.list(), args.runs)
@@ -161,7 +129,6 @@ def main():
         print(f"  plan_candidates:                 {plan_time * 1000:8.1f} ms   ({len(plan)} candidates)   "
               f"(target <= {PLAN_TARGET_S:.0f} s: {'target met' if plan_time <= PLAN_TARGET_S else 'target NOT met'})")
         print("  its parts, measured alone:")
-        print(f"    database query (AgentImage):   {in_db * 1000:8.1f} ms")
         print(f"    GET /images/json:              {in_images_api * 1000:8.1f} ms")
         print(f"    GET /containers/json?all=1:    {in_containers_api * 1000:8.1f} ms")
         print("  for comparison, docker-py's model lists (one inspect request per image / container):")
@@ -172,16 +139,15 @@ def main():
             import pstats
 
             profiler = cProfile.Profile()
-            profiler.runcall(plan_candidates, planner, client)
+            profiler.runcall(plan_candidates, client, planned)
             pstats.Stats(profiler, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
 
         # 2. Removal of --remove images: ours vs a docker CLI loop.
-        remover = Agent.objects.create(name="bench-free", docker_host=daemon.host, docker_data_path=daemon.data_root)
-        track(remover, ours_refs, image_ids, now, rng)
-        remover_plan, candidates = timed(lambda: plan_candidates(remover, client), 1)
-        _, free = free_bytes(remover)
+        ours_tracked = track(ours_refs, now, rng)
+        remover_plan, candidates = timed(lambda: plan_candidates(client, ours_tracked), 1)
+        free = free_bytes(daemon.data_root, "benchmark")
         start = time.perf_counter()
-        result = free_disk_space(remover, required=free + TiB, reason="benchmark")
+        result = free_disk_space(client, ours_tracked, free + TiB, daemon.data_root, "benchmark")
         ours = time.perf_counter() - start
         failures = 0
         start = time.perf_counter()
@@ -200,8 +166,7 @@ def main():
     print(f"  docker image rm loop (CLI):      {cli:8.2f} s   {(args.remove - failures) / cli:7.1f} images/s   "
           f"({args.remove - failures} removed, {failures} failed, {sum(ref in left for ref in cli_refs)} left)")
     print(f"  ratio docker loop / ours:        {cli / ours:8.2f} x")
-    print(f"\n(database: {connection.display_name} {connection.Database.sqlite_version}; "
-          f"plan target <= {PLAN_TARGET_S:.0f} s: {'met' if plan_time <= PLAN_TARGET_S else 'NOT met'})")
+    print(f"\n(plan target <= {PLAN_TARGET_S:.0f} s: {'met' if plan_time <= PLAN_TARGET_S else 'NOT met'})")
 
 
 if __name__ == "__main__":

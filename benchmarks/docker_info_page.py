@@ -3,7 +3,7 @@
 Creates a throw-away database (PostgreSQL by default: `dockersupport_bench` on the server of
 --database-url, dropped at the end; SQLite: a temporary file), migrates it, and gives two builds
 synthetic operations (a CI-like mix of pulls, tags, pushes and containers, stored with
-`operations_ingest`). Then it requests `admin:builds_build_docker_info` through Django's test
+`batch_ingest`). Then it requests `admin:builds_build_docker_info` through Django's test
 client, logged in as a superuser: page 1, a middle page, the last page, `?action=die` and
 `?q=<image>`, counting SQL queries per request and timing --runs requests (median, with the
 part spent rendering the template). It also times `GET /api/v1/builds/{id}/docker-info/`
@@ -20,7 +20,15 @@ import time
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
-from _common import DEFAULT_DATABASE_URL, T0, database_name, django_setup, synthetic_events, throwaway_database
+from _common import (
+    DEFAULT_DATABASE_URL,
+    T0,
+    database_name,
+    django_setup,
+    ingest_for_build,
+    synthetic_events,
+    throwaway_database,
+)
 
 BENCH_DATABASE = "dockersupport_bench"
 SMALL = 100
@@ -32,8 +40,8 @@ SEARCH = "team/ops"  # the images the builds tag and push: about 1 operation in 
 def build_with_operations(count: int, label: str, start_nano: int):
     from django.utils import timezone
 
-    from builds import ingestion
-    from builds.docker.events import BATCH_SIZE, parse_event
+    from agent.events import parse_event
+    from agent.protocol import EVENT_BATCH_SIZE
     from builds.models import Agent, Build, BuildConfiguration, DockerOperation
     from connections.models import Project
 
@@ -48,8 +56,7 @@ def build_with_operations(count: int, label: str, start_nano: int):
         heartbeat_at=timezone.now(), logged_in_registries=["registry.example.test:5000"],
     )
     records = [parse_event(event) for event in synthetic_events(count, start_nano, label)]
-    for i in range(0, len(records), BATCH_SIZE):
-        ingestion.operations_ingest(agent_id=agent.pk, records=records[i:i + BATCH_SIZE], build_id=build.pk)
+    ingest_for_build(agent, build, records, EVENT_BATCH_SIZE)
     assert DockerOperation.objects.filter(build=build).count() == count
     return build
 

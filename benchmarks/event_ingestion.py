@@ -1,4 +1,4 @@
-"""Docker event ingestion: `operations_ingest` in batches vs one ORM `.save()` per event.
+"""Docker event ingestion: `batch_ingest` in batches vs one ORM `.save()` per event.
 
 Creates a throw-away database (PostgreSQL by default: `dockersupport_bench` on the server of
 --database-url, dropped at the end; SQLite: a temporary file), migrates it, and stores the same
@@ -6,7 +6,7 @@ number of synthetic daemon events (a CI-like mix: pulls, tags, pushes, container
 create/start/exec/die/destroy), parsed by `parse_event`, two ways, each into its own build and
 agent so that the unique constraint skips nothing:
 
-  batched: `ingestion.operations_ingest(build_id=...)` in batches of `events.BATCH_SIZE` (500),
+  batched: `ingestion.batch_ingest` (what the ingest task runs) in batches of `protocol.EVENT_BATCH_SIZE` (500),
            as the event stream delivers them; besides the operations it records a PushedImage
            per push and the agent's images (AgentImage, for agent clean-up);
   naive:   `DockerOperation(...).save()` per event (autocommit), operations only; so the ratio
@@ -25,7 +25,15 @@ import time
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 
-from _common import DEFAULT_DATABASE_URL, T0, database_name, django_setup, synthetic_events, throwaway_database
+from _common import (
+    DEFAULT_DATABASE_URL,
+    T0,
+    database_name,
+    django_setup,
+    ingest_for_build,
+    synthetic_events,
+    throwaway_database,
+)
 
 BENCH_DATABASE = "dockersupport_bench"
 TARGET_RATIO = 10
@@ -49,10 +57,7 @@ def fixtures(label: str):
 
 
 def ingest_batched(records, agent, build, batch_size):
-    from builds import ingestion
-
-    for i in range(0, len(records), batch_size):
-        ingestion.operations_ingest(agent_id=agent.pk, records=records[i:i + batch_size], build_id=build.pk)
+    ingest_for_build(agent, build, records, batch_size)
 
 
 def ingest_naive(records, agent, build):
@@ -78,7 +83,8 @@ def main():
         django_setup(database_url)
         from django.db import connection
 
-        from builds.docker.events import BATCH_SIZE, parse_event
+        from agent.events import parse_event
+        from agent.protocol import EVENT_BATCH_SIZE as BATCH_SIZE
         from builds.models import DockerOperation, PushedImage
 
         paths = {"batched": lambda records, agent, build: ingest_batched(records, agent, build, BATCH_SIZE),
@@ -104,7 +110,7 @@ def main():
           f"on {vendor}")
     print(f"  event mix: {', '.join(f'{k} {v}' for k, v in sorted(mix.items()))}")
     complete = True
-    for name, label in (("batched", f"operations_ingest, batches of {BATCH_SIZE}"), ("naive", "one .save() per event")):
+    for name, label in (("batched", f"batch_ingest, batches of {BATCH_SIZE}"), ("naive", "one .save() per event")):
         best = min(seconds for seconds, _, _ in runs[name])
         stored = {operations for _, operations, _ in runs[name]}
         pushed = {images for _, _, images in runs[name]}

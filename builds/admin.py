@@ -11,12 +11,13 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
+from django.utils.safestring import mark_safe
 
+from agent.cleanup import human
 from connections.admin import ProjectAdmin as BaseProjectAdmin
 from connections.models import Project
 
-from . import selectors, services
-from .agent_cleanup import human
+from . import agent_services, selectors, services
 from .models import (
     Agent,
     AgentCleanup,
@@ -128,11 +129,91 @@ class AgentCleanupInline(admin.TabularInline):
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ("name", "os", "docker_host", "effective_data_path", "queue_name", "running_builds", "last_seen_at")
-    list_filter = ("os",)
-    search_fields = ("name", "docker_host")
-    readonly_fields = ("queue_name", "effective_data_path", "last_seen_at", "free_space_chart")
+    list_display = ("name", "os", "serves", "state", "daemon", "running_builds", "free_space", "last_seen_at")
+    list_filter = ("os", "daemon_ok")
+    search_fields = ("name", "hostname", "docker_host")
+    filter_horizontal = ("projects",)
+    readonly_fields = ("token", "state", "daemon", "hostname", "agent_version", "reported_docker_host", "connected_at",
+                       "last_seen_at", "free_space", "free_space_chart")
+    fieldsets = (
+        (None, {"fields": ("name", "os", "projects", "token")}),
+        ("Its Docker daemon", {"fields": ("docker_host", "docker_data_path", "daemon", "reported_docker_host",
+                                          "free_space", "free_space_chart")}),
+        ("What it said of itself", {"fields": ("state", "hostname", "agent_version", "connected_at",
+                                               "last_seen_at")}),
+    )
     inlines = [AgentCleanupInline]
+    actions = ("replace_token", "revoke_token")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            _running=Count("builds", filter=Q(builds__status=Build.Status.RUNNING), distinct=True),
+        ).prefetch_related("projects")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        agent = self.get_object(request, object_id)
+        if agent is not None and request.method == "GET":
+            if not agent_services.agent_is_connected(agent):
+                self.message_user(request, f"Agent {agent} is not connected: {self._state_text(agent)}. Start it on "
+                                           "its build host with `python manage.py agent --server URL --token-file "
+                                           "FILE`.", messages.WARNING)
+            elif agent.daemon_ok is False:
+                self.message_user(request, f"The Docker daemon of agent {agent} does not answer: {agent.daemon_error}",
+                                  messages.ERROR)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @staticmethod
+    def _state_text(agent) -> str:
+        if agent.last_seen_at is None:
+            return "never connected"
+        return f"last seen {agent.last_seen_at:%Y-%m-%d %H:%M:%S %Z}"
+
+    @admin.display(description="serves")
+    def serves(self, obj):
+        projects = [p.ident for p in obj.projects.all()]
+        return ", ".join(projects) if projects else "every project (shared)"
+
+    @admin.display(description="connected")
+    def state(self, obj):
+        if agent_services.agent_is_connected(obj):
+            return mark_safe('<span style="color:var(--message-success-bg,#070)">connected</span>')
+        return format_html('<span style="color:#ba2121">not connected</span> ({})', self._state_text(obj))
+
+    @admin.display(description="Docker daemon")
+    def daemon(self, obj):
+        if obj.daemon_ok is None:
+            return "—"
+        if obj.daemon_ok:
+            return f"answers (Docker {obj.daemon_version})" if obj.daemon_version else "answers"
+        return format_html('<strong style="color:#ba2121">NOT ANSWERING</strong>: {}', obj.daemon_error)
+
+    @admin.display(description="token")
+    def token(self, obj):
+        if not obj.token_hash:
+            return "none (revoked or never made): `python manage.py agent_token NAME`, or the Replace token action"
+        return f"made {obj.token_created_at:%Y-%m-%d %H:%M %Z}, stored hashed"
+
+    @admin.display(description="free space")
+    def free_space(self, obj):
+        return human(obj.free_bytes) if obj.free_bytes is not None else "—"
+
+    @admin.display(description="running builds", ordering="_running")
+    def running_builds(self, obj):
+        return obj._running
+
+    @admin.action(description="Replace token (the new one is shown once)")
+    def replace_token(self, request, queryset):
+        for agent in queryset:
+            _, token, _ = agent_services.agent_token_issue(name=agent.name)
+            self.message_user(request, format_html(
+                "New token of agent {} (shown only now; the old one no longer works): <code>{}</code>", agent, token),
+                messages.WARNING)
+
+    @admin.action(description="Revoke token (the agent stops at its next request)")
+    def revoke_token(self, request, queryset):
+        for agent in queryset:
+            agent_services.agent_token_revoke(agent=agent)
+        self.message_user(request, f"Revoked the tokens of {queryset.count()} agent(s).", messages.SUCCESS)
 
     @admin.display(description="free space over time")
     def free_space_chart(self, obj):
@@ -152,19 +233,6 @@ class AgentAdmin(admin.ModelAdmin):
             'style="border:1px solid var(--hairline-color,#ccc)"><polyline fill="none" stroke="#417690" '
             'stroke-width="2" points="{}"/></svg><div>{} – {} free, over the last {} run(s)</div>',
             width, height, human(low), human(high), coords, human(low), human(high), len(points))
-
-    def get_queryset(self, request):
-        return super().get_queryset(request).annotate(
-            _running=Count("builds", filter=Q(builds__status=Build.Status.RUNNING))
-        )
-
-    @admin.display(description="running builds", ordering="_running")
-    def running_builds(self, obj):
-        return obj._running
-
-    @admin.display(description="Docker data path")
-    def effective_data_path(self, obj):
-        return obj.effective_data_path
 
 
 @admin.register(Build)

@@ -257,7 +257,7 @@ class BuildFinishView(BuildView):
         if finish.exit_code is not None and not -2 ** 31 <= finish.exit_code < 2 ** 31:
             raise serializers.ValidationError({"exit_code": ["an exit code is from -2147483648 to 2147483647"]})
         return answer(services.build_close(build=self.build, exit_code=finish.exit_code, lost=finish.lost,
-                                           events_through=finish.events_through))
+                                           events_through=finish.events_through, logins=finish.logins))
 
 
 # Records are checked here, quickly, rather than field by field through a serializer: batches of
@@ -304,6 +304,8 @@ class EventsView(AgentView):
     def post(self, request):
         """A batch of the daemon's operations, each naming the builds it belongs to; acknowledged once held."""
         batch = body(protocol.EventBatch, request)
+        if len(batch.records) > 2 * protocol.EVENT_BATCH_SIZE:
+            raise serializers.ValidationError({"records": [f"at most {2 * protocol.EVENT_BATCH_SIZE} records a batch"]})
         batch.records = _checked_records(batch.records)
         try:
             return answer(agent_services.events_receive(agent=self.agent, batch=batch))
@@ -359,8 +361,11 @@ class CleanupReportView(AgentView):
 class AgentJobsSchema(AgentView):
     """Documents `agent_jobs` in the OpenAPI schema (the view itself is async, outside DRF)."""
 
-    @extend_schema(parameters=[OpenApiParameter("wait", int, description=(
-        "seconds to wait for work when there is none yet (at most DOCKERSUPPORT_AGENT_JOB_WAIT)"))],
+    @extend_schema(parameters=[
+        OpenApiParameter("wait", int, description=(
+            "seconds to wait for work when there is none yet (at most DOCKERSUPPORT_AGENT_JOB_WAIT)")),
+        OpenApiParameter("session", int, description="the session of this run of the agent (from connect/)"),
+    ],
         responses={200: doc(protocol.JobList), **ERRORS})
     def get(self, request):
         """The agent's pending jobs, taken by it; waits up to `wait` seconds for one."""
@@ -373,9 +378,9 @@ def _error(message: str, code: int) -> JsonResponse:
     return response
 
 
-def _claim(agent):
+def _claim(agent, session):
     agent_services.agent_seen(agent)
-    return agent_services.jobs_claim(agent=agent)
+    return agent_services.jobs_claim(agent=agent, session=session)
 
 
 async def agent_jobs(request):
@@ -401,10 +406,16 @@ async def agent_jobs(request):
         wait = min(max(int(request.GET.get("wait", "0")), 0), settings.DOCKERSUPPORT_AGENT_JOB_WAIT)
     except ValueError:
         return JsonResponse({"wait": ["a whole number of seconds"]}, status=400)
+    try:
+        session = int(request.GET["session"]) if "session" in request.GET else None
+    except ValueError:
+        return JsonResponse({"session": ["the session number that connect/ answered"]}, status=400)
+    if session is not None and not 0 <= session < 2 ** 31:
+        return JsonResponse({"session": ["the session number that connect/ answered"]}, status=400)
     deadline = time.monotonic() + wait
     notice = await sync_to_async(agent_services.job_notice)(agent.pk)
     while True:
-        jobs = await sync_to_async(_claim)(agent)
+        jobs = await sync_to_async(_claim)(agent, session)
         if jobs or time.monotonic() >= deadline:
             return JsonResponse(protocol.to_json(protocol.JobList(jobs=jobs)))
         next_query = min(time.monotonic() + 1.0, deadline)

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from agent import protocol
@@ -85,18 +85,21 @@ def _daemon_fields(daemon: protocol.DaemonState) -> dict:
 def agent_connect(*, agent: Agent, hello: protocol.ConnectRequest) -> protocol.AgentSettings:
     """An agent (re)started: what it says of itself is kept, jobs it had taken are offered again."""
     now = timezone.now()
-    Agent.objects.filter(pk=agent.pk).update(
-        connected_at=now, last_seen_at=now, hostname=hello.hostname[:255], agent_version=hello.agent_version[:32],
-        **_daemon_fields(hello.daemon),
-    )
-    # A job the previous run of the agent took but never finished: the new run does it (jobs are idempotent).
-    AgentJob.objects.filter(agent=agent, status=AgentJob.Status.CLAIMED).update(
-        status=AgentJob.Status.PENDING, claimed_at=None)
+    with transaction.atomic():
+        # A new session first: a job poll of the previous run still waiting on the server claims nothing now.
+        Agent.objects.filter(pk=agent.pk).update(
+            connected_at=now, last_seen_at=now, hostname=hello.hostname[:255], agent_version=hello.agent_version[:32],
+            session=F("session") + 1, **_daemon_fields(hello.daemon),
+        )
+        # A job the previous run took but never finished: the new run does it (jobs are idempotent).
+        AgentJob.objects.filter(agent=agent, status=AgentJob.Status.CLAIMED).update(
+            status=AgentJob.Status.PENDING, claimed_at=None)
+    session = Agent.objects.values_list("session", flat=True).get(pk=agent.pk)
     projects = sorted(agent.projects.values_list("ident", flat=True))
     return protocol.AgentSettings(
         name=agent.name, heartbeat_interval=settings.DOCKERSUPPORT_AGENT_HEARTBEAT_INTERVAL,
         job_wait=settings.DOCKERSUPPORT_AGENT_JOB_WAIT, shared=not projects, projects=projects,
-        docker_data_path=agent.docker_data_path,
+        docker_data_path=agent.docker_data_path, docker_host=agent.docker_host, session=session,
     )
 
 
@@ -159,14 +162,16 @@ def job_create(*, agent: Agent, kind: str, build: Build | None = None, payload: 
     return job
 
 
-def jobs_claim(*, agent: Agent, limit: int = 10) -> list[protocol.Job]:
-    """Takes the agent's pending jobs (a conditional UPDATE per job: a second poller gets none twice)."""
+def jobs_claim(*, agent: Agent, session: int | None = None, limit: int = 10) -> list[protocol.Job]:
+    """Takes the agent's pending jobs: a conditional UPDATE per job, so a second poller gets none twice,
+    and only for the agent's current session (`session`), so a poll of an agent's previous run gets none."""
     claimed = []
     now = timezone.now()
     pending = AgentJob.objects.filter(agent=agent, status=AgentJob.Status.PENDING).select_related(
         "build__configuration__project")[:limit]
     for job in pending:
-        taken = AgentJob.objects.filter(pk=job.pk, status=AgentJob.Status.PENDING).update(
+        condition = {"agent__session": session} if session is not None else {}
+        taken = AgentJob.objects.filter(pk=job.pk, status=AgentJob.Status.PENDING, **condition).update(
             status=AgentJob.Status.CLAIMED, claimed_at=now)
         if taken:
             claimed.append(_job_message(job))
@@ -178,8 +183,9 @@ def _job_message(job: AgentJob) -> protocol.Job:
 
     message = protocol.Job(id=job.pk, kind=job.kind, build=build_info(job.build) if job.build else None)
     payload = job.payload
-    if job.kind == AgentJob.Kind.LOGIN and job.build is not None and job.build.is_running:
-        # The build's token is made when the agent takes the job: it travels only to that agent.
+    if job.kind in (AgentJob.Kind.LOGIN, AgentJob.Kind.LOGOUT) and job.build is not None and job.build.is_running:
+        # The build's token is made when the agent takes the job: it travels only to that agent (a
+        # restarted agent that lost the build's token gets a new one with its logout).
         message.token = build_token_issue(job.build)
     if job.kind == AgentJob.Kind.LOGOUT:
         message.exit_code, message.lost = payload.get("exit_code"), payload.get("lost", "")

@@ -1,12 +1,11 @@
 """REST API for builds: start (logs in on the agent), finish (logs out), heartbeat, list.
 
-Login and logout run as Celery tasks in the agent's own queue, on the build host; the API waits
-for the answer up to DOCKERSUPPORT_AGENT_TASK_TIMEOUT seconds. Task messages carry ids only.
+Login and logout are jobs of the build's agent, which pulls them (the agent protocol); the API
+waits for the agent's answer up to DOCKERSUPPORT_AGENT_TASK_TIMEOUT seconds.
 """
 
 import logging
 
-from celery.exceptions import TimeoutError as CeleryTimeoutError
 from django.conf import settings
 from django.db.backends.base.operations import BaseDatabaseOperations
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -15,10 +14,8 @@ from rest_framework.decorators import action
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 
-from dockersupport_site.queues import Queue
-
-from . import services, tasks
-from .models import Agent, Build, BuildConfiguration, DockerOperation, PushedImage
+from . import agent_services, services
+from .models import Agent, AgentJob, Build, BuildConfiguration, DockerOperation, PushedImage
 from .selectors import build_operations, docker_info_summary
 
 log = logging.getLogger(__name__)
@@ -181,36 +178,21 @@ NOT_FOUND = OpenApiResponse(DetailSerializer, description="No such build.")
 AUTH = {401: OpenApiResponse(DetailSerializer, description="Not authenticated."),
         403: OpenApiResponse(DetailSerializer, description="Not allowed.")}
 NOT_RUNNING = OpenApiResponse(BuildErrorSerializer, description="The build is not running.")
-NO_WORKER = OpenApiResponse(BuildErrorSerializer, description="No worker of the agent's queue answered in time.")
+NO_WORKER = OpenApiResponse(BuildErrorSerializer, description="The build's agent did not answer in time.")
 
 
-class AgentTaskError(Exception):
-    """An agent task raised instead of answering (its Docker daemon unreachable, say)."""
+def _wait(job: AgentJob, build: Build):
+    """The agent's answer to the job, or None when it did not answer in time (the job stays queued)."""
+    return agent_services.job_wait(job, settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT)
 
 
-def _run_on_agent(task, build: Build, *args) -> dict | None:
-    """Runs `task` in the build's agent queue and waits for it; None when no worker answered.
-
-    A task that raised is an AgentTaskError naming the build, not a 500: the agent is the API's
-    upstream, and its failure is the client's to read (502).
-    """
-    try:
-        # In the embedded mode the task runs right here and apply_async raises what it raised.
-        result = task.apply_async(args=[build.pk, *args], queue=Queue.for_agent(build.agent.name))
-        return result.get(timeout=settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT, disable_sync_subtasks=False)
-    except CeleryTimeoutError:
-        return None
-    except Exception as exc:
-        log.exception("Task %s of build %s (id %s) failed on agent %s", task.name, build, build.pk, build.agent)
-        raise AgentTaskError(f"{task.name} of build {build} failed on agent {build.agent}: {exc}") from exc
-
-
-def _no_worker(build: Build, what: str) -> Response:
-    queue = Queue.for_agent(build.agent.name)
+def _no_agent(build: Build, what: str) -> Response:
+    seen = (f"last seen {build.agent.last_seen_at:%Y-%m-%d %H:%M:%S %Z}" if build.agent.last_seen_at
+            else "never connected")
     return Response({
         "id": build.pk,
-        "detail": f"no worker of queue {queue} answered within {settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT} s "
-                  f"({what}); run `celery -A dockersupport_site worker -Q {queue}` on the build host",
+        "detail": f"agent {build.agent} did not answer within {settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT} s ({what}; "
+                  f"{seen}); run `python manage.py agent --server URL --token-file FILE` on its build host",
     }, status=status.HTTP_504_GATEWAY_TIMEOUT)
 
 
@@ -250,37 +232,38 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         504: NO_WORKER,
     })
     def create(self, request):
-        """Starts a build: logs in to its registries on the agent and answers its DOCKER_CONFIG."""
+        """Starts a build: its agent logs it in to its registries; answers its DOCKER_CONFIG."""
         start = BuildStartSerializer(data=request.data)
         start.is_valid(raise_exception=True)
+        agent = start.validated_data["agent"]
         try:
-            build = services.build_start(started_by=Build.StartedBy.API, **start.validated_data)
+            build, job = services.build_start_api(**start.validated_data)
         except services.BuildStartError as exc:
-            raise serializers.ValidationError({"number": [str(exc)]}) from None
-        try:
-            answer = _run_on_agent(tasks.build_login, build)
-        except AgentTaskError as exc:
-            # The login did not end cleanly: the build must not stay running, and what the agent may
-            # have written for it is erased there.
-            services.build_abandon(build=build, reason=str(exc))
-            try:
-                tasks.build_logout.apply_async(args=[build.pk], queue=Queue.for_agent(build.agent.name))
-            except Exception:  # the answer stays the login's failure; this one is in the log
-                log.exception("Logging build %s (id %s) out after its failed login failed", build, build.pk)
-            return Response({"id": build.pk, "detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
-        if answer is None:
-            services.build_abandon(build=build, reason="no agent worker logged the build in")
-            return _no_worker(build, "login")
-        if not answer["ok"]:
-            return Response({"id": build.pk, "detail": answer["error"]}, status=status.HTTP_502_BAD_GATEWAY)
-        payload = {"id": build.pk, "number": build.number, **{k: answer[k] for k in
+            field = "agent" if "does not run builds of project" in str(exc) else "number"
+            raise serializers.ValidationError({field: [str(exc)]}) from None
+        if not agent_services.agent_is_connected(agent):
+            agent_services.job_withdraw(job)
+            services.build_abandon(build=build, reason=f"agent {agent} is not connected", status=Build.Status.ERROR)
+            return _no_agent(build, "it is not connected")
+        done = _wait(job, build)
+        if done is None:
+            if agent_services.job_withdraw(job):
+                services.build_abandon(build=build, reason="its agent did not log it in in time",
+                                       status=Build.Status.ERROR)
+            else:  # the agent took it and is slow: whatever it writes is erased by the logout that follows
+                services.build_abandon(build=build, reason="its agent did not finish logging it in in time",
+                                       status=Build.Status.ERROR)
+            return _no_agent(build, "login")
+        if done.status == AgentJob.Status.FAILED:
+            services.build_abandon(build=build, reason=done.error, status=Build.Status.ERROR)
+            return Response({"id": build.pk, "detail": done.error}, status=status.HTTP_502_BAD_GATEWAY)
+        payload = {"id": build.pk, "number": build.number, **{k: done.result[k] for k in
                                                                 ("docker_config", "logged_in", "warnings")}}
         return Response(BuildStartedSerializer(payload).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=BuildFinishSerializer, responses={
         200: BuildSerializer, 400: BAD_REQUEST, **AUTH, 404: NOT_FOUND, 409: NOT_RUNNING,
-        502: OpenApiResponse(BuildErrorSerializer, description="The agent's logout failed; the build is still "
-                                                               "running, try again."),
+        502: OpenApiResponse(BuildErrorSerializer, description="The agent's logout failed; try again."),
         504: NO_WORKER,
     })
     @action(detail=True, methods=["post"])
@@ -292,12 +275,14 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         if not build.is_running:
             return Response({"id": build.pk, "detail": f"build {build} is already {build.status}"},
                             status=status.HTTP_409_CONFLICT)
-        try:
-            answer = _run_on_agent(tasks.build_finish, build, finish.validated_data["exit_code"])
-        except AgentTaskError as exc:
-            return Response({"id": build.pk, "detail": str(exc)}, status=status.HTTP_502_BAD_GATEWAY)
-        if answer is None:
-            return _no_worker(build, "logout is queued and runs when a worker takes it")
+        job = services.build_finish_api(build=build, exit_code=finish.validated_data["exit_code"])
+        if not agent_services.agent_is_connected(build.agent):
+            return _no_agent(build, "it is not connected; the logout waits for it")
+        done = _wait(job, build)
+        if done is None:
+            return _no_agent(build, "the logout is queued and runs when the agent takes it")
+        if done.status == AgentJob.Status.FAILED:
+            return Response({"id": build.pk, "detail": done.error}, status=status.HTTP_502_BAD_GATEWAY)
         build.refresh_from_db()
         return Response(BuildSerializer(build).data)
 

@@ -5,7 +5,7 @@ Rows travel as plain dicts, not model instances, and on PostgreSQL each table ge
 a batch fed by one JSON document (`jsonb_to_recordset`): building and preparing a model instance
 per event was most of the ingestion's time (benchmarks/event_ingestion.py). Other databases take
 the same rows through `bulk_create`. A batch delivered twice changes nothing: operations are
-unique per agent, time, type, action and actor.
+unique per build, time, type, action and actor.
 """
 
 import json
@@ -13,40 +13,15 @@ from datetime import datetime
 from datetime import timezone as dt_timezone
 
 from django.db import connections, router, transaction
-from django.db.models import Q
 from django.utils import timezone
 
-from .docker.references import registry_and_repository
+from agent.references import registry_and_repository
+
 from .models import AgentImage, Build, DockerOperation, EventBatch, PushedImage
 
 OPERATION_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest",
                     "container_id", "container_name", "exit_code", "attributes")
 IMAGE_CREATING_ACTIONS = {"pull", "build", "import", "load", "tag"}
-
-
-def operations_ingest(*, agent_id: int, records: list[dict], build_id: int | None = None) -> int:
-    """Stores a batch of operation records; returns how many were attributed to a build.
-
-    Records come from `builds.docker.events.parse_event`. With `build_id` they belong to that
-    build (run_build); without it each is given to the agent's build that was running at the
-    event's time (the agent's watcher), and records outside any build are dropped.
-    """
-    if not records:
-        return 0
-    if build_id is not None:
-        owners = {r["time_nano"]: build_id for r in records}
-    else:
-        owners = _owners_by_time(agent_id, [r["time_nano"] for r in records])
-    # The `time` column is derived from `time_nano` where the rows are written.
-    rows = [
-        {"build_id": owners[r["time_nano"]], "agent_id": agent_id, **{name: r[name] for name in OPERATION_FIELDS}}
-        for r in records if owners.get(r["time_nano"]) is not None
-    ]
-    with transaction.atomic():
-        _insert_operations(rows)
-        _record_pushed_images([row for row in rows if row["action"] == DockerOperation.Action.PUSH])
-        _track_agent_images(agent_id, rows)
-    return len(rows)
 
 
 def batch_ingest(*, batch_id: int, records: list[dict]) -> int:
@@ -99,24 +74,6 @@ def _insert_operations(rows: list[dict]) -> None:
             f" FROM jsonb_to_recordset(%s::jsonb) AS r({types}) ON CONFLICT DO NOTHING",
             [json.dumps(rows)],
         )
-
-
-def _owners_by_time(agent_id: int, times: list[int]) -> dict[int, int]:
-    """Event time → the id of the agent's build that was running then (the latest started)."""
-    low, high = _moment(min(times)), _moment(max(times))
-    builds = list(
-        Build.objects.filter(agent_id=agent_id, started_at__lte=high)
-        .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=low))
-        .order_by("-started_at").values_list("pk", "started_at", "finished_at")
-    )
-    owners = {}
-    for nano in times:
-        moment = _moment(nano)
-        for pk, started, finished in builds:
-            if started <= moment and (finished is None or moment <= finished):
-                owners[nano] = pk
-                break
-    return owners
 
 
 def _record_pushed_images(pushes: list[dict]) -> None:

@@ -1,10 +1,5 @@
 """Build configurations with the Docker Support feature, agents, builds and what builds did."""
 
-import ntpath
-import os
-import platform
-
-from django.conf import settings
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -109,7 +104,7 @@ class Agent(models.Model):
     )
     docker_data_path = models.CharField(
         "Docker data path", max_length=500, blank=True,
-        help_text="Where the daemon keeps its data; empty uses DOCKERSUPPORT_DOCKER_DATA_PATH, "
+        help_text="Where its daemon keeps its data; empty: DOCKERSUPPORT_DOCKER_DATA_PATH on the build host, "
                   "else /var/lib/docker (Linux), %ProgramData% (Windows), $HOME (others).",
     )
     # The agent's own token, hashed: `manage.py agent_token NAME` prints it once. Empty: revoked.
@@ -118,6 +113,8 @@ class Agent(models.Model):
     # What the agent last said of itself.
     last_seen_at = models.DateTimeField(null=True, blank=True)
     connected_at = models.DateTimeField(null=True, blank=True)
+    # Counts the agent's (re)starts: a job poll of an earlier run, still waiting on the server, takes nothing.
+    session = models.PositiveIntegerField(default=0, editable=False)
     hostname = models.CharField(max_length=255, blank=True)
     agent_version = models.CharField(max_length=32, blank=True)
     daemon_ok = models.BooleanField(null=True, blank=True)
@@ -138,46 +135,8 @@ class Agent(models.Model):
         return not assigned or any(p.pk in assigned for p in project.lineage())
 
     @property
-    def queue_name(self) -> str:
-        from dockersupport_site.queues import Queue
-
-        return Queue.for_agent(self.name)
-
-    @property
-    def effective_docker_host(self) -> str:
-        return self.docker_host or settings.DOCKER_HOST
-
-    @property
-    def effective_data_path(self) -> str:
-        """Per-agent setting, else DOCKERSUPPORT_DOCKER_DATA_PATH, else the OS default."""
-        return self.data_path_and_origin()[0]
-
-    def data_path_and_origin(self) -> tuple[str, str]:
-        """The Docker data path and the setting it comes from, to name in errors."""
-        if self.docker_data_path:
-            return self.docker_data_path, f"the 'Docker data path' of agent {self.name}"
-        if settings.DOCKERSUPPORT_DOCKER_DATA_PATH:
-            return settings.DOCKERSUPPORT_DOCKER_DATA_PATH, "DOCKERSUPPORT_DOCKER_DATA_PATH"
-        return default_data_path(self.os), (
-            f"the default for {self.get_os_display()} (set the agent's 'Docker data path' or "
-            "DOCKERSUPPORT_DOCKER_DATA_PATH)"
-        )
-
-
-def default_data_path(os_name: str) -> str:
-    if os_name == Agent.OS.LINUX:
-        return "/var/lib/docker"
-    if os_name == Agent.OS.WINDOWS:
-        program_data = os.environ.get("ProgramData", "C:\\ProgramData")
-        return ntpath.normpath(program_data)
-    return os.path.expanduser("~")
-
-
-def local_os() -> str:
-    """The Agent.OS of the machine this code runs on."""
-    return {"Linux": Agent.OS.LINUX, "Windows": Agent.OS.WINDOWS, "Darwin": Agent.OS.MACOS}.get(
-        platform.system(), Agent.OS.OTHER
-    )
+    def shared(self) -> bool:
+        return not self.projects.exists()
 
 
 class Build(models.Model):

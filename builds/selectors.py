@@ -3,31 +3,22 @@
 from datetime import timedelta
 
 from django.conf import settings
-from django.db.models import Count, Q, QuerySet
+from django.db.models import Count, QuerySet
 from django.utils import timezone
 
 from .models import Build, BuildConfiguration
 
 
 def builds_silent(now=None) -> QuerySet[Build]:
-    """Running builds that stopped beating: their process is taken as dead."""
+    """API-driven running builds that neither finished nor beat within DOCKERSUPPORT_API_BUILD_TIMEOUT.
+
+    (run_build's builds are kept alive by their agent's heartbeat; an agent that goes silent has its
+    builds lost by agent_services.agents_silent_mark_lost.)
+    """
     now = now or timezone.now()
-    run_build_limit = now - timedelta(seconds=settings.DOCKERSUPPORT_HEARTBEAT_TIMEOUT)
-    api_limit = now - timedelta(seconds=settings.DOCKERSUPPORT_API_BUILD_TIMEOUT)
-    return Build.objects.filter(status=Build.Status.RUNNING).filter(
-        Q(started_by=Build.StartedBy.RUN_BUILD, heartbeat_at__lt=run_build_limit)
-        | Q(started_by=Build.StartedBy.API, heartbeat_at__lt=api_limit)
-    ).select_related("agent", "configuration")
-
-
-def builds_needing_token_refresh(now=None) -> QuerySet[Build]:
-    """Running builds whose earliest registry token (ECR) expires within REFRESH_LEAD."""
-    from connections.registries.credentials import REFRESH_LEAD
-
-    now = now or timezone.now()
-    return Build.objects.filter(
-        status=Build.Status.RUNNING, login_expires_at__lte=now + REFRESH_LEAD,
-    ).exclude(docker_config="").select_related("agent")
+    limit = now - timedelta(seconds=settings.DOCKERSUPPORT_API_BUILD_TIMEOUT)
+    return Build.objects.filter(status=Build.Status.RUNNING, started_by=Build.StartedBy.API,
+                                heartbeat_at__lt=limit).select_related("agent", "configuration")
 
 
 def configuration_get(ident: str) -> BuildConfiguration:
@@ -44,7 +35,8 @@ def _reference(image: str, tag: str) -> str:
 
 def docker_info_summary(build: Build) -> dict:
     """What a build did with Docker, in a handful of queries however many operations it has."""
-    from .docker.references import registry_and_repository
+    from agent.references import registry_and_repository
+
     from .models import DockerOperation, PushedImage
 
     operations = DockerOperation.objects.filter(build=build)

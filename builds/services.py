@@ -1,44 +1,28 @@
-"""Writes about build configurations and builds: start, registry login, logout, finish.
+"""Writes about build configurations and builds: start, credentials, login reports, finish.
 
-Login and logout touch the agent's Docker daemon and file system, so they run on the build
-host: in `run_build` itself, or in a Celery worker of the agent's queue for API-driven builds.
+Logins and logouts happen on the build host, in the build's agent (agent/): the server starts
+builds, obtains their credentials and hands them to the agent that runs them (the agent
+protocol, builds/agent_api.py), and closes builds when their agent says they ended.
 """
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
 from connections.models import Connection
-from connections.registries import RegistryCredentials, RegistryError, credentials_for
-from connections.registries.credentials import REFRESH_LEAD, docker_server
+from connections.registries import RegistryError, credentials_for
+from connections.registries.credentials import docker_server
 
-from .docker.client_config import config_dir_create, config_dir_remove, config_servers, config_write
-from .docker.daemon import DaemonError, daemon_client, daemon_verify_login
-from .models import Agent, Build, BuildConfiguration, LoginConnection
-
+from .models import Agent, AgentJob, Build, BuildConfiguration, LoginConnection
 
 BUILD_NUMBER_MAX = 2_147_483_647  # what Build.number holds on every database
 
 
 class BuildStartError(Exception):
     """The build could not be started; nothing was created."""
-
-
-class BuildLoginError(Exception):
-    """A required login failed: the build is marked as an error and its command must not run."""
-
-
-@dataclass
-class LoginResult:
-    docker_config: str
-    logged_in: list[str] = field(default_factory=list)  # "project/connection → host"
-    warnings: list[str] = field(default_factory=list)
 
 
 def login_hosts_validate(connections: Iterable[Connection]) -> None:
@@ -95,129 +79,47 @@ def _build_logins(build: Build) -> list[LoginConnection]:
     return list(build.configuration.logins.select_related("connection__project"))
 
 
-def build_login(*, build: Build) -> LoginResult:
-    """Logs the build in to its configuration's registries, into a DOCKER_CONFIG of its own.
-
-    Every credential is first verified by the agent's daemon with the registry. A failed
-    optional login becomes a warning of the build; a failed required one erases what was
-    written, marks the build as an error and raises BuildLoginError.
-    """
-    root = settings.DOCKERSUPPORT_BUILD_CONFIG_ROOT
-    logins = _build_logins(build)
-    try:
-        login_hosts_validate(login.connection for login in logins)
-    except ValidationError as exc:
-        _fail(build, f"configuration '{build.configuration.ident}': {exc.messages[0]}")
-    path = config_dir_create(root, f"{build.configuration.ident}-{build.number}")
-    Build.objects.filter(pk=build.pk).update(docker_config=str(path))
-    build.docker_config = str(path)
-    result = LoginResult(docker_config=str(path))
-    credentials: list[RegistryCredentials] = []
-    try:
-        client = daemon_client(build.agent.effective_docker_host)
-    except DaemonError as exc:
-        config_dir_remove(path, root)
-        _fail(build, f"login failed on agent {build.agent}: {exc}")
-    try:
-        for login in logins:
-            connection = login.connection
-            try:
-                obtained = credentials_for(connection, session_name=_session_name(build))
-                daemon_verify_login(client, obtained)
-            except (RegistryError, DaemonError) as exc:
-                message = f"login with connection '{connection}' to {connection.registry_address} failed: {exc}"
-                if login.optional:
-                    result.warnings.append(message)
-                    continue
-                config_dir_remove(path, root)
-                _fail(build, message)
-            credentials.append(obtained)
-            result.logged_in.append(f"{connection} → {connection.registry_address}")
-    finally:
-        client.close()
-    config_write(path, credentials)
-    expiries = [c.expires_at for c in credentials if c.expires_at is not None]
-    build.login_expires_at = min(expiries) if expiries else None
-    build.warnings = [*build.warnings, *result.warnings]
-    build.logged_in_registries = [login.connection.registry_address for login in logins
-                                  if docker_server(login.connection) in {c.server for c in credentials}]
-    build.save(update_fields=["login_expires_at", "warnings", "logged_in_registries"])
-    return result
-
-
-def _fail(build: Build, message: str):
-    Build.objects.filter(pk=build.pk).update(
-        status=Build.Status.ERROR, error=message, docker_config="", finished_at=timezone.now(),
-        logged_out_at=timezone.now(),
-    )
-    build.refresh_from_db()
-    raise BuildLoginError(message)
-
-
-def build_refresh_logins(*, build: Build) -> bool:
-    """Writes fresh tokens into a running build's config before its expiring ones (ECR) run out.
-
-    Returns True when the config was rewritten. Logins that failed at the start stay out.
-    """
-    if not build.is_running or not build.docker_config or build.login_expires_at is None:
-        return False
-    if build.login_expires_at > timezone.now() + REFRESH_LEAD:
-        return False
-    path = Path(build.docker_config)
-    logged_in = config_servers(path)
-    credentials = []
-    for login in _build_logins(build):
-        if docker_server(login.connection) not in logged_in:
-            continue
-        try:
-            credentials.append(credentials_for(
-                login.connection, session_name=_session_name(build), valid_for=REFRESH_LEAD + REFRESH_LEAD,
-            ))
-        except RegistryError as exc:
-            build.warnings = [*build.warnings, f"refreshing connection '{login.connection}' failed: {exc}"]
-    config_write(path, credentials)
-    expiries = [c.expires_at for c in credentials if c.expires_at is not None]
-    build.login_expires_at = min(expiries) if expiries else None
-    build.save(update_fields=["login_expires_at", "warnings"])
-    return True
-
-
-def build_logout(*, build: Build) -> bool:
-    """Erases the build's credentials; harmless when already done. True if something was removed."""
-    removed = False
-    if build.docker_config:
-        removed = config_dir_remove(build.docker_config, settings.DOCKERSUPPORT_BUILD_CONFIG_ROOT)
-    now = timezone.now()
-    Build.objects.filter(pk=build.pk).update(docker_config="", logged_out_at=now)
-    build.docker_config, build.logged_out_at = "", now
-    return removed
-
-
 def build_heartbeat(*, build: Build) -> None:
     Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(heartbeat_at=timezone.now())
 
 
-def build_finish(*, build: Build, exit_code: int) -> Build:
-    """Logs the build out and records how it ended."""
-    build_logout(build=build)
-    status = Build.Status.SUCCEEDED if exit_code == 0 else Build.Status.FAILED
-    Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
-        status=status, exit_code=exit_code, finished_at=timezone.now(),
-    )
-    build.refresh_from_db()
-    return build
+def build_abandon(*, build: Build, reason: str, status: str = Build.Status.LOST) -> None:
+    """Closes a running build nobody will finish; its agent is asked to log it out (erase its config)."""
+    from .agent_services import job_create
+
+    with transaction.atomic():
+        closed = Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
+            status=status, error=reason[:5000], finished_at=timezone.now())
+        if closed:
+            job_create(agent=build.agent, kind=AgentJob.Kind.LOGOUT, build=build, payload={"lost": reason[:5000]})
 
 
-def build_abandon(*, build: Build, reason: str) -> None:
-    """Closes a build whose process died; its logout is done by the agent (see tasks)."""
-    Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
-        status=Build.Status.ERROR, error=reason, finished_at=timezone.now(),
-    )
+def build_start_api(*, configuration: BuildConfiguration, agent: Agent, number: int | None = None):
+    """An API-driven build: created running, with a login job for its agent. Returns (build, job)."""
+    from .agent_services import job_create
+
+    agent_check_serves(agent, configuration)
+    try:
+        login_hosts_validate(login.connection for login in _build_logins_of(configuration))
+    except ValidationError as exc:
+        raise BuildStartError(f"configuration '{configuration.ident}': {exc.messages[0]}") from None
+    with transaction.atomic():
+        build = build_start(configuration=configuration, agent=agent, number=number, started_by=Build.StartedBy.API)
+        job = job_create(agent=agent, kind=AgentJob.Kind.LOGIN, build=build)
+    return build, job
+
+
+def build_finish_api(*, build: Build, exit_code: int):
+    """An API-driven build ends: its agent logs it out and closes it. Returns the logout job."""
+    from .agent_services import job_create
+
+    return job_create(agent=build.agent, kind=AgentJob.Kind.LOGOUT, build=build, payload={"exit_code": exit_code})
 
 
 # --- Builds run by agents (the agent protocol) ------------------------------------------------------
 
-def build_info(build: Build) -> "protocol.BuildInfo":
+def build_info(build: Build):
+    """The protocol's BuildInfo of a build."""
     from agent import protocol
 
     return protocol.BuildInfo(id=build.pk, number=build.number, configuration=build.configuration.ident,
@@ -294,8 +196,14 @@ def _build_logins_of(configuration: BuildConfiguration) -> list[LoginConnection]
 
 
 def build_login_report(*, build: Build, report) -> Build:
-    """What the agent did with the build's logins. A failed required login: the build did not run."""
+    """What the agent did with the build's logins. A failed required login: the build did not run.
+
+    Only for a running build: a report that arrives after the build's finish (which carries it
+    too) changes nothing.
+    """
     now = timezone.now()
+    if not Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).exists():
+        return build
     if report.error:
         Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
             status=Build.Status.ERROR, error=report.error[:5000], docker_config="", finished_at=now,
@@ -311,7 +219,7 @@ def build_login_report(*, build: Build, report) -> Build:
 
 
 def build_close(*, build: Build, exit_code: int | None = None, lost: str = "", events_through: int = 0,
-                events_timeout: float = 30):
+                logins=None, events_timeout: float = 30):
     """Closes a build the agent finished (or lost), once the server holds its Docker operations.
 
     The agent has erased the build's config; its token stops working. Returns the FinishAnswer
@@ -322,6 +230,8 @@ def build_close(*, build: Build, exit_code: int | None = None, lost: str = "", e
     from .agent_services import event_batches_wait
     from .selectors import docker_info_summary
 
+    if logins is not None and not logins.error:
+        build = build_login_report(build=build, report=logins)
     if events_through:
         event_batches_wait(agent=build.agent, through=events_through, timeout=events_timeout)
     now = timezone.now()

@@ -38,7 +38,7 @@ CONFIGURATION_KEYS = {"id", "name", "docker_support", "retention"}
 DOCKER_SUPPORT_KEYS = {"login", "cleanup_pushed_images"}
 RETENTION_KEYS = {"keep_last", "keep_days"}
 LOGIN_KEYS = {"connection", "optional"}
-AGENT_KEYS = {"name", "os", "docker_host", "docker_data_path"}
+AGENT_KEYS = {"name", "os", "docker_host", "docker_data_path", "projects"}
 TOP_KEYS = {"projects", "agents"}
 
 # Model field names that differ from the file's keys.
@@ -505,7 +505,22 @@ class _Applier:
             return
         agent.docker_host = self.scalar(entry.get("docker_host"), f"{path}.docker_host")
         agent.docker_data_path = self.scalar(entry.get("docker_data_path"), f"{path}.docker_data_path")
-        self.save(agent, path, "agent")
+        projects = []
+        for i, ident in enumerate(self.sequence(entry.get("projects"), f"{path}.projects")):
+            ident = self.scalar(ident, f"{path}.projects[{i}]")
+            project = Project.objects.filter(ident=ident).first()
+            if project is None:
+                self.errors.append(f"{path}.projects[{i}]: no project '{ident}'")
+            else:
+                projects.append(project)
+        if not self.save(agent, path, "agent"):
+            return
+        # The file's list replaces the agent's projects (none: a shared agent that serves every project).
+        if {p.pk for p in projects} != set(agent.projects.values_list("pk", flat=True)):
+            agent.projects.set(projects)
+            if self.report.unchanged["agent"]:
+                self.report.unchanged["agent"] -= 1
+                self.report.count("agent", "updated")
 
 
 def _kind(value) -> str:
@@ -571,7 +586,7 @@ def export_settings() -> dict:
         return entry
 
     data: dict = {"projects": [project_entry(p) for p in sorted(children.get(None, []), key=lambda p: p.ident)]}
-    agents = [_agent_entry(agent) for agent in Agent.objects.order_by("name")]
+    agents = [_agent_entry(agent) for agent in Agent.objects.order_by("name").prefetch_related("projects")]
     if agents:
         data["agents"] = agents
     return data
@@ -614,6 +629,9 @@ def _agent_entry(agent) -> dict:
         entry["docker_host"] = _escape(agent.docker_host)
     if agent.docker_data_path:
         entry["docker_data_path"] = _escape(agent.docker_data_path)
+    projects = sorted(p.ident for p in agent.projects.all())
+    if projects:
+        entry["projects"] = projects
     return entry
 
 

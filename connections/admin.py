@@ -34,7 +34,8 @@ class ConnectionForm(forms.ModelForm):
 
     def _post_clean(self):
         # What was typed is given, even when equal to the stored value (see Connection._clean_destination).
-        self.instance.secrets_given = frozenset(name for name in Connection.SECRET_FIELDS if self.cleaned_data.get(name))
+        self.instance.secrets_given = frozenset(
+            name for name in Connection.SECRET_FIELDS if self.cleaned_data.get(name))
         # An empty secret field keeps the stored value: the widget never shows it to be re-sent.
         for name in Connection.SECRET_FIELDS:
             if not self.cleaned_data.get(name) and self.instance.pk:
@@ -115,7 +116,8 @@ class ConnectionAdmin(admin.ModelAdmin):
             if name in Connection.SECRET_FIELDS:
                 fields.append(f"{label} (replaced)")
             elif name in Connection.DESTINATION_FIELDS:
-                fields.append(f"{label} ({form.initial.get(name) or '(empty)'} → {form.cleaned_data.get(name) or '(empty)'})")
+                before, after = form.initial.get(name) or "(empty)", form.cleaned_data.get(name) or "(empty)"
+                fields.append(f"{label} ({before} → {after})")
             else:
                 fields.append(label)
         message[0]["changed"]["fields"] = fields

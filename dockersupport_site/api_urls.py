@@ -9,7 +9,6 @@ from builds.api import BuildViewSet
 from connections.api import ConnectionTestView
 
 
-
 class IdConverter:
     """An id in a path: at most 18 digits, so that it always fits a 64-bit key column."""
 

@@ -116,33 +116,23 @@ DEFAULT_EXCEPTION_REPORTER_FILTER = "dockersupport_site.debug.UrlPasswordFilter"
 # --- Docker support ----------------------------------------------------------------------------
 # Fernet keys, comma-separated, newest first: the first encrypts, all decrypt (key rotation).
 DOCKERSUPPORT_ENCRYPTION_KEY = env.list("DOCKERSUPPORT_ENCRYPTION_KEY", default=[])
-# Overrides the OS default of every agent's Docker data path on this host (per-agent values win).
-DOCKERSUPPORT_DOCKER_DATA_PATH = env.str("DOCKERSUPPORT_DOCKER_DATA_PATH", default="")
 # Registry addresses, ECR endpoints and token services at link-local or cloud-metadata addresses
 # (169.254.0.0/16, fe80::/10, fd00:ec2::254) are refused: that is where clouds hand out credentials.
 DOCKERSUPPORT_ALLOW_LINK_LOCAL = env.bool("DOCKERSUPPORT_ALLOW_LINK_LOCAL", default=False)
 # ECR connections with the default credential chain use the server's own AWS identity: their
 # registry address and endpoint URL must be AWS host names (*.amazonaws.com) unless this is set.
 DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST = env.bool("DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST", default=False)
-# The Docker daemon of an agent that does not name its own endpoint.
-DOCKER_HOST = env.str("DOCKER_HOST", default="")
-# Per-build Docker client config directories (DOCKER_CONFIG) live below this folder.
-DOCKERSUPPORT_BUILD_CONFIG_ROOT = Path(
-    env.str("DOCKERSUPPORT_BUILD_CONFIG_ROOT", default=str(DATA_DIR / "build-configs"))
-)
+# (The Docker daemon, its data path and the builds' Docker configs are the agents' business: their
+# settings are the agents' own, on the build hosts; see agent/.)
 
-# A build started by run_build beats every HEARTBEAT_INTERVAL seconds; one silent for longer than
-# HEARTBEAT_TIMEOUT is taken as dead and logged out. API-driven builds that never call the
-# heartbeat endpoint are logged out after API_BUILD_TIMEOUT.
-DOCKERSUPPORT_HEARTBEAT_INTERVAL = env.int("DOCKERSUPPORT_HEARTBEAT_INTERVAL", default=30)
-DOCKERSUPPORT_HEARTBEAT_TIMEOUT = env.int("DOCKERSUPPORT_HEARTBEAT_TIMEOUT", default=600)
+# API-driven builds that neither finish nor call the heartbeat endpoint are lost after API_BUILD_TIMEOUT.
 DOCKERSUPPORT_API_BUILD_TIMEOUT = env.int("DOCKERSUPPORT_API_BUILD_TIMEOUT", default=6 * 3600)
 # Agents beat every AGENT_HEARTBEAT_INTERVAL seconds; one silent for longer than AGENT_TIMEOUT is
 # taken as gone and its running builds as lost. A job poll waits up to AGENT_JOB_WAIT seconds.
 DOCKERSUPPORT_AGENT_HEARTBEAT_INTERVAL = env.int("DOCKERSUPPORT_AGENT_HEARTBEAT_INTERVAL", default=15)
 DOCKERSUPPORT_AGENT_TIMEOUT = env.int("DOCKERSUPPORT_AGENT_TIMEOUT", default=120)
 DOCKERSUPPORT_AGENT_JOB_WAIT = env.int("DOCKERSUPPORT_AGENT_JOB_WAIT", default=25)
-# How long the API waits for an agent's worker to log a build in or out.
+# How long the API (and free_disk_space) waits for an agent to do a job: log a build in or out, free space.
 DOCKERSUPPORT_AGENT_TASK_TIMEOUT = env.int("DOCKERSUPPORT_AGENT_TASK_TIMEOUT", default=120)
 
 # --- Celery ------------------------------------------------------------------------------------

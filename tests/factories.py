@@ -76,3 +76,14 @@ class BuildFactory(factory.django.DjangoModelFactory):
     agent = factory.SubFactory(AgentFactory)
     number = factory.Sequence(lambda n: n + 1)
     started_at = factory.LazyFunction(timezone.now)
+
+
+def ingest(build, records):
+    """Stores operation records for `build` as the server stores what its agent sends."""
+    from builds import ingestion
+    from builds.models import EventBatch
+
+    first = EventBatch.objects.filter(agent_id=build.agent_id).count() * 100_000 + 1
+    batch = EventBatch.objects.create(agent_id=build.agent_id, first_seq=first, last_seq=first + len(records),
+                                      records=len(records), received_at=timezone.now())
+    return ingestion.batch_ingest(batch_id=batch.pk, records=[{**r, "builds": [build.pk]} for r in records])

@@ -108,8 +108,8 @@ def seeded(in_test_transaction, admin_user, settings, tmp_path):
     closed local port, so a build started or a connection tested through the API fails at once
     instead of waiting for a daemon or a registry.
     """
-    settings.DOCKERSUPPORT_BUILD_CONFIG_ROOT = tmp_path / "configs"
     settings.DOCKERSUPPORT_AGENT_JOB_WAIT = 0  # the job poll answers at once: bounded waits
+    settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT = 1
     configuration = BuildConfigurationFactory(ident="app")
     connection = RegistryConnectionFactory(project=configuration.project, ident="local", registry="127.0.0.1:1")
     agent = AgentFactory(name="agent-1", docker_host=f"unix://{tmp_path}/no-daemon.sock")

@@ -20,9 +20,8 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 from django.core.cache import cache
 
-from connections import crypto
+from connections import crypto, validators
 from connections.models import Connection
-from connections import validators
 from connections.validators import forbidden_address, forbidden_address_message
 
 from .credentials import REUSE_MARGIN, RegistryCredentials, RegistryError

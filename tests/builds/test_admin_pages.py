@@ -58,3 +58,36 @@ def test_failed_deletions_can_be_retried_from_the_admin(admin_client, django_cap
     assert image.cleanup_status == "failed"
     assert image.cleanup_reason == "no connection for r.test in project '%s' or its ancestors" % image.project.ident
     assert image.cleanup_attempts == 1
+
+
+def test_an_agent_whose_daemon_does_not_answer_says_so_plainly(admin_client):
+    from django.utils import timezone
+
+    from builds.models import Agent
+
+    agent = AgentFactory(name="quiet")
+    Agent.objects.filter(pk=agent.pk).update(last_seen_at=timezone.now(), daemon_ok=False,
+                                             daemon_error="the Docker daemon at unix:///x does not answer")
+    page = admin_client.get(reverse("admin:builds_agent_change", args=[agent.pk])).content.decode()
+    assert "The Docker daemon of agent quiet does not answer: the Docker daemon at unix:///x does not answer" in page
+    assert "NOT ANSWERING" in admin_client.get(reverse("admin:builds_agent_changelist")).content.decode()
+
+
+def test_an_agent_that_never_connected_says_how_to_start_it(admin_client):
+    agent = AgentFactory(name="new-one")
+    page = admin_client.get(reverse("admin:builds_agent_change", args=[agent.pk])).content.decode()
+    assert "Agent new-one is not connected: never connected" in page
+    assert "manage.py agent --server URL --token-file FILE" in page
+
+
+def test_the_admin_replaces_and_revokes_agent_tokens(admin_client):
+    from builds.agent_services import agent_authenticate, agent_token_issue
+
+    agent, old, _ = agent_token_issue(name="host-1")
+    url = reverse("admin:builds_agent_changelist")
+    response = admin_client.post(url, {"action": "replace_token", "_selected_action": [agent.pk]}, follow=True)
+    [message] = [str(m) for m in response.context["messages"]]
+    new = message.split("<code>")[1].split("</code>")[0]
+    assert new.startswith("dsa_") and agent_authenticate(new) == agent and agent_authenticate(old) is None
+    admin_client.post(url, {"action": "revoke_token", "_selected_action": [agent.pk]})
+    assert agent_authenticate(new) is None

@@ -14,7 +14,6 @@ from agent import protocol
 from builds import agent_services, services
 from builds.models import Agent, AgentJob, Build, DockerOperation, EventBatch
 from tests.factories import (
-    AgentFactory,
     BuildConfigurationFactory,
     LoginConnectionFactory,
     ProjectFactory,
@@ -257,7 +256,8 @@ def test_jobs_are_taken_once_and_their_result_recorded(call, configuration):
     assert call("get", "/api/v1/agent/jobs/", token).json()["jobs"] == []
     other_agent, other_token = issue("agent-2")
     assert call("post", f"/api/v1/agent/jobs/{job.pk}/", other_token, {"ok": True}).status_code == 404
-    assert call("post", f"/api/v1/agent/jobs/{job.pk}/", token, {"ok": True, "result": {"met": True}}).status_code == 200
+    done = call("post", f"/api/v1/agent/jobs/{job.pk}/", token, {"ok": True, "result": {"met": True}})
+    assert done.status_code == 200
     job.refresh_from_db()
     assert (job.status, job.result) == (AgentJob.Status.DONE, {"met": True})
 
@@ -328,3 +328,13 @@ def test_numbers_beyond_what_the_database_holds_are_a_400(call, configuration, u
 def test_a_job_id_beyond_what_the_database_holds_is_a_404(call):
     _, token = issue()
     assert call("post", f"/api/v1/agent/jobs/{HUGE}/", token, {"ok": True}).status_code == 404
+
+
+def test_a_job_poll_of_an_earlier_run_of_the_agent_takes_nothing(call):
+    agent, token = issue()
+    first = call("post", "/api/v1/agent/connect/", token, hello()).json()["session"]
+    second = call("post", "/api/v1/agent/connect/", token, hello()).json()["session"]  # the agent restarted
+    assert second == first + 1
+    agent_services.job_create(agent=agent, kind=AgentJob.Kind.FREE_DISK_SPACE, payload={"required_bytes": 1})
+    assert call("get", f"/api/v1/agent/jobs/?session={first}", token).json()["jobs"] == []
+    assert len(call("get", f"/api/v1/agent/jobs/?session={second}", token).json()["jobs"]) == 1

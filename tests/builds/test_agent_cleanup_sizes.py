@@ -4,9 +4,10 @@ before any image is removed and before any record is written."""
 import pytest
 from django.core.management import CommandError, call_command
 
-from builds.agent_cleanup import MAX_SIZE, AgentCleanupError, parse_size
+from agent.protocol import MAX_SIZE
+from builds.agent_cleanup import AgentCleanupError, parse_size
 from builds.models import AgentCleanup
-from tests.factories import AgentFactory, BuildConfigurationFactory
+from tests.factories import AgentFactory
 
 
 def test_the_largest_size_is_an_exbibyte():
@@ -50,10 +51,3 @@ def test_free_disk_space_refuses_a_size_beyond_any_disk_and_records_nothing():
     assert not AgentCleanup.objects.exists()
 
 
-@pytest.mark.django_db
-def test_run_build_refuses_a_size_of_nothing_before_starting_a_build():
-    configuration, agent = BuildConfigurationFactory(), AgentFactory()
-    with pytest.raises(CommandError) as error:
-        call_command("run_build", configuration.ident, agent=agent.name, required_free="0G", command=["true"])
-    assert str(error.value).startswith("--required-free 0G: '0G' is no space at all")
-    assert not configuration.builds.exists() and not AgentCleanup.objects.exists()

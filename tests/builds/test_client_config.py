@@ -6,8 +6,7 @@ import stat
 
 import pytest
 
-from builds.docker.client_config import CONFIG_FILE, config_dir_create, config_dir_remove, config_write
-from connections.registries import RegistryCredentials
+from agent.config_dirs import CONFIG_FILE, config_dir_create, config_dir_remove, config_write
 
 VICTIM = b'{"precious": true}\n'
 
@@ -36,7 +35,7 @@ def platform(request, monkeypatch):
 @pytest.fixture
 def build_dir(root):
     path = config_dir_create(root, "app-1")
-    config_write(path, [RegistryCredentials(server="registry.example.com", username="u", password="pw-5e1f")])
+    config_write(path, [("registry.example.com", "u", "pw-5e1f")])
     return path
 
 
@@ -48,7 +47,7 @@ def test_a_build_dir_is_zero_filled_and_removed(build_dir, root, monkeypatch, pl
         written["config"] = (path / CONFIG_FILE).read_bytes()
         real_rmtree(path, *args, **kwargs)
 
-    monkeypatch.setattr("builds.docker.client_config.shutil.rmtree", rmtree)
+    monkeypatch.setattr("agent.config_dirs.shutil.rmtree", rmtree)
     size = (build_dir / CONFIG_FILE).stat().st_size
     assert config_dir_remove(build_dir, root) is True
     assert written["config"] == b"\0" * size and size > 0

@@ -4,11 +4,10 @@ import pytest
 from django.urls import reverse
 from django.utils import timezone
 
-from builds import ingestion
-from builds.docker.events import parse_event
-from builds.docker.references import registry_and_repository, split_reference
+from agent.events import parse_event
+from agent.references import registry_and_repository, split_reference
 from builds.selectors import docker_info_summary
-from tests.factories import BuildFactory
+from tests.factories import BuildFactory, ingest
 
 pytestmark = pytest.mark.django_db
 T0 = 1_790_000_000_000_000_000
@@ -33,7 +32,7 @@ def build():
         event("container", "die", "b" * 64, 6, name="bad", image="busybox:latest", exitCode="3"),
         event("container", "attach", "b" * 64, 6.1, name="bad", image="busybox:latest"),  # not recorded
     ]
-    ingestion.operations_ingest(agent_id=build.agent_id, records=[r for r in records if r], build_id=build.pk)
+    ingest(build, [r for r in records if r])
     return build
 
 
@@ -91,7 +90,7 @@ def test_long_lists_are_cut_but_failed_containers_always_show(admin_client, sett
         records.append(event("container", "die", container, n + 0.5, name=f"c{n}", image="busybox:latest",
                              exitCode="1" if n == 59 else "0"))
         records.append(event("image", "push", f"127.0.0.1:5000/app/n{n}:1", n + 0.7, name="127.0.0.1:5000/app/n"))
-    ingestion.operations_ingest(agent_id=build.agent_id, records=records, build_id=build.pk)
+    ingest(build, records)
     url = reverse("admin:builds_build_docker_info", args=[build.pk])
     response = admin_client.get(url)
     shown = [c["name"] for c in response.context["containers"]]

@@ -4,8 +4,8 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from builds.models import Agent, LoginConnection, default_data_path
-from tests.factories import AgentFactory, BuildConfigurationFactory, ProjectFactory, RegistryConnectionFactory
+from builds.models import LoginConnection
+from tests.factories import BuildConfigurationFactory, ProjectFactory, RegistryConnectionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -38,34 +38,30 @@ def test_a_configuration_never_logs_in_with_another_projects_connection(owner):
     assert not LoginConnection.objects.exists()
 
 
-def test_agent_queue_is_named_after_the_agent():
-    assert AgentFactory.build(name="builder-7").queue_name == "agent.builder-7"
+@pytest.mark.parametrize("system, expected", [("Linux", "/var/lib/docker"), ("Windows", "C:\\ProgramData")])
+def test_data_path_defaults_per_os(system, expected, monkeypatch):
+    from agent import cleanup
 
-
-@pytest.mark.parametrize("os_name, expected", [("linux", "/var/lib/docker"), ("windows", "C:\\ProgramData")])
-def test_data_path_defaults_per_os(os_name, expected, settings, monkeypatch):
-    settings.DOCKERSUPPORT_DOCKER_DATA_PATH = ""
+    monkeypatch.setattr(cleanup.platform, "system", lambda: system)
     monkeypatch.delenv("ProgramData", raising=False)
-    assert Agent(name="a", os=os_name).effective_data_path == expected
+    assert cleanup.default_data_path() == expected
 
 
-@pytest.mark.parametrize("os_name", ["macos", "other"])
-def test_data_path_defaults_to_home_elsewhere(os_name, settings, monkeypatch, tmp_path):
-    settings.DOCKERSUPPORT_DOCKER_DATA_PATH = ""
+@pytest.mark.parametrize("system", ["Darwin", "FreeBSD"])
+def test_data_path_defaults_to_home_elsewhere(system, monkeypatch, tmp_path):
+    from agent import cleanup
+
+    monkeypatch.setattr(cleanup.platform, "system", lambda: system)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert Agent(name="a", os=os_name).effective_data_path == str(tmp_path)
+    assert cleanup.default_data_path() == str(tmp_path)
 
 
-def test_windows_default_follows_programdata(settings, monkeypatch):
-    settings.DOCKERSUPPORT_DOCKER_DATA_PATH = ""
+def test_windows_default_follows_programdata(monkeypatch):
+    from agent import cleanup
+
+    monkeypatch.setattr(cleanup.platform, "system", lambda: "Windows")
     monkeypatch.setenv("ProgramData", "D:\\ProgramData")
-    assert default_data_path("windows") == "D:\\ProgramData"
-
-
-def test_data_path_overrides(settings):
-    settings.DOCKERSUPPORT_DOCKER_DATA_PATH = "/srv/docker"
-    assert Agent(name="a", os="linux").effective_data_path == "/srv/docker"
-    assert Agent(name="a", os="linux", docker_data_path="/data/docker").effective_data_path == "/data/docker"
+    assert cleanup.default_data_path() == "D:\\ProgramData"
 
 
 def test_admin_refuses_another_projects_connection_and_two_logins_to_one_host(admin_client):
@@ -119,9 +115,9 @@ def test_a_bad_size_names_itself(text):
         parse_size(text)
 
 
-def test_the_data_path_says_where_it_comes_from(settings):
-    settings.DOCKERSUPPORT_DOCKER_DATA_PATH = ""
-    assert Agent(name="a", os="linux").data_path_and_origin()[1].startswith("the default for Linux")
-    settings.DOCKERSUPPORT_DOCKER_DATA_PATH = "/srv/docker"
-    assert Agent(name="a").data_path_and_origin() == ("/srv/docker", "DOCKERSUPPORT_DOCKER_DATA_PATH")
-    assert Agent(name="a", docker_data_path="/d").data_path_and_origin() == ("/d", "the 'Docker data path' of agent a")
+def test_the_data_path_says_where_it_comes_from():
+    from agent.cleanup import data_path
+
+    assert data_path("", "")[1].startswith("the default for Linux")
+    assert data_path("", "/srv/docker") == ("/srv/docker", "DOCKERSUPPORT_DOCKER_DATA_PATH")
+    assert data_path("/d", "/srv/docker") == ("/d", "the agent's 'Docker data path' in the admin")

@@ -49,6 +49,7 @@ SPEC_EXAMPLE = textwrap.dedent("""
                 docker_support: {login: [local]}
     agents:
       - name: agent-1
+        projects: [acme]            # optional: the projects it serves (and their subprojects); none = shared
         docker_host: unix:///var/run/docker.sock
         docker_data_path: /var/lib/docker
 """)
@@ -68,6 +69,7 @@ def snapshot():
         list(BuildConfiguration.objects.values()),
         list(LoginConnection.objects.values_list("configuration__ident", "connection__ident", "optional", "position")),
         list(Agent.objects.values()),
+        list(Agent.projects.through.objects.values_list("agent__name", "project__ident")),
     )
 
 
@@ -90,7 +92,9 @@ def test_the_spec_example_applies():
     web = BuildConfiguration.objects.get(ident="web")
     assert web.project.parent.ident == "acme"
     assert [l.connection.project.ident for l in web.logins.all()] == ["acme"]  # the parent's connection
-    assert Agent.objects.get(name="agent-1").docker_data_path == "/var/lib/docker"
+    agent = Agent.objects.get(name="agent-1")
+    assert agent.docker_data_path == "/var/lib/docker"
+    assert [p.ident for p in agent.projects.all()] == ["acme"]
 
 
 def test_applying_twice_changes_nothing():
@@ -143,7 +147,7 @@ def test_an_invalid_file_creates_nothing():
     errors = errors_of(SPEC_EXAMPLE.replace('registry_id: "123456789012"', 'registry_id: "1234"'))
     assert errors == ["projects[0].connections[1].registry_id: '1234' is not a registry ID: "
                       "an AWS account ID is exactly 12 digits"]
-    assert snapshot() == ([], [], [], [], [])
+    assert snapshot() == ([], [], [], [], [], [])
 
 
 def test_the_command_reports_every_error_with_its_path(tmp_path):
@@ -269,3 +273,15 @@ def test_changing_a_secret_updates_it():
     apply_text(SPEC_EXAMPLE)
     apply_text(SPEC_EXAMPLE, {**ENV, "REGISTRY_PASSWORD": "rotated"})
     assert Connection.objects.get(ident="local").password == "rotated"
+
+
+def test_an_agents_project_list_replaces_its_projects_and_an_unknown_one_is_named():
+    apply_text(SPEC_EXAMPLE)
+    shared = SPEC_EXAMPLE.replace("projects: [acme]", "projects: []")
+    report = apply_text(shared)
+    assert report.updated == {"agent": 1}
+    assert not Agent.objects.get(name="agent-1").projects.exists()  # a shared agent now
+    assert "projects" not in export_settings()["agents"][0]
+    assert errors_of(SPEC_EXAMPLE.replace("projects: [acme]", "projects: [acme, nowhere]")) == [
+        "agents[0].projects[1]: no project 'nowhere'"]
+    assert not Agent.objects.get(name="agent-1").projects.exists()  # the bad file changed nothing

@@ -1,18 +1,19 @@
-"""Fixtures for end-to-end tests: an agent on the harness's daemon, a private image in the
-harness's registry, and `manage` to run manage.py commands as separate processes (as a CI would)
-against the test database."""
+"""Fixtures for end-to-end tests: the server as a process on the test database, agents as
+processes on the harness's daemons (each with only its token), a private image in the harness's
+registry, and `manage` to run manage.py commands as separate processes (as a CI would)."""
 
 import os
 import subprocess
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from django.db import connection as db
 
-from tests.factories import AgentFactory, BuildConfigurationFactory, LoginConnectionFactory, ProjectFactory
+from tests.factories import BuildConfigurationFactory, LoginConnectionFactory, ProjectFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,11 +27,68 @@ def database_url() -> str:
     return f"postgres://{credentials}@{s['HOST'] or 'localhost'}:{s['PORT'] or 5432}/{s['NAME']}"
 
 
-@pytest.fixture(autouse=True)
-def config_root(tmp_path, settings):
-    root = tmp_path / "build-configs"
-    settings.DOCKERSUPPORT_BUILD_CONFIG_ROOT = root
-    return root
+@pytest.fixture(scope="session")
+def server(django_db_setup):
+    """The server (runserver) on the test database, with short agent intervals: .url."""
+    from tests.conftest import start
+    from tests.harness import ServerProcess
+
+    process = start(ServerProcess(database_url(), DOCKERSUPPORT_AGENT_HEARTBEAT_INTERVAL="1",
+                                  DOCKERSUPPORT_AGENT_TIMEOUT="8", DOCKERSUPPORT_AGENT_JOB_WAIT="5"))
+    yield process
+    process.stop()
+
+
+@dataclass
+class RunningAgent:
+    name: str
+    process: object
+    docker_host: str
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.process.directory)
+
+    @property
+    def model(self):
+        from builds.models import Agent
+
+        return Agent.objects.get(name=self.name)
+
+
+@pytest.fixture
+def start_agent(server, docker_daemon, transactional_db):
+    """start_agent(name=None, docker_host=None, projects=(), **env) → RunningAgent, stopped after the test."""
+    from builds.agent_services import agent_token_issue
+    from tests.conftest import start
+    from tests.harness import AgentProcess
+
+    started = []
+
+    def run(name=None, docker_host=None, projects=(), **env):
+        name = name or f"agent-{uuid.uuid4().hex[:6]}"
+        model, token, _ = agent_token_issue(name=name)
+        model.projects.set(projects)
+        process = AgentProcess(server.url, token, docker_host or docker_daemon.host, **env)
+        started.append(process)
+        start(process)
+        return RunningAgent(name=name, process=process, docker_host=docker_host or docker_daemon.host)
+
+    yield run
+    for process in reversed(started):
+        process.stop()
+
+
+@pytest.fixture
+def agent(start_agent):
+    """An agent process on the harness's daemon, serving every project."""
+    return start_agent()
+
+
+@pytest.fixture
+def config_root(agent):
+    """Where the agent writes builds' Docker client configs."""
+    return agent.dir / "configs"
 
 
 @pytest.fixture
@@ -42,20 +100,18 @@ def home(tmp_path):
 
 
 @pytest.fixture
-def manage(transactional_db, config_root, home):
-    """manage(*args, **env) → CompletedProcess of `python manage.py ARGS` on the test database."""
+def manage(request, transactional_db, home):
+    """manage(*args, **env) → CompletedProcess of `python manage.py ARGS`: server commands on the test
+    database; run_build through the test's `agent` (its folder), when the test has one."""
 
     def run(*args, timeout=120, **env):
-        environment = command_env(config_root, home, **env)
+        if "agent" in request.fixturenames and "DOCKERSUPPORT_AGENT_DIR" not in env:
+            env["DOCKERSUPPORT_AGENT_DIR"] = str(request.getfixturevalue("agent").dir)
+        environment = command_env(home, **env)
         return subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=environment,
                               capture_output=True, text=True, timeout=timeout)
 
     return run
-
-
-@pytest.fixture
-def agent(docker_daemon, transactional_db):
-    return AgentFactory(name=f"agent-{uuid.uuid4().hex[:6]}", docker_host=docker_daemon.host)
 
 
 @pytest.fixture
@@ -82,13 +138,10 @@ def registry_configuration(registry, transactional_db):
     return configuration
 
 
-def command_env(config_root, home, **extra) -> dict:
-    """The environment of a command on the test database. manage.py picks the settings module as it
-    does for users (agent_settings for run_build); the test keys come from test_settings' os.environ."""
-    environment = {
-        **os.environ, "DATABASE_URL": database_url(), "DOCKERSUPPORT_BUILD_CONFIG_ROOT": str(config_root),
-        "HOME": str(home), **extra,
-    }
+def command_env(home, **extra) -> dict:
+    """The environment of a command: the test database (which server commands use, and which
+    run_build must not need), the test keys from test_settings' os.environ, an empty HOME."""
+    environment = {**os.environ, "DATABASE_URL": database_url(), "HOME": str(home), **extra}
     for name in ("DOCKER_CONFIG", "DJANGO_SETTINGS_MODULE", "DEBUG"):
         if name not in extra:
             environment.pop(name, None)

@@ -55,13 +55,28 @@ def ecr_connection(project, ecr_registry, moto_server):
     )
 
 
-@pytest.mark.parametrize("settings_module", ["dockersupport_site.settings", "dockersupport_site.agent_settings"])
-def test_log_level_debug_is_debug_for_everything_but_the_http_libraries(manage, settings_module):
+def test_log_level_debug_is_debug_for_everything_but_the_http_libraries(manage):
     script = ("import logging; print(*(logging.getLevelName(logging.getLogger(name).getEffectiveLevel()) for name in "
               "('', 'builds', 'botocore.endpoint', 'botocore.parsers', 'urllib3.connectionpool', 'docker.auth')))")
-    result = manage("shell", "-c", script, LOG_LEVEL="DEBUG", DJANGO_SETTINGS_MODULE=settings_module)
+    result = manage("shell", "-c", script, LOG_LEVEL="DEBUG", DJANGO_SETTINGS_MODULE="dockersupport_site.settings")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "DEBUG DEBUG INFO INFO INFO INFO"
+
+
+@pytest.fixture
+def debug_stack(docker_daemon, transactional_db):
+    """A server and an agent, both at LOG_LEVEL=DEBUG: their logs are scanned too."""
+    from builds.agent_services import agent_token_issue
+    from tests.conftest import start
+    from tests.e2e.conftest import RunningAgent, database_url
+    from tests.harness import AgentProcess, ServerProcess
+
+    server = start(ServerProcess(database_url(), LOG_LEVEL="DEBUG"))
+    _, token, _ = agent_token_issue(name="debug-agent")
+    process = start(AgentProcess(server.url, token, docker_daemon.host, LOG_LEVEL="DEBUG"))
+    yield server, RunningAgent(name="debug-agent", process=process, docker_host=docker_daemon.host)
+    process.stop()
+    server.stop()
 
 
 def test_connection_tests_log_no_secret_at_debug(manage, registry, moto_server, ecr_registry, transactional_db):
@@ -75,17 +90,24 @@ def test_connection_tests_log_no_secret_at_debug(manage, registry, moto_server, 
         assert_no_secret(result, secrets_of(connection, ecr))
 
 
-def test_a_build_logs_no_secret_at_debug(manage, agent, registry_configuration, private_image, registry,
+def test_a_build_logs_no_secret_at_debug(manage, debug_stack, registry_configuration, private_image, registry,
                                          ecr_registry, moto_server, docker_client, busybox_image):
+    server, agent = debug_stack
     project = registry_configuration.project
     ecr = ecr_connection(project, ecr_registry, moto_server)
     LoginConnectionFactory(configuration=registry_configuration, connection=ecr, position=1)
     pushed = f"{ecr_registry.address}/team/app-{uuid.uuid4().hex[:8]}:1"
     script = f"docker pull {private_image} && docker tag {private_image} {pushed} && docker push {pushed}"
-    result = manage("run_build", registry_configuration.ident, "--agent", agent.name, "--", "sh", "-c", script,
-                    LOG_LEVEL="DEBUG")
+    result = manage("run_build", registry_configuration.ident, "--", "sh", "-c", script, LOG_LEVEL="DEBUG",
+                    DOCKERSUPPORT_AGENT_DIR=str(agent.dir))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"logged in with {ecr} → {ecr_registry.address}" in result.stdout
     # The push reached the ECR stand-in through the build's login.
     assert docker_client.api.inspect_distribution(pushed, auth_config=ecr_registry.auth_config)["Descriptor"]
-    assert_no_secret(result, secrets_of(registry_configuration.logins.get(position=0).connection, ecr))
+    secrets = secrets_of(registry_configuration.logins.get(position=0).connection, ecr)
+    assert_no_secret(result, secrets)
+    agent_log, server_log = agent.process.log(), open(server.log_path, errors="replace").read()
+    assert "DEBUG" in agent_log + server_log  # the logs were at DEBUG
+    for name, log in (("agent", agent_log), ("server", server_log)):
+        leaked = [s for s in (*secrets, *BODY_MARKERS) if s in log]
+        assert not leaked, f"{leaked} in the {name}'s log:\n{log[-4000:]}"

@@ -8,8 +8,6 @@ import time
 import pytest
 import requests
 
-from builds import ingestion
-from builds.docker.events import parse_event
 from builds.models import Build, DockerOperation, PushedImage
 from tests.e2e.conftest import ROOT, command_env
 from tests.harness import DockerDaemon
@@ -86,14 +84,15 @@ def test_events_of_another_agents_daemon_are_not_attributed(manage, agent, regis
 
 def test_a_daemon_restart_in_the_middle_of_a_build_loses_and_doubles_nothing(agent, registry_configuration,
                                                                               docker_daemon, busybox_image,
-                                                                              config_root, home, tmp_path):
+                                                                              home, tmp_path):
     half, resumed = tmp_path / "half", tmp_path / "resumed"
     script = (f"docker tag {busybox_image} restart/before:1 && docker tag {busybox_image} restart/before:2 && "
               f"touch {half} && while [ ! -e {resumed} ]; do sleep 0.1; done && "
               f"docker tag {busybox_image} restart/after:1 && docker tag {busybox_image} restart/after:2")
     process = subprocess.Popen(
         [sys.executable, "manage.py", "run_build", registry_configuration.ident, "--agent", agent.name, "--",
-         "sh", "-c", script], cwd=ROOT, env=command_env(config_root, home), stdout=subprocess.PIPE,
+         "sh", "-c", script], cwd=ROOT, env=command_env(home, DOCKERSUPPORT_AGENT_DIR=str(agent.dir)),
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -112,38 +111,25 @@ def test_a_daemon_restart_in_the_middle_of_a_build_loses_and_doubles_nothing(age
     assert tags == [("restart/before", "1"), ("restart/before", "2"), ("restart/after", "1"), ("restart/after", "2")]
 
 
-def test_a_batch_delivered_twice_changes_nothing(agent, registry_configuration):
-    from django.utils import timezone
+def test_the_agent_records_the_operations_of_api_driven_builds(agent, registry_configuration, busybox_image,
+                                                                docker_client, admin_user, client):
+    """No run_build here: the agent's one event stream gives each event to the build running at its time."""
+    import json
 
-    build = Build.objects.create(configuration=registry_configuration, agent=agent, number=1, started_at=timezone.now())
-    raw = {"Type": "container", "Action": "die", "timeNano": time.time_ns(),
-           "Actor": {"ID": "c" * 64, "Attributes": {"name": "x", "image": "busybox:latest", "exitCode": "3"}}}
-    push = {"Type": "image", "Action": "push", "timeNano": time.time_ns() + 1,
-            "Actor": {"ID": "127.0.0.1:5000/team/app:1", "Attributes": {"name": "127.0.0.1:5000/team/app"}}}
-    batch = [parse_event(raw), parse_event(push)]
-    for _ in range(2):
-        ingestion.operations_ingest(agent_id=agent.pk, records=batch, build_id=build.pk)
-    assert DockerOperation.objects.filter(build=build).count() == 2
-    assert PushedImage.objects.filter(build=build).count() == 1
+    from rest_framework.authtoken.models import Token
 
-
-def test_the_watcher_attributes_events_to_the_build_running_at_their_time(agent, registry_configuration,
-                                                                          busybox_image, docker_client, processes,
-                                                                          config_root, home, manage):
-    """For API-driven builds: watch_docker_events gives each event to the agent's running build."""
-    from django.utils import timezone
-
-    env = command_env(config_root, home)
-    watcher = processes("watcher", [sys.executable, "manage.py", "watch_docker_events", "--agent", agent.name], env,
-                        ready="watching")
+    headers = {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=admin_user).key}"}
     docker_client.images.get(busybox_image).tag("watched/outside", "0")  # no build runs: not recorded
-    build = Build.objects.create(configuration=registry_configuration, agent=agent, number=1,
-                                 started_at=timezone.now(), started_by=Build.StartedBy.API)
+    started = client.post("/api/v1/builds/", json.dumps({"configuration": registry_configuration.ident,
+                                                         "agent": agent.name}), content_type="application/json",
+                          **headers)
+    assert started.status_code == 201, started.content
     docker_client.images.get(busybox_image).tag("watched/inside", "1")
-    deadline = time.monotonic() + 30
-    while not build.operations.filter(image="watched/inside").exists():
-        assert time.monotonic() < deadline, watcher.log.read_text()
-        time.sleep(0.2)
+    finished = client.post(f"/api/v1/builds/{started.json()['id']}/finish/", json.dumps({"exit_code": 0}),
+                           content_type="application/json", **headers)
+    assert finished.status_code == 200, finished.content
+    build = Build.objects.get(pk=started.json()["id"])
+    assert list(build.operations.filter(action="tag").values_list("image", flat=True)) == ["watched/inside"]
     assert not DockerOperation.objects.filter(image="watched/outside").exists()
 
 

@@ -94,9 +94,10 @@ def test_an_optional_failed_login_is_a_warning_and_the_build_goes_on(manage, age
 def test_two_overlapping_builds_on_one_agent_keep_their_credentials(agent, registry_configuration, private_image,
                                                                       config_root, home, manage):
     """The short build logs out while the long one still needs its login to pull."""
-    environment = command_env(config_root, home)
-    go = config_root.parent / "short-build-done"
-    long_script = f'while [ ! -e {go} ]; do sleep 0.1; done; cat "$DOCKER_CONFIG/config.json" >/dev/null && docker pull {private_image}'
+    environment = command_env(home, DOCKERSUPPORT_AGENT_DIR=str(agent.dir))
+    go = home / "short-build-done"
+    long_script = (f'while [ ! -e {go} ]; do sleep 0.1; done; cat "$DOCKER_CONFIG/config.json" >/dev/null && '
+                   f'docker pull {private_image}')
     long_build = subprocess.Popen(
         [sys.executable, "manage.py", "run_build", registry_configuration.ident, "--agent", agent.name, "--number", "1",
          "--", "sh", "-c", long_script], cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -115,7 +116,7 @@ def test_two_overlapping_builds_on_one_agent_keep_their_credentials(agent, regis
 
 
 def test_sigterm_during_a_build_still_logs_out(agent, registry_configuration, config_root, home):
-    environment = command_env(config_root, home)
+    environment = command_env(home, DOCKERSUPPORT_AGENT_DIR=str(agent.dir))
     process = subprocess.Popen(
         [sys.executable, "manage.py", "run_build", registry_configuration.ident, "--agent", agent.name, "--",
          "sh", "-c", 'echo started; exec sleep 60'], cwd=ROOT, env=environment, stdout=subprocess.PIPE,
@@ -164,16 +165,29 @@ def test_ecr_login_through_sts_with_external_id(manage, agent, moto_server, star
     assert "123456789012-auth-token" not in result.stdout + result.stderr
 
 
-def test_run_build_loads_the_slim_agent_settings(manage, agent, registry_configuration):
-    import manage as manage_py
-    from dockersupport_site import agent_settings
+def test_run_build_and_its_command_see_no_server_setting_and_no_token(manage, agent, registry_configuration):
+    """run_build needs no server setting; the command's environment holds none even when run_build's does."""
+    script = "env; test -n \"$DOCKER_CONFIG\""
+    result = manage("run_build", registry_configuration.ident, "--", "sh", "-c", script,
+                    DATABASE_URL="postgres://u:db-password-71@db/x", SECRET_KEY="secret-key-72",
+                    DOCKERSUPPORT_ENCRYPTION_KEY="encryption-key-73", CELERY_BROKER_URL="redis://:broker-74@r/0",
+                    CACHE_URL="rediscache://:cache-75@r/1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    command_env = result.stdout
+    for name in ("DATABASE_URL", "SECRET_KEY", "DOCKERSUPPORT_", "CELERY_", "CACHE_URL"):
+        assert name not in command_env, name
+    for secret in ("db-password-71", "secret-key-72", "encryption-key-73", "broker-74", "cache-75"):
+        assert secret not in command_env
+    assert agent.process.token not in command_env
+    assert f"DOCKER_HOST={agent.docker_host}" in command_env
 
-    assert manage_py.default_settings_module(["manage.py", "run_build"]) == "dockersupport_site.agent_settings"
-    assert manage_py.default_settings_module(["manage.py", "migrate"]) == "dockersupport_site.settings"
-    assert "django_celery_beat" not in agent_settings.INSTALLED_APPS
-    assert {"connections", "builds"} <= set(agent_settings.INSTALLED_APPS)
-    result = manage("run_build", registry_configuration.ident, "--agent", agent.name, "--", "true")
-    assert result.returncode == 0, result.stderr
+
+def test_run_build_runs_with_no_server_setting_at_all(agent, registry_configuration, home, private_image):
+    environment = {"PATH": os.environ["PATH"], "HOME": str(home), "DOCKERSUPPORT_AGENT_DIR": str(agent.dir)}
+    result = subprocess.run([sys.executable, "manage.py", "run_build", registry_configuration.ident, "--",
+                             "docker", "pull", private_image], cwd=ROOT, env=environment, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_a_build_logs_in_to_several_registries(manage, agent, registry_configuration, registry, start_service,

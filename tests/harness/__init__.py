@@ -71,6 +71,10 @@ class Service:
     def _after_stop(self):
         pass
 
+    def _environment(self):
+        """The process's environment; None: this process's own."""
+        return None
+
     @property
     def log_path(self):
         return os.path.join(self.root, f"{self.name}.log") if self.root else None
@@ -106,6 +110,7 @@ class Service:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: stop() kills what it leaves behind
+                env=self._environment(),
             )
         deadline = time.monotonic() + self.start_timeout
         last_error = None
@@ -166,11 +171,13 @@ def _kill_group(pid):
 
 
 from .dockerd import BUSYBOX_IMAGE, DockerDaemon, import_busybox_image  # noqa: E402
+from .dockersupport import AgentProcess, ServerProcess  # noqa: E402
 from .moto_server import MotoServer  # noqa: E402
 from .redis import RedisServer, existing_redis_url, redis_answers  # noqa: E402
 from .registry import Registry  # noqa: E402
 
 __all__ = [
+    "AgentProcess",
     "BUSYBOX_IMAGE",
     "DockerDaemon",
     "MotoServer",
@@ -179,6 +186,7 @@ __all__ = [
     "Service",
     "ServiceError",
     "ServiceUnavailable",
+    "ServerProcess",
     "free_port",
     "import_busybox_image",
     "existing_redis_url",

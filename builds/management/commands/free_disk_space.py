@@ -1,16 +1,16 @@
-"""`python manage.py free_disk_space --agent AGENT --required SIZE [--dry-run]`"""
+"""`python manage.py free_disk_space --agent AGENT --required SIZE [--dry-run]`: asks the agent and waits."""
 
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from builds.agent_cleanup import AgentCleanupError, free_disk_space, parse_size, result_text
+from builds.agent_cleanup import AgentCleanupError, free_disk_space_request, parse_size
 from builds.models import Agent
 
 
 class Command(BaseCommand):
-    help = ("Remove images that builds created or pulled on AGENT, least recently used first, until SIZE is free "
-            "on its Docker data volume. Exits 1 when that cannot be reached.")
+    help = ("Have AGENT remove images that builds created or pulled on it, least recently used first, until SIZE is "
+            "free on its Docker data volume. Exits 1 when that cannot be reached.")
 
     def add_arguments(self, parser):
         parser.add_argument("--agent", required=True)
@@ -27,10 +27,9 @@ class Command(BaseCommand):
         except AgentCleanupError as exc:
             raise CommandError(f"--required {required}: {exc}") from None
         try:
-            result = free_disk_space(host, size, dry_run=dry_run, reason="free_disk_space command",
-                                     progress=self.stdout.write)
+            result = free_disk_space_request(host, size, dry_run=dry_run, reason="free_disk_space command")
         except AgentCleanupError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(result_text(result, dry_run))
-        if not result.met:
+        self.stdout.write(result["text"])
+        if not result["met"]:
             sys.exit(1)

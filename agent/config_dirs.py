@@ -1,8 +1,11 @@
 """Per-build Docker client config directories (DOCKER_CONFIG): created at login, erased at logout.
 
 Each build gets its own directory (mode 0700) with a config.json (mode 0600) holding only its
-registries' credentials, so parallel builds on one host never see or remove each other's. The
-user's ~/.docker/config.json is never read or written.
+registries' credentials, so parallel builds on one host never see or remove each other's. What
+the host's own Docker client config says besides credentials (proxies, CLI plugin settings,
+aliases, formats) is kept; its `auths`, `credsStore` and `credHelpers` never reach a build, and
+it is never written. When the agent runs as root, a build's directory belongs to the user who
+runs the build (run_build), so that its command, and only it, can read it.
 """
 
 import base64
@@ -12,34 +15,68 @@ import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
-from connections.registries import RegistryCredentials
-
 CONFIG_FILE = "config.json"
+CREDENTIAL_KEYS = ("auths", "credsStore", "credHelpers")
 _MAX_CONFIG_BYTES = 1024 * 1024
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
-def config_dir_create(root: Path, name: str) -> Path:
-    """A new private directory below `root`, named after the build plus a random suffix."""
+def host_config_dir() -> Path:
+    """The Docker client config of the agent's own host user: DOCKER_CONFIG, else ~/.docker."""
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker")
+
+
+def host_settings(source: Path | None = None) -> dict:
+    """The host's config.json without credentials; empty when there is none or it is unreadable."""
+    try:
+        data = json.loads(((source or host_config_dir()) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {key: value for key, value in data.items() if key not in CREDENTIAL_KEYS}
+
+
+def config_dir_create(root: Path, name: str, owner: int | None = None, source: Path | None = None) -> Path:
+    """A new private directory below `root`, named after the build plus a random suffix.
+
+    `owner`: the uid the directory is given to (the build's user, when the agent runs as root).
+    The host's CLI plugins stay usable: `cli-plugins` links to the host's.
+    """
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(root, 0o711 if owner is not None else 0o700)  # other users may enter only their own dir
     path = Path(tempfile.mkdtemp(prefix=_UNSAFE.sub("-", name)[:60] + "-", dir=root))
     os.chmod(path, 0o700)
+    plugins = (source or host_config_dir()) / "cli-plugins"
+    if plugins.is_dir():
+        os.symlink(plugins, path / "cli-plugins")
+    if owner is not None:
+        os.lchown(path, owner, -1)
+        if (path / "cli-plugins").is_symlink():
+            os.lchown(path / "cli-plugins", owner, -1)
     return path
 
 
-def config_write(path: Path, credentials: list[RegistryCredentials]) -> None:
-    """Writes config.json atomically with mode 0600: a reader never sees a half-written file."""
+def config_write(path: Path, logins: Iterable[tuple[str, str, str]], settings: dict | None = None,
+                 owner: int | None = None) -> None:
+    """Writes config.json atomically with mode 0600: a reader never sees a half-written file.
+
+    `logins`: (server, username, password) of each registry; `settings`: the host's other settings.
+    """
     auths = {
-        c.server: {"auth": base64.b64encode(f"{c.username}:{c.password}".encode()).decode()}
-        for c in credentials
+        server: {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
+        for server, username, password in logins
     }
     fd, temporary = tempfile.mkstemp(dir=path, prefix=".config-", suffix=".json")
     try:
         os.fchmod(fd, 0o600)
+        if owner is not None:
+            os.fchown(fd, owner, -1)
         with os.fdopen(fd, "w") as handle:
-            json.dump({"auths": auths}, handle)
+            json.dump({**(settings or {}), "auths": auths}, handle)
         os.replace(temporary, path / CONFIG_FILE)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -1,0 +1,328 @@
+"""The agent's one event stream of its Docker daemon, read without losing or doubling events.
+
+The daemon gives each listener about 100 ms to take an event before it drops it for that
+listener, and replays only its last 256 events. So a reader thread does nothing but read into a
+queue; a writer thread enriches events (digests of pushes, built images), gives each to the
+builds running at its time (`attribute`) and hands the records on (`deliver`, the spool).
+docker-py's stream ends quietly when the connection breaks, so an end of stream is a reconnect
+from the last event's time (`since`, which replays that event: the writer drops what it has
+seen), never a finish. `sync(until)` returns once every event up to that moment of the daemon's
+clock has been delivered: a bounded read (`until`) of the window the live stream may not have
+delivered yet, through the same writer.
+"""
+
+import collections
+import itertools
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from docker.errors import DockerException, ImageNotFound
+from requests.exceptions import RequestException
+
+from .references import split_reference
+
+log = logging.getLogger(__name__)
+
+IMAGE_ACTIONS = {"pull": "pull", "push": "push", "tag": "tag", "untag": "untag", "delete": "delete",
+                 "import": "import", "load": "load", "create": "build"}
+CONTAINER_ACTIONS = {"create": "create", "start": "start", "exec_start": "exec", "die": "die", "destroy": "destroy"}
+SEEN_KEYS = 20_000  # events remembered to drop replays (a reconnect, a sync's bounded read)
+
+
+def parse_event(raw: dict) -> dict | None:
+    """A daemon event as an operation record (JSON-serialisable), or None when not recorded."""
+    kind, action = raw.get("Type"), (raw.get("Action") or "").split(":", 1)[0]
+    actor = raw.get("Actor") or {}
+    attributes = dict(actor.get("Attributes") or {})
+    actor_id = actor.get("ID") or ""
+    record = {
+        "time_nano": int(raw.get("timeNano") or int(raw.get("time", 0)) * 1_000_000_000),
+        "event_type": kind, "raw_action": raw.get("Action") or "", "actor_id": actor_id,
+        "image": "", "tag": "", "digest": "", "container_id": "", "container_name": "", "exit_code": None,
+        "attributes": attributes,
+    }
+    if kind == "image" and action in IMAGE_ACTIONS:
+        record["action"] = IMAGE_ACTIONS[action]
+        # pull/push name the reference as the actor; tag/untag/delete name the image ID.
+        reference = actor_id if action in ("pull", "push") else attributes.get("name", actor_id)
+        record["image"], record["tag"], record["digest"] = split_reference(reference)
+        if reference.startswith("sha256:"):
+            record["image"], record["tag"], record["digest"] = "", "", ""
+            record["attributes"].setdefault("image_id", actor_id)
+        if actor_id.startswith("sha256:"):
+            record["attributes"].setdefault("image_id", actor_id)
+        return record
+    if kind == "container" and action in CONTAINER_ACTIONS:
+        record["action"] = CONTAINER_ACTIONS[action]
+        record["container_id"] = actor_id
+        record["container_name"] = attributes.get("name", "")
+        record["image"], record["tag"], _ = split_reference(attributes.get("image", ""))
+        if "exitCode" in attributes:
+            record["exit_code"] = int(attributes["exitCode"])
+        return record
+    return None
+
+
+def since_argument(time_nano: int) -> str:
+    """docker-py would cut a datetime to whole seconds; '<seconds>.<nanoseconds>' keeps them."""
+    return f"{time_nano // 1_000_000_000}.{time_nano % 1_000_000_000:09d}"
+
+
+def rfc3339_nano(text: str) -> int:
+    """'2026-11-26T23:59:01.123456789Z' (the daemon's time format) in nanoseconds; 0 if unreadable."""
+    seconds, _, rest = text.partition(".")
+    fraction = "".join(itertools.takewhile(str.isdigit, rest))
+    try:
+        stamp = datetime.fromisoformat((seconds + rest[len(fraction):]).replace("Z", "+00:00"))
+    except ValueError:
+        return 0
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=timezone.utc)
+    return int(stamp.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
+
+
+def daemon_time_nano(client) -> int:
+    """The daemon's own clock, which events are stamped with (not this host's)."""
+    return rfc3339_nano(client.info()["SystemTime"])
+
+
+class BuildWindows:
+    """Which builds ran when, on the daemon's clock: an event belongs to every build running at its time.
+
+    A build's window opens just before its command starts and closes just after it ends (both read
+    from the daemon). Closed windows are kept for a while: their last events may arrive later.
+    """
+
+    KEEP_CLOSED = 600 * 1_000_000_000
+
+    def __init__(self):
+        self._windows: dict[int, list] = {}  # build id -> [start, end or None]
+        self._lock = threading.Lock()
+
+    def open(self, build_id: int, start_nano: int) -> None:
+        with self._lock:
+            self._windows[build_id] = [start_nano, None]
+
+    def close(self, build_id: int, end_nano: int) -> None:
+        with self._lock:
+            if build_id in self._windows:
+                self._windows[build_id][1] = end_nano
+            stale = [b for b, (_, end) in self._windows.items()
+                     if end is not None and end < end_nano - self.KEEP_CLOSED]
+            for build in stale:
+                del self._windows[build]
+
+    def forget(self, build_id: int) -> None:
+        with self._lock:
+            self._windows.pop(build_id, None)
+
+    def builds_at(self, nano: int) -> list[int]:
+        with self._lock:
+            return sorted(b for b, (start, end) in self._windows.items()
+                          if start <= nano and (end is None or nano <= end))
+
+    def started_at(self, nano: int) -> int:
+        """The earliest start of the builds running at `nano`."""
+        with self._lock:
+            starts = [start for start, end in self._windows.values() if start <= nano and (end is None or nano <= end)]
+        return min(starts, default=nano)
+
+
+@dataclass
+class StreamStats:
+    received: int = 0
+    recorded: int = 0
+    reconnects: int = 0
+    errors: list = field(default_factory=list)
+
+
+class _Sync:
+    def __init__(self):
+        self.done = threading.Event()
+
+
+class EventStream:
+    """Reads one daemon's events from `since_nano` on, for as long as the agent runs.
+
+    `windows` (BuildWindows) says which builds an event belongs to; `deliver(record)` takes each
+    record that belongs to some build, with their ids in `builds`. `start()`, `sync(until_nano)`,
+    `stop()`. `connect()` gives a new docker client (the reader and the writer each hold their own).
+    """
+
+    def __init__(self, connect, since_nano: int, windows: BuildWindows, deliver, enrich: bool = True):
+        self.connect, self.windows, self.deliver, self.enrich = connect, windows, deliver, enrich
+        self.last_nano = since_nano  # the newest event read
+        self.processed_nano = since_nano  # the newest event dealt with (spooled or dropped): resume here
+        self.events: queue.Queue = queue.Queue()
+        self.stats = StreamStats()
+        self._stopped = threading.Event()
+        self._stream = None
+        self._seen: collections.OrderedDict = collections.OrderedDict()
+        self._sync_lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name="docker-events-reader", daemon=True)
+        self._writer = threading.Thread(target=self._write, name="docker-events-writer", daemon=True)
+        self._seen_images: set[str] = set()  # IDs that came by pull/import/load: not built here
+        self.connected = threading.Event()
+
+    def start(self):
+        self._reader.start()
+        self._writer.start()
+
+    def stop(self, timeout: float = 10):
+        self._stopped.set()
+        stream = self._stream
+        if stream is not None:
+            stream.close()
+        self._reader.join(timeout)
+        self.events.put(None)
+        self._writer.join(timeout)
+
+    def sync(self, until_nano: int, timeout: float = 60) -> bool:
+        """Returns once every event up to `until_nano` (daemon time) has gone through `deliver`.
+
+        The live stream may still hold some in transit: a bounded read from the newest event read
+        up to `until_nano` gets them too (the daemon ends it at `until`), and a mark queued after
+        them tells when the writer is through. False when the daemon could not be read.
+        """
+        with self._sync_lock:
+            client = None
+            try:
+                client = self.connect()
+                since = min(self.last_nano, until_nano)
+                for raw in client.events(since=since_argument(since), until=since_argument(until_nano),
+                                         decode=True, filters={"type": ["image", "container"]}):
+                    self.events.put(raw)
+            except Exception as exc:  # noqa: BLE001 - the daemon is gone: what was read is all there is
+                self.stats.errors.append(f"reading events up to the end failed: {exc}")
+                return False
+            finally:
+                if client is not None:
+                    client.close()
+            mark = _Sync()
+            self.events.put(mark)
+            return mark.done.wait(timeout)
+
+    # Reader: nothing but reading, so that the daemon never drops an event for us.
+    def _read(self):
+        delay, reported = 0.2, False
+        while not self._stopped.is_set():
+            client = None
+            try:
+                client = self.connect()
+                self._stream = stream = client.events(since=since_argument(self.last_nano), decode=True,
+                                                      filters={"type": ["image", "container"]})
+                self.connected.set()
+                if reported:
+                    log.info("Docker event stream back")
+                    reported = False
+                for raw in stream:
+                    self.stats.received += 1
+                    self.last_nano = max(self.last_nano, int(raw.get("timeNano") or 0))
+                    self.events.put(raw)
+                    delay = 0.2
+                if not self._stopped.is_set():
+                    self.stats.reconnects += 1  # the stream ended by itself: the connection broke
+            except Exception as exc:  # noqa: BLE001 - a daemon away or restarting: read again
+                if self._stopped.is_set():
+                    return
+                self.connected.clear()
+                self.stats.reconnects += 1
+                if not reported:  # once an outage, not at every attempt
+                    log.info("Docker event stream broke (%s); reconnecting", exc)
+                    reported = True
+                self._stopped.wait(delay)
+                delay = min(delay * 2, 5)
+            finally:
+                if client is not None:
+                    client.close()
+
+    # Writer: drops replays, enriches, attributes, delivers.
+    def _write(self):
+        client = None
+        while True:
+            raw = self.events.get()
+            if raw is None:
+                break
+            if isinstance(raw, _Sync):
+                raw.done.set()
+                continue
+            nano = int(raw.get("timeNano") or 0)
+            self.processed_nano = max(self.processed_nano, nano)
+            if self._replayed(raw):
+                continue
+            builds = self.windows.builds_at(nano)
+            if not builds:
+                continue
+            if client is None and self.enrich:
+                try:
+                    client = self.connect()
+                except Exception:  # noqa: BLE001 - enrichment is best effort
+                    client = None
+            for record in self._records(raw, client):
+                try:
+                    self.deliver({**record, "builds": builds})
+                    self.stats.recorded += 1
+                except Exception as exc:  # noqa: BLE001 - a failed record must not stop the stream
+                    log.exception("Spooling a Docker event failed")
+                    self.stats.errors.append(f"spooling an event failed: {exc}")
+        if client is not None:
+            client.close()
+
+    def _replayed(self, raw) -> bool:
+        actor = raw.get("Actor") or {}
+        key = (raw.get("timeNano"), raw.get("Type"), raw.get("Action"), actor.get("ID"))
+        if key in self._seen:
+            return True
+        self._seen[key] = None
+        if len(self._seen) > SEEN_KEYS:
+            self._seen.popitem(last=False)
+        return False
+
+    def _records(self, raw, client) -> list[dict]:
+        record = parse_event(raw)
+        if record is None:
+            return []
+        records = [record]
+        if client is None:
+            return records
+        image_id = record["attributes"].get("image_id", "")
+        if record["action"] in ("pull", "import", "load"):
+            self._seen_images.add(image_id or self._image_id(client, record))
+        elif record["action"] == "push" and not record["digest"]:
+            record["digest"] = self._pushed_digest(client, record)
+        elif record["action"] == "tag" and image_id and image_id not in self._seen_images:
+            # The daemon has no "build" event for the classic builder: an image made during a
+            # build, not pulled, imported or loaded, and then tagged, was built there.
+            if self._created_nano(client, image_id) >= self.windows.started_at(record["time_nano"]):
+                records.append({**record, "action": "build", "raw_action": "build"})
+            self._seen_images.add(image_id)
+        return records
+
+    @staticmethod
+    def _image(client, name):
+        try:
+            return client.images.get(name)
+        except (ImageNotFound, DockerException, RequestException):
+            return None
+
+    def _image_id(self, client, record) -> str:
+        image = self._image(client, f"{record['image']}:{record['tag']}" if record["tag"] else record["image"])
+        return image.id if image is not None else ""
+
+    def _pushed_digest(self, client, record) -> str:
+        """A push event carries no digest; the image's RepoDigests has the registry's."""
+        image = self._image(client, f"{record['image']}:{record['tag']}" if record["tag"] else record["image"])
+        if image is None:
+            return ""
+        for repo_digest in image.attrs.get("RepoDigests") or []:
+            name, _, digest = repo_digest.partition("@")
+            if name == record["image"]:
+                return digest
+        return ""
+
+    def _created_nano(self, client, image_id) -> int:
+        image = self._image(client, image_id)
+        return rfc3339_nano(image.attrs.get("Created", "")) if image is not None else 0

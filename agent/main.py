@@ -1,0 +1,540 @@
+"""The agent process: `python manage.py agent --server URL --token-file FILE`.
+
+One process next to one Docker daemon. Its threads: the local socket that run_build talks to
+(agent.local), the job poll (work the server has for it: API-driven builds' logins and logouts,
+Free Disk Space), the heartbeat (alive, its daemon's state, its running builds; fresh tokens for
+builds whose ECR token nears its end), the daemon's event stream into the spool, and the spool's
+sender. The server is never connected to it; when the server is away, everything waits and
+retries, and nothing is lost.
+"""
+
+import logging
+import os
+import platform
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from . import __version__, cleanup, protocol
+from .builds import BuildBook, RunningBuild, process_alive, process_started
+from .config_dirs import config_dir_create, config_dir_remove, config_write, host_settings
+from .daemon import Daemon, DaemonError
+from .events import BuildWindows, EventStream
+from .server_api import ServerAPI, ServerError, ServerUnavailable, Unrecoverable, retrying
+from .spool import Spool
+
+log = logging.getLogger("dockersupport.agent")
+
+REFRESH_LEAD = timedelta(minutes=15)  # a running build's expiring token (ECR) is replaced this long before
+FINISH_EVENTS_TIMEOUT = 60  # how long a finish waits for the server to take the build's events
+
+
+@dataclass
+class AgentConfig:
+    server: str
+    token: str
+    directory: Path
+    docker_host: str = ""  # DOCKER_HOST of the agent's own environment: wins over the admin's setting
+    data_path: str = ""  # DOCKERSUPPORT_DOCKER_DATA_PATH
+    ca_file: str = ""
+    socket_group: str = ""  # the group that may use the socket (run_build's users)
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "agent.sock"
+
+
+class BuildFailed(Exception):
+    """A build could not start (or its command must not run); the message is for the person running it."""
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, say=print):
+        self.config, self.say = config, say
+        config.directory.mkdir(parents=True, exist_ok=True, mode=0o711)
+        self.api = ServerAPI(config.server, config.token, config.ca_file)
+        self.book = BuildBook(config.directory / "builds")
+        self.spool = Spool(config.directory / "spool")
+        self.windows = BuildWindows()
+        self.stopped = threading.Event()
+        self.unrecoverable: str = ""
+        self.settings: protocol.AgentSettings | None = None
+        self.daemon: Daemon | None = None
+        self.stream: EventStream | None = None
+        self.config_root = config.directory / "configs"
+        self._threads: list[threading.Thread] = []
+        self._local = None
+        self._reports: dict[int, protocol.LoginReport] = {}  # login reports not sent yet
+        self._clients: set[int] = set()  # builds whose run_build is connected now
+        self._clients_lock = threading.Lock()
+
+    # Life ----------------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Runs until stop(); 0, or 2 when the server refused this agent (revoked token, protocol)."""
+        try:
+            self.settings = retrying(lambda: self.api.connect(self._hello(Daemon(self._docker_host(None)))),
+                                     stopped=self.stopped, say=self._warn)
+        except Unrecoverable as exc:
+            self.say(f"dockersupport agent: {exc}")
+            return 2
+        except ServerUnavailable:
+            return 0  # stopped while the server was away
+        login_config = self.config.directory / "empty-docker-config.json"
+        login_config.write_text("{}")
+        self.daemon = Daemon(self._docker_host(self.settings), str(login_config))
+        self._adopt()
+        since = self.spool.position() or self._daemon_now_or_clock()
+        self.stream = EventStream(self._stream_client, since, self.windows, self._spool_record)
+        self.stream.start()
+        from .local import LocalServer
+
+        self._local = LocalServer(self, self.config.socket_path, self.config.socket_group)
+        self._local.start()
+        for target in (self._send_events, self._beat, self._poll_jobs):
+            thread = threading.Thread(target=self._guarded(target), name=target.__name__, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        ok, error, _ = self.daemon.state()
+        self.say(f"dockersupport agent {self.settings.name} ready: socket {self.config.socket_path}, Docker "
+                 f"daemon {self.daemon.docker_host or 'DOCKER_HOST'}" + ("" if ok else f" (NOT ANSWERING: {error})")
+                 + f", server {self.config.server}")
+        self.stopped.wait()
+        self._shutdown()
+        if self.unrecoverable:
+            self.say(f"dockersupport agent: stopped: {self.unrecoverable}")
+            return 2
+        return 0
+
+    def stop(self):
+        self.stopped.set()
+
+    def _stream_client(self):
+        return self.daemon.new_client()
+
+    def _shutdown(self):
+        # Running builds go on: their run_build reconnects to the next agent, which adopts them.
+        if self._local is not None:
+            self._local.stop()
+        if self.stream is not None:
+            self.stream.stop()
+            self.spool.save_position(self.stream.processed_nano)
+        self.spool.close()
+
+    def _guarded(self, target):
+        def run():
+            try:
+                target()
+            except Unrecoverable as exc:
+                self.unrecoverable = str(exc)
+                self.stop()
+            except Exception:  # noqa: BLE001 - a thread that dies is an agent that does half its work
+                log.exception("agent thread %s failed; stopping the agent", target.__name__)
+                self.unrecoverable = f"internal error in {target.__name__} (see the log above)"
+                self.stop()
+        return run
+
+    def _warn(self, text: str) -> None:
+        self.say(f"dockersupport agent: {text}")
+
+    def _docker_host(self, settings: protocol.AgentSettings | None) -> str:
+        return self.config.docker_host or (settings.docker_host if settings else "")
+
+    def _hello(self, daemon: Daemon) -> protocol.ConnectRequest:
+        ok, error, version = daemon.state()
+        return protocol.ConnectRequest(agent_version=__version__, hostname=socket.gethostname(),
+                                       os=platform.system().lower(), data_path=self.config.data_path,
+                                       daemon=protocol.DaemonState(ok=ok, error=error, version=version,
+                                                                   docker_host=daemon.docker_host))
+
+    def _daemon_now_or_clock(self) -> int:
+        try:
+            return self.daemon.now_nano()
+        except DaemonError:
+            return time.time_ns()
+
+    # Builds started by run_build ---------------------------------------------------------------------
+    def start_build(self, request: dict, pid: int, uid: int | None, progress) -> tuple[RunningBuild, dict]:
+        """Starts a build for run_build: on the server, then its logins; raises BuildFailed."""
+        wanted_agent = request.get("agent") or ""
+        if wanted_agent and wanted_agent != self.settings.name:
+            raise BuildFailed(f"--agent {wanted_agent}: this host's agent is {self.settings.name}")
+        number = request.get("number")
+        required_text = request.get("required_free")
+        required = None
+        if required_text:
+            try:
+                required = cleanup.parse_size(str(required_text))
+            except cleanup.CleanupError as exc:
+                raise BuildFailed(f"--required-free {required_text}: {exc}") from None
+        try:
+            started = self.api.build_start(protocol.BuildStartRequest(configuration=str(request["configuration"]),
+                                                                      number=number))
+        except ServerError as exc:
+            raise BuildFailed(_server_words(exc)) from None
+        build = RunningBuild(id=started.build.id, number=started.build.number,
+                             configuration=started.build.configuration, project=started.build.project,
+                             token=started.token, started_by="run_build", pid=pid, pid_started=process_started(pid),
+                             uid=uid if uid != os.geteuid() else None)
+        progress(f"build {build.label()} (id {build.id}) on agent {self.settings.name}")
+        if required:
+            try:
+                self._free_for_build(build, required, progress)
+            except BuildFailed as exc:
+                self._report_not_run(build, str(exc))
+                raise
+        outcome = self.login(build, started.logins)
+        return build, outcome
+
+    def _free_for_build(self, build: RunningBuild, required: int, progress) -> None:
+        try:
+            result = self.free_disk_space(required, reason=f"build {build.label()} requires {cleanup.human(required)} "
+                                          "free", progress=progress)
+        except cleanup.CleanupError as exc:
+            raise BuildFailed(f"free disk space: {exc}") from None
+        if not result.met:
+            raise BuildFailed(f"free disk space: {cleanup.human(required)} required on {result.path} but only "
+                              f"{cleanup.human(result.free_after)} could be freed: short by "
+                              f"{cleanup.human(result.shortfall)}")
+        progress(f"{cleanup.human(result.free_after)} free on {result.path} ({cleanup.human(required)} required, "
+                 f"{len(result.removed)} image(s) removed)")
+
+    def _report_not_run(self, build: RunningBuild, message: str) -> None:
+        try:
+            self.api.logins(build.id, build.token, protocol.LoginReport(docker_config="", logged_in=[], registries=[],
+                                                                        warnings=[], error=message))
+        except ServerError as exc:
+            self._warn(f"build {build.label()}: could not tell the server it did not run: {exc}")
+
+    def login(self, build: RunningBuild, logins: list[protocol.RegistryLogin]) -> dict:
+        """Verifies each login with the daemon and writes the build's config; raises BuildFailed when a
+        required login fails (the build is then recorded as not run, and nothing stays on disk)."""
+        try:
+            self.daemon.ping()
+        except DaemonError as exc:
+            message = f"{exc}; the command was not run"
+            self._report_not_run(build, message)
+            raise BuildFailed(message) from None
+        path = config_dir_create(self.config_root, f"{build.configuration}-{build.number}", owner=build.uid)
+        build.docker_config = str(path)
+        self.book.add(build)
+        logged_in, warnings, written, expiries = [], [], [], []
+        for login in logins:
+            try:
+                if login.error:
+                    raise DaemonError(login.error)
+                self.daemon.verify_login(login.server, login.username, login.password)
+            except DaemonError as exc:
+                message = str(exc) if login.error else (f"login with connection '{login.connection}' to "
+                                                        f"{login.registry} failed: {exc}")
+                if login.optional:
+                    warnings.append(message)
+                    continue
+                self._erase(build)
+                self._report_not_run(build, message)
+                self.book.remove(build.id)
+                raise BuildFailed(message) from None
+            written.append((login.server, login.username, login.password))
+            logged_in.append(f"{login.connection} → {login.registry}")
+            build.servers.append(login.server)
+            if login.expires_at is not None:
+                expiries.append(login.expires_at)
+        config_write(path, written, host_settings(), owner=build.uid)
+        expires_at = min(expiries) if expiries else None
+        build.expires_at = expires_at.isoformat() if expires_at else ""
+        build.window_start = self.daemon.now_nano()
+        self.windows.open(build.id, build.window_start)
+        self.book.save(build)
+        report = protocol.LoginReport(docker_config=str(path), logged_in=logged_in, warnings=warnings,
+                                      registries=sorted({login.registry for login in logins
+                                                         if login.server in build.servers}),
+                                      expires_at=expires_at)
+        # The report is for the build's page; the command need not wait for it (finish does).
+        self._report_logins(build, report)
+        return {"docker_config": str(path), "docker_host": self.daemon.docker_host, "logged_in": logged_in,
+                "warnings": warnings, "build": {"id": build.id, "number": build.number,
+                                                "configuration": build.configuration, "label": build.label()},
+                "agent": self.settings.name}
+
+    REPORT_AFTER = 1.0  # seconds: a build that ends sooner carries its login report in its finish
+
+    def _report_logins(self, build: RunningBuild, report: protocol.LoginReport) -> None:
+        """Sends the report for the build's page a moment later, unless the build has finished by then
+        (a build step of a few milliseconds then costs one request less)."""
+        def send():
+            if self._reports.pop(build.id, None) is None:
+                return  # the finish took it
+            try:
+                retrying(lambda: self.api.logins(build.id, build.token, report), stopped=self.stopped,
+                         give_up_after=60)
+            except ServerError as exc:
+                self._warn(f"build {build.label()}: the server did not take its login report: {exc}")
+        self._reports[build.id] = report
+        timer = threading.Timer(self.REPORT_AFTER, send)
+        timer.daemon = True
+        timer.start()
+
+    def finish_build(self, build: RunningBuild, exit_code: int | None = None, lost: str = "") -> dict:
+        """Erases the build's config at once, then closes it on the server once it holds its events."""
+        report = self._reports.pop(build.id, None)
+        self._erase(build)
+        through = self._events_through(build)
+        build.finishing = {"exit_code": exit_code, "lost": lost, "events_through": through,
+                           "logins": protocol.to_json(report) if report is not None else None}
+        self.book.save(build)
+        return self._send_finish(build, wait_for_server=FINISH_EVENTS_TIMEOUT)
+
+    def _events_through(self, build: RunningBuild) -> int:
+        """Every event of the build up to now is in the spool; returns the spool's sequence number then."""
+        try:
+            end = self.daemon.now_nano()
+        except DaemonError:
+            end = max(self.stream.last_nano, build.window_start)  # the daemon is gone: what was read is all
+        self.windows.close(build.id, end)
+        self.stream.sync(end)
+        return self.spool.last_seq
+
+    def _send_finish(self, build: RunningBuild, wait_for_server: float) -> dict:
+        finishing = build.finishing
+        self.spool.wait_acked(finishing["events_through"], timeout=wait_for_server)
+        try:
+            message = protocol.from_json(protocol.FinishRequest, finishing)
+            answer = retrying(lambda: self.api.finish(build.id, build.token, message),
+                              stopped=self.stopped, give_up_after=wait_for_server)
+        except ServerUnavailable as exc:
+            self._warn(f"build {build.label()}: {exc}; its end is reported when the server is back")
+            return {"status": "unreported", "summary": None, "error": str(exc)}
+        except ServerError as exc:
+            # 401: the server closed the build already (lost while the agent was away, say).
+            self.book.remove(build.id)
+            self.windows.forget(build.id)
+            return {"status": "closed by the server", "summary": None, "error": _server_words(exc)}
+        self.book.remove(build.id)
+        return {"status": answer.status, "summary": answer.summary}
+
+    def _erase(self, build: RunningBuild) -> None:
+        if build.docker_config:
+            try:
+                config_dir_remove(build.docker_config, self.config_root)
+            except (ValueError, OSError) as exc:
+                self._warn(f"build {build.label()}: erasing {build.docker_config} failed: {exc}")
+            build.docker_config = ""
+            self.book.save(build)
+
+    def attach(self, build_id: int) -> None:
+        with self._clients_lock:
+            self._clients.add(build_id)
+
+    def client_gone(self, build: RunningBuild) -> None:
+        """run_build's connection ended without a finish: lost, unless it lives and comes back."""
+        with self._clients_lock:
+            self._clients.discard(build.id)
+
+        def attached() -> bool:
+            with self._clients_lock:
+                return build.id in self._clients
+
+        def watch():
+            while process_alive(build.pid, build.pid_started):
+                if self.stopped.wait(0.5) or attached() or self.book.get(build.id) is not build:
+                    return
+            if self.book.get(build.id) is build and not attached():
+                self.finish_build(build, lost="run_build ended without finishing the build (killed?); its "
+                                              "credentials were erased")
+        threading.Thread(target=watch, name=f"watch-{build.id}", daemon=True).start()
+
+    def _adopt(self) -> None:
+        """Builds of a previous run of the agent: those whose run_build lives are adopted (it reconnects)."""
+        for build in self.book.all():
+            if build.finishing is not None:
+                continue  # the heartbeat sends its finish again
+            if build.started_by == "run_build" and not process_alive(build.pid, build.pid_started):
+                self._erase(build)
+                build.finishing = {"exit_code": None, "events_through": self.spool.last_seq,
+                                   "lost": "run_build ended while the agent was away; its credentials were erased"}
+                self.book.save(build)
+                continue
+            if build.window_start:
+                self.windows.open(build.id, build.window_start)
+
+    # Events ---------------------------------------------------------------------------------------------
+    def _spool_record(self, record: dict) -> None:
+        self.spool.append(record)
+
+    def _send_events(self):
+        position_saved = 0.0
+        while not self.stopped.is_set():
+            batch = self.spool.batch(protocol.EVENT_BATCH_SIZE, wait=1.0)
+            if time.monotonic() - position_saved > 2 and self.stream is not None:
+                self.spool.save_position(self.stream.processed_nano)
+                position_saved = time.monotonic()
+            if not batch:
+                continue
+            message = protocol.EventBatch(first_seq=batch[0]["seq"], last_seq=batch[-1]["seq"],
+                                          records=[{k: v for k, v in entry.items() if k != "seq"} for entry in batch])
+            try:
+                # The same batch until it is taken: the server knows batches by their first number.
+                answer = retrying(lambda: self.api.events(message), stopped=self.stopped)
+            except ServerUnavailable:
+                return
+            except ServerError as exc:
+                self._warn(f"the server refused {len(batch)} events ({exc}); they are dropped")
+                answer = protocol.EventAck(acked=message.last_seq)
+            self.spool.ack(answer.acked)
+
+    # Heartbeat ------------------------------------------------------------------------------------------
+    def _beat(self):
+        while not self.stopped.wait(self.settings.heartbeat_interval * (0.8 + random.random() * 0.4)):
+            ok, error, version = self.daemon.state()
+            running = [b.id for b in self.book.all() if b.finishing is None]
+            try:
+                free = cleanup.free_bytes(*self._data_path())
+            except cleanup.CleanupError:
+                free = None
+            try:
+                answer = self.api.heartbeat(protocol.HeartbeatRequest(
+                    daemon=protocol.DaemonState(ok=ok, error=error, version=version,
+                                                docker_host=self.daemon.docker_host),
+                    running_builds=running, free_bytes=free))
+            except ServerUnavailable as exc:
+                self._warn(f"heartbeat: {exc}")
+                continue
+            for build_id in answer.ended_builds:
+                build = self.book.get(build_id)
+                if build is not None and build.finishing is None:
+                    # Closed on the server (timed out, lost while the agent was away): nothing of it stays.
+                    self._erase(build)
+                    self.book.remove(build_id)
+                    self.windows.close(build_id, self._daemon_now_or_clock())
+            for build in self.book.all():
+                if build.finishing is not None:
+                    self._send_finish(build, wait_for_server=5)
+                elif build.expires_at and datetime.fromisoformat(build.expires_at) - REFRESH_LEAD < _now():
+                    self._refresh(build)
+
+    def _refresh(self, build: RunningBuild) -> None:
+        """Fresh tokens (ECR) in a running build's config, before its expiring ones run out."""
+        try:
+            logins = self.api.credentials(build.id, build.token)
+        except ServerError as exc:
+            self._warn(f"build {build.label()}: refreshing its tokens failed: {exc}")
+            return
+        fresh = [login for login in logins if login.server in build.servers and not login.error]
+        if not build.docker_config or not fresh:
+            return
+        config_write(Path(build.docker_config), [(x.server, x.username, x.password) for x in fresh], host_settings(),
+                     owner=build.uid)
+        expiries = [login.expires_at for login in fresh if login.expires_at is not None]
+        build.expires_at = min(expiries).isoformat() if expiries else ""
+        self.book.save(build)
+
+    # Jobs -----------------------------------------------------------------------------------------------
+    def _poll_jobs(self):
+        while not self.stopped.is_set():
+            try:
+                jobs = retrying(lambda: self.api.jobs(self.settings.job_wait, self.settings.session),
+                                stopped=self.stopped)
+            except ServerUnavailable:
+                return
+            for job in jobs:
+                threading.Thread(target=self._guarded_job(job), name=f"job-{job.id}", daemon=True).start()
+
+    def _guarded_job(self, job: protocol.Job):
+        def run():
+            try:
+                result = self._run_job(job)
+            except Exception as exc:  # noqa: BLE001 - the server hears of it; the agent goes on
+                log.exception("job %s (%s) failed", job.id, job.kind)
+                result = protocol.JobResult(ok=False, error=str(exc) or type(exc).__name__)
+            try:
+                retrying(lambda: self.api.job_done(job.id, result), stopped=self.stopped, give_up_after=300)
+            except ServerError as exc:
+                self._warn(f"job {job.id}: the server did not take its result: {exc}")
+        return run
+
+    def _run_job(self, job: protocol.Job) -> protocol.JobResult:
+        if job.kind == protocol.JobKind.LOGIN:
+            info = job.build
+            build = self.book.get(info.id)
+            if build is not None:  # a login job given again (the agent restarted): start clean
+                self._erase(build)
+                self.book.remove(build.id)
+            build = RunningBuild(id=info.id, number=info.number, configuration=info.configuration,
+                                 project=info.project, token=job.token, started_by="api")
+            try:
+                outcome = self.login(build, self.api.credentials(build.id, build.token))
+            except BuildFailed as exc:
+                return protocol.JobResult(ok=False, error=str(exc))
+            return protocol.JobResult(ok=True, result=outcome)
+        if job.kind == protocol.JobKind.LOGOUT:
+            build = self.book.get(job.build.id) if job.build else None
+            if build is None:
+                if not job.token:
+                    return protocol.JobResult(ok=True, result={"status": "already closed"})
+                info = job.build
+                build = RunningBuild(id=info.id, number=info.number, configuration=info.configuration,
+                                     project=info.project, token=job.token, started_by="api")
+                self.book.add(build)
+            elif job.token:
+                build.token = job.token
+            outcome = self.finish_build(build, exit_code=job.exit_code, lost=job.lost)
+            return protocol.JobResult(ok=True, result={"status": outcome["status"]})
+        if job.kind == protocol.JobKind.FREE_DISK_SPACE:
+            try:
+                result = self.free_disk_space(job.required_bytes, reason=job.reason or "free_disk_space",
+                                              dry_run=job.dry_run)
+            except cleanup.CleanupError as exc:
+                return protocol.JobResult(ok=False, error=str(exc))
+            return protocol.JobResult(ok=True, result={
+                "met": result.met, "free_before": result.free_before, "free_after": result.free_after,
+                "removed": len(result.removed), "shortfall": result.shortfall,
+                "text": cleanup.result_text(result, job.dry_run)})
+        return protocol.JobResult(ok=False, error=f"this agent does not know jobs of kind {job.kind}")
+
+    # Free Disk Space -------------------------------------------------------------------------------------
+    def _data_path(self) -> tuple[str, str]:
+        return cleanup.data_path(self.settings.docker_data_path if self.settings else "", self.config.data_path)
+
+    def free_disk_space(self, required: int, *, reason: str, dry_run: bool = False, progress=None) -> cleanup.Result:
+        path, origin = self._data_path()
+        try:
+            tracked = self.api.tracked_images()
+        except ServerError as exc:
+            raise cleanup.CleanupError(f"the server did not list this agent's images: {exc}") from None
+        try:
+            client = self.daemon.new_client()
+        except DaemonError as exc:
+            raise cleanup.CleanupError(str(exc)) from None
+        try:
+            result = cleanup.free_disk_space(client, tracked, required, path, origin, dry_run=dry_run,
+                                             progress=progress)
+        except DaemonError as exc:
+            raise cleanup.CleanupError(str(exc)) from None
+        finally:
+            client.close()
+        if not dry_run:
+            try:
+                self.api.cleanup(protocol.CleanupReport(
+                    reason=reason[:300], data_path=path, required_bytes=required, free_before=result.free_before,
+                    free_after=result.free_after, removed=result.removed, met=result.met))
+            except ServerError as exc:
+                self._warn(f"the server did not take the Free Disk Space record: {exc}")
+        return result
+
+
+def _server_words(exc: ServerError) -> str:
+    """What the server said of a refused request, without the wrapping ('HTTP 400: field: ...')."""
+    text = str(exc)
+    if text.startswith("HTTP 400: "):
+        text = text.removeprefix("HTTP 400: ")
+        field, sep, rest = text.partition(": ")
+        if sep and field.isidentifier():
+            text = rest
+    return text
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)

@@ -1,0 +1,97 @@
+"""dockersupport itself as processes: the server (runserver on a free port) and agents.
+
+An agent gets only what a build host has: its token file, its Docker daemon (DOCKER_HOST), its
+folder (DOCKERSUPPORT_AGENT_DIR) and the server's URL; none of the server's settings.
+"""
+
+import os
+import sys
+import urllib.request
+from pathlib import Path
+
+from . import Service, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+MANAGE = str(ROOT / "manage.py")
+# What a build host's environment has besides the agent's own settings.
+HOST_VARIABLES = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+class ServerProcess(Service):
+    """The server on a database: `manage.py runserver`, or uvicorn (ASGI, as in production) with `asgi=True`."""
+
+    name = "server"
+    start_timeout = 60.0
+
+    def __init__(self, database_url: str, settings_module: str = "dockersupport_site.test_settings",
+                 asgi: bool = False, **env):
+        super().__init__()
+        self.database_url, self.settings_module, self.asgi, self.extra_env = database_url, settings_module, asgi, env
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _environment(self):
+        environment = {**os.environ, "DATABASE_URL": self.database_url, "PYTHONPATH": str(ROOT),
+                       "DJANGO_SETTINGS_MODULE": self.settings_module, **self.extra_env}
+        environment.pop("DEBUG", None)
+        return environment
+
+    def _command(self):
+        if self.asgi:
+            return [sys.executable, "-m", "uvicorn", "dockersupport_site.asgi:application", "--host", "127.0.0.1",
+                    "--port", str(self.port), "--no-access-log"]
+        return [sys.executable, MANAGE, "runserver", f"127.0.0.1:{self.port}", "--noreload"]
+
+    def _ready(self):
+        with urllib.request.urlopen(f"{self.url}/api/v1/schema/", timeout=5) as response:
+            return response.status == 200
+
+
+class AgentProcess(Service):
+    """`manage.py agent` with its own token and folder (kept across restart())."""
+
+    name = "agent"
+    start_timeout = 60.0
+
+    def __init__(self, server_url: str, token: str, docker_host: str, **env):
+        super().__init__()
+        self.server_url, self.token, self.docker_host, self.extra_env = server_url, token, docker_host, env
+
+    @property
+    def directory(self) -> str:
+        return os.path.join(self.root, "agent")
+
+    @property
+    def token_file(self) -> str:
+        return os.path.join(self.root, "token")
+
+    def _prepare(self):
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(self.token + "\n")
+
+    def _environment(self):
+        environment = {name: os.environ[name] for name in HOST_VARIABLES if name in os.environ}
+        environment.update(HOME=self.root, DOCKER_HOST=self.docker_host, DOCKERSUPPORT_AGENT_DIR=self.directory,
+                           PYTHONUNBUFFERED="1", **self.extra_env)
+        return environment
+
+    def _command(self):
+        return [sys.executable, MANAGE, "agent", "--server", self.server_url, "--token-file", self.token_file]
+
+    def start(self):
+        # The log is appended to across restarts: readiness is read from what this start writes.
+        self._offset = os.path.getsize(self.log_path) if self.root and os.path.exists(self.log_path) else 0
+        return super().start()
+
+    def _ready(self):
+        with open(self.log_path, errors="replace") as log:
+            log.seek(self._offset)
+            return " ready: " in log.read()
+
+    def log(self) -> str:
+        with open(self.log_path, errors="replace") as log:
+            return log.read()

@@ -12,6 +12,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
+class BuildFailed(Exception):
+    """A build could not start (or its command must not run); the message is for the person running it."""
+
+
 @dataclass
 class RunningBuild:
     id: int

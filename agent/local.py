@@ -20,7 +20,7 @@ import struct
 import threading
 from pathlib import Path
 
-from .builds import process_started
+from .builds import BuildFailed, process_started
 
 MAX_LINE = 64 * 1024
 
@@ -66,8 +66,6 @@ class _Handler(socketserver.StreamRequestHandler):
                 agent.client_gone(build)
 
     def _start(self, agent, message, pid, uid):
-        from .main import BuildFailed
-
         if not isinstance(message.get("configuration"), str):
             self._send({"op": "error", "message": "start needs a configuration"})
             return None

@@ -20,10 +20,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from . import __version__, cleanup, protocol
-from .builds import BuildBook, RunningBuild, process_alive, process_started
+from .builds import BuildBook, BuildFailed, RunningBuild, process_alive, process_started
 from .config_dirs import config_dir_create, config_dir_remove, config_write, host_settings
 from .daemon import Daemon, DaemonError
 from .events import BuildWindows, EventStream
+from .local import LocalServer
 from .server_api import ServerAPI, ServerError, ServerUnavailable, Unrecoverable, retrying
 from .spool import Spool
 
@@ -46,10 +47,6 @@ class AgentConfig:
     @property
     def socket_path(self) -> Path:
         return self.directory / "agent.sock"
-
-
-class BuildFailed(Exception):
-    """A build could not start (or its command must not run); the message is for the person running it."""
 
 
 class Agent:
@@ -90,8 +87,6 @@ class Agent:
         since = self.spool.position() or self._daemon_now_or_clock()
         self.stream = EventStream(self._stream_client, since, self.windows, self._spool_record)
         self.stream.start()
-        from .local import LocalServer
-
         self._local = LocalServer(self, self.config.socket_path, self.config.socket_group)
         self._local.start()
         for target in (self._send_events, self._beat, self._poll_jobs):
@@ -178,7 +173,8 @@ class Agent:
         build = RunningBuild(id=started.build.id, number=started.build.number,
                              configuration=started.build.configuration, project=started.build.project,
                              token=started.token, started_by="run_build", pid=pid, pid_started=process_started(pid),
-                             uid=uid if uid != os.geteuid() else None)
+                             # Only root can give the config to run_build's user; otherwise both are the same user.
+                             uid=uid if os.geteuid() == 0 and uid != 0 else None)
         progress(f"build {build.label()} (id {build.id}) on agent {self.settings.name}")
         if required:
             try:
@@ -359,6 +355,8 @@ class Agent:
                 continue
             if build.window_start:
                 self.windows.open(build.id, build.window_start)
+            if build.started_by == "run_build":
+                self.client_gone(build)  # lost if its run_build dies before it reconnects
 
     # Events ---------------------------------------------------------------------------------------------
     def _spool_record(self, record: dict) -> None:

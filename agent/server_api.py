@@ -33,6 +33,17 @@ class ServerUnavailable(ServerError):
     """Not reached, or a 5xx: try again later."""
 
 
+class _Bearer(requests.auth.AuthBase):
+    """The token as auth, not as a bare header: requests then never puts a ~/.netrc password in its place."""
+
+    def __init__(self, token: str):
+        self.token = token
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        return request
+
+
 class ServerAPI:
     def __init__(self, url: str, token: str, ca_file: str = ""):
         self.url = url.rstrip("/") + "/api/v1/agent"
@@ -53,10 +64,10 @@ class ServerAPI:
 
     def request(self, method: str, path: str, message=None, *, token: str | None = None, answer=None,
                 timeout=TIMEOUT, params=None):
-        headers = {"Authorization": f"Bearer {token or self._token}"}
         try:
             response = self.http.request(method, self.url + path, json=to_json(message) if message else None,
-                                         headers=headers, timeout=timeout, params=params, allow_redirects=False)
+                                         auth=_Bearer(token or self._token), timeout=timeout, params=params,
+                                         allow_redirects=False)
         except requests.exceptions.RequestException as exc:
             raise ServerUnavailable(f"the server at {self.url} cannot be reached: {_reason(exc)}") from None
         if response.status_code in (401, 426) and token is None:

@@ -19,6 +19,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.http import JsonResponse
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -31,7 +32,7 @@ from rest_framework_dataclasses.serializers import DataclassSerializer
 
 from agent import protocol
 
-from . import agent_services, services
+from . import agent_services, services, tasks
 from .models import Agent, AgentCleanup, AgentImage, Build, DockerOperation
 
 REVOKED = ("this agent token is not valid: it was revoked or replaced; make a new one on the server with "
@@ -308,9 +309,13 @@ class EventsView(AgentView):
             raise serializers.ValidationError({"records": [f"at most {2 * protocol.EVENT_BATCH_SIZE} records a batch"]})
         batch.records = _checked_records(batch.records)
         try:
-            return answer(agent_services.events_receive(agent=self.agent, batch=batch))
+            with transaction.atomic():
+                row = agent_services.events_receive(agent=self.agent, batch=batch)
+                if row is not None:
+                    transaction.on_commit(lambda: tasks.ingest_event_batch.delay(row.pk, batch.records))
         except ValidationError as exc:
             raise serializers.ValidationError({"last_seq": exc.messages}) from None
+        return answer(protocol.EventAck(acked=batch.last_seq))
 
 
 class JobResultView(AgentView):

@@ -55,6 +55,19 @@ def agent_token_issue(*, name: str) -> tuple[Agent, str, bool]:
     return agent, token, created
 
 
+def build_token_issue(build: Build) -> str:
+    """A new token for the build's later requests; the previous one stops working."""
+    token, digest = new_token(protocol.BUILD_TOKEN_PREFIX)
+    Build.objects.filter(pk=build.pk).update(token_hash=digest)
+    build.token_hash = digest
+    return token
+
+
+def build_info(build: Build) -> protocol.BuildInfo:
+    return protocol.BuildInfo(id=build.pk, number=build.number, configuration=build.configuration.ident,
+                              project=build.configuration.project.ident)
+
+
 def agent_token_revoke(*, agent: Agent) -> None:
     """The agent's next request is refused, and it stops."""
     Agent.objects.filter(pk=agent.pk).update(token_hash="", token_created_at=None)
@@ -179,8 +192,6 @@ def jobs_claim(*, agent: Agent, session: int | None = None, limit: int = 10) -> 
 
 
 def _job_message(job: AgentJob) -> protocol.Job:
-    from .services import build_info, build_token_issue
-
     message = protocol.Job(id=job.pk, kind=job.kind, build=build_info(job.build) if job.build else None)
     payload = job.payload
     if job.kind in (AgentJob.Kind.LOGIN, AgentJob.Kind.LOGOUT) and job.build is not None and job.build.is_running:
@@ -221,21 +232,17 @@ def job_withdraw(job: AgentJob) -> bool:
 
 # --- Docker operations ------------------------------------------------------------------------------
 
-def events_receive(*, agent: Agent, batch: protocol.EventBatch) -> protocol.EventAck:
-    """Takes a batch for ingestion (the Celery ingest task); a batch sent again is not ingested twice."""
-    from .tasks import ingest_event_batch
-
+def events_receive(*, agent: Agent, batch: protocol.EventBatch) -> EventBatch | None:
+    """Records a batch; the new row, which the caller hands to the ingest task, or None for a batch
+    the server already has (sent again because its acknowledgement was lost): not ingested twice."""
     if batch.last_seq < batch.first_seq:
         raise ValidationError(f"last_seq {batch.last_seq} is before first_seq {batch.first_seq}")
-    with transaction.atomic():
-        row, created = EventBatch.objects.get_or_create(
-            agent=agent, first_seq=batch.first_seq,
-            defaults={"last_seq": batch.last_seq, "records": len(batch.records), "received_at": timezone.now()},
-        )
-        if created:
-            transaction.on_commit(lambda: ingest_event_batch.delay(row.pk, batch.records))
+    row, created = EventBatch.objects.get_or_create(
+        agent=agent, first_seq=batch.first_seq,
+        defaults={"last_seq": batch.last_seq, "records": len(batch.records), "received_at": timezone.now()},
+    )
     agent_seen(agent)
-    return protocol.EventAck(acked=batch.last_seq)
+    return row if created else None
 
 
 def event_batches_wait(*, agent: Agent, through: int, timeout: float) -> bool:

@@ -16,6 +16,7 @@ from connections.models import Connection
 from connections.registries import RegistryError, credentials_for
 from connections.registries.credentials import docker_server
 
+from . import agent_services
 from .models import Agent, AgentJob, Build, BuildConfiguration, LoginConnection
 
 BUILD_NUMBER_MAX = 2_147_483_647  # what Build.number holds on every database
@@ -85,19 +86,16 @@ def build_heartbeat(*, build: Build) -> None:
 
 def build_abandon(*, build: Build, reason: str, status: str = Build.Status.LOST) -> None:
     """Closes a running build nobody will finish; its agent is asked to log it out (erase its config)."""
-    from .agent_services import job_create
-
     with transaction.atomic():
         closed = Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
             status=status, error=reason[:5000], finished_at=timezone.now())
         if closed:
-            job_create(agent=build.agent, kind=AgentJob.Kind.LOGOUT, build=build, payload={"lost": reason[:5000]})
+            agent_services.job_create(agent=build.agent, kind=AgentJob.Kind.LOGOUT, build=build,
+                                      payload={"lost": reason[:5000]})
 
 
 def build_start_api(*, configuration: BuildConfiguration, agent: Agent, number: int | None = None):
     """An API-driven build: created running, with a login job for its agent. Returns (build, job)."""
-    from .agent_services import job_create
-
     agent_check_serves(agent, configuration)
     try:
         login_hosts_validate(login.connection for login in _build_logins_of(configuration))
@@ -105,38 +103,17 @@ def build_start_api(*, configuration: BuildConfiguration, agent: Agent, number: 
         raise BuildStartError(f"configuration '{configuration.ident}': {exc.messages[0]}") from None
     with transaction.atomic():
         build = build_start(configuration=configuration, agent=agent, number=number, started_by=Build.StartedBy.API)
-        job = job_create(agent=agent, kind=AgentJob.Kind.LOGIN, build=build)
+        job = agent_services.job_create(agent=agent, kind=AgentJob.Kind.LOGIN, build=build)
     return build, job
 
 
 def build_finish_api(*, build: Build, exit_code: int):
     """An API-driven build ends: its agent logs it out and closes it. Returns the logout job."""
-    from .agent_services import job_create
-
-    return job_create(agent=build.agent, kind=AgentJob.Kind.LOGOUT, build=build, payload={"exit_code": exit_code})
+    return agent_services.job_create(agent=build.agent, kind=AgentJob.Kind.LOGOUT, build=build,
+                                     payload={"exit_code": exit_code})
 
 
 # --- Builds run by agents (the agent protocol) ------------------------------------------------------
-
-def build_info(build: Build):
-    """The protocol's BuildInfo of a build."""
-    from agent import protocol
-
-    return protocol.BuildInfo(id=build.pk, number=build.number, configuration=build.configuration.ident,
-                              project=build.configuration.project.ident)
-
-
-def build_token_issue(build: Build) -> str:
-    """A new token for the build's later requests; the previous one stops working."""
-    from agent import protocol
-
-    from .agent_services import new_token
-
-    token, digest = new_token(protocol.BUILD_TOKEN_PREFIX)
-    Build.objects.filter(pk=build.pk).update(token_hash=digest)
-    build.token_hash = digest
-    return token
-
 
 def build_credentials(build: Build) -> list:
     """The registry logins of a running build, with their credentials (obtained here, on the server).
@@ -178,8 +155,9 @@ def build_start_on_agent(*, agent: Agent, configuration_ident: str, number: int 
     except ValidationError as exc:
         raise BuildStartError(f"configuration '{configuration.ident}': {exc.messages[0]}") from None
     build = build_start(configuration=configuration, agent=agent, number=number, started_by=started_by)
-    token = build_token_issue(build)
-    return protocol.BuildStarted(build=build_info(build), token=token, logins=build_credentials(build))
+    token = agent_services.build_token_issue(build)
+    return protocol.BuildStarted(build=agent_services.build_info(build), token=token,
+                                 logins=build_credentials(build))
 
 
 def agent_check_serves(agent: Agent, configuration: BuildConfiguration) -> None:
@@ -227,13 +205,12 @@ def build_close(*, build: Build, exit_code: int | None = None, lost: str = "", e
     """
     from agent import protocol
 
-    from .agent_services import event_batches_wait
     from .selectors import docker_info_summary
 
     if logins is not None and not logins.error:
         build = build_login_report(build=build, report=logins)
     if events_through:
-        event_batches_wait(agent=build.agent, through=events_through, timeout=events_timeout)
+        agent_services.event_batches_wait(agent=build.agent, through=events_through, timeout=events_timeout)
     now = timezone.now()
     if lost:
         status, error = Build.Status.LOST, lost[:5000]

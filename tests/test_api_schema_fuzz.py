@@ -143,7 +143,7 @@ def seeded(in_test_transaction, admin_user, settings, tmp_path):
     yield {
         "user": {"Authorization": f"Token {Token.objects.create(user=admin_user).key}"},
         "agent": {"Authorization": f"Bearer {agent_token}", **protocol_header},
-        "build": {"Authorization": f"Bearer {services.build_token_issue(running)}", **protocol_header},
+        "build": {"Authorization": f"Bearer {agent_services.build_token_issue(running)}", **protocol_header},
     }
     REAL.clear()
 

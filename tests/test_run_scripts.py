@@ -93,3 +93,49 @@ def test_the_first_start_writes_a_private_env_and_database(project):
     assert "DOCKERSUPPORT_ENCRYPTION_KEY=" in env.read_text()
     assert mode(project / "var") == 0o700
     assert mode(project / "var" / "db.sqlite3") == 0o600
+
+
+@pytest.mark.e2e
+def test_make_run_serves_the_admin_with_a_local_agent_connected(project, docker_daemon):
+    """scripts/run.sh (what `make run` runs): the server, a worker, beat and a local agent for the
+    machine's Docker daemon, whose token was made for it; Ctrl-C stops all of them."""
+    import signal
+    import time
+    import urllib.request
+
+    from tests.harness import free_port
+
+    environment = {k: v for k, v in os.environ.items()
+                   if not k.startswith(("DOCKERSUPPORT_", "CELERY_", "DJANGO_"))
+                   and k not in ("DATABASE_URL", "CACHE_URL", "SECRET_KEY", "DEBUG")}
+    port = free_port()
+    environment.update(PYTHON=sys.executable, PORT=str(port), DOCKER_HOST=docker_daemon.host,
+                       DJANGO_SUPERUSER_USERNAME="admin", DJANGO_SUPERUSER_PASSWORD="admin-password-1")
+    log = project / "run.log"
+    with open(log, "w") as output:
+        process = subprocess.Popen(["bash", "scripts/run.sh"], cwd=project, env=environment, stdout=output,
+                                   stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "dockersupport agent local ready" not in log.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        assert f"Docker daemon {docker_daemon.host}" in log.read_text()
+        assert "NOT ANSWERING" not in log.read_text()
+        token = (project / "var" / "agent-token").read_text().strip()
+        assert token.startswith("dsa_") and mode(project / "var" / "agent-token") == 0o600
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/login/", timeout=10) as page:
+            assert page.status == 200
+        check = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c",
+             "from builds.models import Agent; a = Agent.objects.get(name='local'); "
+             "print(a.daemon_ok, a.projects.count(), bool(a.last_seen_at))"],
+            cwd=project, env={**environment, "PYTHONPATH": str(project)}, capture_output=True, text=True, timeout=60)
+        assert check.stdout.split()[-3:] == ["True", "0", "True"], check.stdout + check.stderr  # shared: every project
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise

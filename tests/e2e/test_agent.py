@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -193,3 +194,34 @@ def test_an_expiring_ecr_token_is_replaced_in_a_running_builds_config(agent, mot
     assert process.returncode == 0, out + err
     inodes = [line.split()[0] for line in out.splitlines() if line.endswith("config.json")]
     assert len(inodes) == 2 and inodes[0] != inodes[1]  # rewritten (atomically) while the command ran
+
+
+def test_an_agent_verifies_a_server_with_a_private_certificate_through_its_ca_file(
+        tmp_path, docker_daemon, registry_configuration, home):
+    from builds.agent_services import agent_token_issue
+    from tests.conftest import start
+    from tests.e2e.conftest import database_url
+    from tests.harness import AgentProcess, ServerProcess, ServiceError
+    from tests.harness.dockersupport import private_ca
+
+    certificate, key, ca = private_ca(str(tmp_path))
+    server = start(ServerProcess(database_url(), tls=(certificate, key, ca), ALLOWED_HOSTS="localhost"))
+    try:
+        assert server.url.startswith("https://localhost:")
+        _, token, _ = agent_token_issue(name="tls-agent")
+        refusing = AgentProcess(server.url, token, docker_daemon.host)
+        refusing.start_timeout = 8
+        with pytest.raises(ServiceError) as failed:  # the system's CAs do not know ours: it never connects
+            refusing.start()
+        assert "CERTIFICATE_VERIFY_FAILED" in str(failed.value)
+        agent = start(AgentProcess(server.url, token, docker_daemon.host, DOCKERSUPPORT_SERVER_CA=ca))
+        try:
+            process = run_build_process(type("A", (), {"dir": Path(agent.directory)})(), home, registry_configuration,
+                                        "true")
+            out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, out + err
+            assert Build.objects.get(configuration=registry_configuration).status == Build.Status.SUCCEEDED
+        finally:
+            agent.stop()
+    finally:
+        server.stop()

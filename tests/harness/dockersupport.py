@@ -24,14 +24,18 @@ class ServerProcess(Service):
     start_timeout = 60.0
 
     def __init__(self, database_url: str, settings_module: str = "dockersupport_site.test_settings",
-                 asgi: bool = False, **env):
+                 asgi: bool = False, tls: tuple[str, str, str] | None = None, **env):
+        """`tls`: (certificate, key, CA certificate) to serve https (uvicorn only)."""
         super().__init__()
         self.database_url, self.settings_module, self.asgi, self.extra_env = database_url, settings_module, asgi, env
+        self.tls = tls
+        self.asgi = asgi or bool(tls)
         self.port = free_port()
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://localhost:{self.port}" if self.tls else \
+            f"http://127.0.0.1:{self.port}"
 
     def _environment(self):
         environment = {**os.environ, "DATABASE_URL": self.database_url, "PYTHONPATH": str(ROOT),
@@ -41,12 +45,18 @@ class ServerProcess(Service):
 
     def _command(self):
         if self.asgi:
+            tls = ["--ssl-certfile", self.tls[0], "--ssl-keyfile", self.tls[1]] if self.tls else []
             return [sys.executable, "-m", "uvicorn", "dockersupport_site.asgi:application", "--host", "127.0.0.1",
-                    "--port", str(self.port), "--no-access-log"]
+                    "--port", str(self.port), "--no-access-log", *tls]
         return [sys.executable, MANAGE, "runserver", f"127.0.0.1:{self.port}", "--noreload"]
 
     def _ready(self):
-        with urllib.request.urlopen(f"{self.url}/api/v1/schema/", timeout=5) as response:
+        context = None
+        if self.tls:
+            import ssl
+
+            context = ssl.create_default_context(cafile=self.tls[2])
+        with urllib.request.urlopen(f"{self.url}/api/v1/schema/", timeout=5, context=context) as response:
             return response.status == 200
 
 
@@ -95,3 +105,46 @@ class AgentProcess(Service):
     def log(self) -> str:
         with open(self.log_path, errors="replace") as log:
             return log.read()
+
+
+def private_ca(folder: str, host: str = "localhost") -> tuple[str, str, str]:
+    """A CA of our own and a server certificate for `host` it signed: (certificate, key, CA) files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "dockersupport test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                       data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                       crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+                   .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                  critical=False)
+                   .sign(ca_key, hashes.SHA256()))
+    paths = tuple(os.path.join(folder, name) for name in ("server.pem", "server.key", "ca.pem"))
+    with open(paths[0], "wb") as handle:
+        handle.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(paths[1], "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    with open(paths[2], "wb") as handle:
+        handle.write(ca.public_bytes(serialization.Encoding.PEM))
+    return paths

@@ -28,6 +28,8 @@ def agent_main(argv: list[str]) -> int:
                         help="the agent's folder: socket, spool, build configs (DOCKERSUPPORT_AGENT_DIR)")
     parser.add_argument("--socket-group", default=os.environ.get("DOCKERSUPPORT_AGENT_SOCKET_GROUP", ""),
                         help="the group whose members may run builds through the agent's socket")
+    parser.add_argument("--api-build-user", default=os.environ.get("DOCKERSUPPORT_API_BUILD_USER", ""),
+                        help="the user whose CI jobs read API-driven builds' DOCKER_CONFIG (an agent running as root)")
     args = parser.parse_args(argv)
     import logging
 
@@ -41,11 +43,25 @@ def agent_main(argv: list[str]) -> int:
     config = AgentConfig(server=args.server, token=token, directory=Path(args.dir).absolute(),
                          docker_host=os.environ.get("DOCKER_HOST", ""),
                          data_path=os.environ.get("DOCKERSUPPORT_DOCKER_DATA_PATH", ""), ca_file=args.ca_file,
-                         socket_group=args.socket_group)
+                         socket_group=args.socket_group, api_build_uid=_uid(parser, args.api_build_user))
     agent = Agent(config, say=lambda text: print(text, flush=True))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())
     return agent.run()
+
+
+def _uid(parser, user: str) -> int | None:
+    if not user:
+        return None
+    import os
+    import pwd
+
+    if os.geteuid() != 0:
+        parser.error("--api-build-user: only an agent running as root can give a build's config to another user")
+    try:
+        return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    except KeyError:
+        parser.error(f"--api-build-user {user}: no such user")
 
 
 def _read_token(parser, path) -> str:

@@ -46,8 +46,10 @@ def config_dir_create(root: Path, name: str, owner: int | None = None, source: P
     `owner`: the uid the directory is given to (the build's user, when the agent runs as root).
     The host's CLI plugins stay usable: `cli-plugins` links to the host's.
     """
-    root.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(root, 0o711 if owner is not None else 0o700)  # other users may enter only their own dir
+    root.mkdir(parents=True, exist_ok=True, mode=0o711)
+    # Others may pass through to their own directory (0700, theirs), never list: never tightened, or
+    # the builds of other users that run meanwhile lose their config.
+    os.chmod(root, 0o711)
     path = Path(tempfile.mkdtemp(prefix=_UNSAFE.sub("-", name)[:60] + "-", dir=root))
     os.chmod(path, 0o700)
     plugins = (source or host_config_dir()) / "cli-plugins"

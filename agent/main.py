@@ -8,6 +8,7 @@ sender. The server is never connected to it; when the server is away, everything
 retries, and nothing is lost.
 """
 
+import json
 import logging
 import os
 import platform
@@ -30,6 +31,8 @@ from .spool import Spool
 
 log = logging.getLogger("dockersupport.agent")
 
+BATCH_BYTES = 1024 * 1024  # a batch's records in JSON, at most (the server takes requests up to 2.5 MB)
+RECORD_BYTES = 64 * 1024  # a record larger than this loses its attributes (labels), not the record
 REFRESH_LEAD = timedelta(minutes=15)  # a running build's expiring token (ECR) is replaced this long before
 FINISH_EVENTS_TIMEOUT = 60  # how long a finish waits for the server to take the build's events
 
@@ -43,6 +46,7 @@ class AgentConfig:
     data_path: str = ""  # DOCKERSUPPORT_DOCKER_DATA_PATH
     ca_file: str = ""
     socket_group: str = ""  # the group that may use the socket (run_build's users)
+    api_build_uid: int | None = None  # the user API-driven builds' configs are given to (agent as root)
 
     @property
     def socket_path(self) -> Path:
@@ -66,6 +70,7 @@ class Agent:
         self._threads: list[threading.Thread] = []
         self._local = None
         self._reports: dict[int, protocol.LoginReport] = {}  # login reports not sent yet
+        self._send_limit = protocol.EVENT_BATCH_SIZE
         self._clients: set[int] = set()  # builds whose run_build is connected now
         self._clients_lock = threading.Lock()
 
@@ -100,6 +105,10 @@ class Agent:
         self.stopped.wait()
         self._shutdown()
         if self.unrecoverable:
+            # No agent of this token will adopt these builds: nothing of their credentials may stay.
+            for build in self.book.all():
+                self._erase(build)
+                self.book.remove(build.id)
             self.say(f"dockersupport agent: stopped: {self.unrecoverable}")
             return 2
         return 0
@@ -175,12 +184,16 @@ class Agent:
                              token=started.token, started_by="run_build", pid=pid, pid_started=process_started(pid),
                              # Only root can give the config to run_build's user; otherwise both are the same user.
                              uid=uid if os.geteuid() == 0 and uid != 0 else None)
+        # In the book at once: heartbeats list it, so the server knows the agent has it (Free Disk Space
+        # may take minutes before the login).
+        self.book.add(build)
         progress(f"build {build.label()} (id {build.id}) on agent {self.settings.name}")
         if required:
             try:
                 self._free_for_build(build, required, progress)
             except BuildFailed as exc:
                 self._report_not_run(build, str(exc))
+                self.book.remove(build.id)
                 raise
         outcome = self.login(build, started.logins)
         return build, outcome
@@ -213,6 +226,7 @@ class Agent:
         except DaemonError as exc:
             message = f"{exc}; the command was not run"
             self._report_not_run(build, message)
+            self.book.remove(build.id)
             raise BuildFailed(message) from None
         path = config_dir_create(self.config_root, f"{build.configuration}-{build.number}", owner=build.uid)
         build.docker_config = str(path)
@@ -261,13 +275,16 @@ class Agent:
         """Sends the report for the build's page a moment later, unless the build has finished by then
         (a build step of a few milliseconds then costs one request less)."""
         def send():
-            if self._reports.pop(build.id, None) is None:
+            if build.id not in self._reports:
                 return  # the finish took it
             try:
                 retrying(lambda: self.api.logins(build.id, build.token, report), stopped=self.stopped,
                          give_up_after=60)
             except ServerError as exc:
-                self._warn(f"build {build.label()}: the server did not take its login report: {exc}")
+                # The finish, if it comes first, carries the report still kept here.
+                self._warn(f"build {build.label()}: the server did not take its login report yet: {exc}")
+                return
+            self._reports.pop(build.id, None)
         self._reports[build.id] = report
         timer = threading.Timer(self.REPORT_AFTER, send)
         timer.daemon = True
@@ -360,17 +377,20 @@ class Agent:
 
     # Events ---------------------------------------------------------------------------------------------
     def _spool_record(self, record: dict) -> None:
+        if len(json.dumps(record)) > RECORD_BYTES:
+            record = {**record, "attributes": {"dockersupport": "attributes dropped: larger than 64 KiB"}}
         self.spool.append(record)
 
     def _send_events(self):
         position_saved = 0.0
         while not self.stopped.is_set():
-            batch = self.spool.batch(protocol.EVENT_BATCH_SIZE, wait=1.0)
+            batch = self.spool.batch(self._send_limit, wait=1.0)
             if time.monotonic() - position_saved > 2 and self.stream is not None:
                 self.spool.save_position(self.stream.processed_nano)
                 position_saved = time.monotonic()
             if not batch:
                 continue
+            batch = _within(batch, BATCH_BYTES)
             message = protocol.EventBatch(first_seq=batch[0]["seq"], last_seq=batch[-1]["seq"],
                                           records=[{k: v for k, v in entry.items() if k != "seq"} for entry in batch])
             try:
@@ -379,8 +399,12 @@ class Agent:
             except ServerUnavailable:
                 return
             except ServerError as exc:
-                self._warn(f"the server refused {len(batch)} events ({exc}); they are dropped")
+                if len(batch) > 1 and exc.status == 400:
+                    self._send_limit = max(1, len(batch) // 2)  # send halves until the bad record is alone
+                    continue
+                self._warn(f"the server refused an event ({exc}); it is dropped")
                 answer = protocol.EventAck(acked=message.last_seq)
+            self._send_limit = protocol.EVENT_BATCH_SIZE
             self.spool.ack(answer.acked)
 
     # Heartbeat ------------------------------------------------------------------------------------------
@@ -461,7 +485,8 @@ class Agent:
                 self._erase(build)
                 self.book.remove(build.id)
             build = RunningBuild(id=info.id, number=info.number, configuration=info.configuration,
-                                 project=info.project, token=job.token, started_by="api")
+                                 project=info.project, token=job.token, started_by="api",
+                                 uid=self.config.api_build_uid)
             try:
                 outcome = self.login(build, self.api.credentials(build.id, build.token))
             except BuildFailed as exc:
@@ -521,6 +546,16 @@ class Agent:
             except ServerError as exc:
                 self._warn(f"the server did not take the Free Disk Space record: {exc}")
         return result
+
+
+def _within(batch: list[dict], limit: int) -> list[dict]:
+    """The first records of the batch that fit in `limit` bytes of JSON (at least one)."""
+    size = 0
+    for count, entry in enumerate(batch):
+        size += len(json.dumps(entry))
+        if size > limit and count:
+            return batch[:count]
+    return batch
 
 
 def _server_words(exc: ServerError) -> str:

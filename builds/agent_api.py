@@ -268,6 +268,17 @@ _TEXT_LIMITS = {name: DockerOperation._meta.get_field(name).max_length for name 
     "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest", "container_id", "container_name")}
 
 
+def _without_nul(value):
+    """NUL characters out of every text of the attributes (labels are anyone's): PostgreSQL refuses them."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(str(k)): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(v) for v in value]
+    return value
+
+
 def _checked_records(records: list) -> list[dict]:
     checked = []
     for i, record in enumerate(records):
@@ -289,7 +300,7 @@ def _checked_records(records: list) -> list[dict]:
             raise wrong("time_nano: expected nanoseconds since the epoch")
         if exit_code is not None and (not isinstance(exit_code, int) or not -2 ** 31 <= exit_code < 2 ** 31):
             raise wrong("exit_code: expected a whole number or null")
-        builds, attributes = record.get("builds"), record.get("attributes", {})
+        builds, attributes = record.get("builds"), _without_nul(record.get("attributes", {}))
         if not isinstance(builds, list) or not all(
                 isinstance(b, int) and not isinstance(b, bool) and 0 < b < 2 ** 63 for b in builds):
             raise wrong("builds: expected a list of build ids")
@@ -310,12 +321,13 @@ class EventsView(AgentView):
         batch.records = _checked_records(batch.records)
         try:
             with transaction.atomic():
-                row = agent_services.events_receive(agent=self.agent, batch=batch)
-                if row is not None:
-                    transaction.on_commit(lambda: tasks.ingest_event_batch.delay(row.pk, batch.records))
+                row, ingest = agent_services.events_receive(agent=self.agent, batch=batch)
+                if ingest:
+                    records = batch.records[:row.last_seq - row.first_seq + 1]
+                    transaction.on_commit(lambda: tasks.ingest_event_batch.delay(row.pk, records))
         except ValidationError as exc:
             raise serializers.ValidationError({"last_seq": exc.messages}) from None
-        return answer(protocol.EventAck(acked=batch.last_seq))
+        return answer(protocol.EventAck(acked=row.last_seq))
 
 
 class JobResultView(AgentView):

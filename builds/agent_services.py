@@ -116,14 +116,30 @@ def agent_connect(*, agent: Agent, hello: protocol.ConnectRequest) -> protocol.A
     )
 
 
+SILENCE = "was silent for more than"  # how agents_silent_mark_lost words the error it records
+
+
+@transaction.atomic
 def agent_heartbeat(*, agent: Agent, beat: protocol.HeartbeatRequest) -> protocol.HeartbeatAnswer:
-    """The agent is alive, and so are the builds it runs; it learns which of them the server closed."""
+    """The agent is alive, and so are the builds it runs; it learns which of them the server closed.
+
+    A build lost only because its agent seemed silent (a server outage looks the same from here) and
+    that the agent still runs goes on. A run_build build of the agent that the agent does not know
+    (the answer of its start never reached it) is lost once it is older than a few heartbeats.
+    """
     now = timezone.now()
     Agent.objects.filter(pk=agent.pk).update(last_seen_at=now, free_bytes=beat.free_bytes,
                                              **_daemon_fields(beat.daemon))
+    Build.objects.filter(agent=agent, pk__in=beat.running_builds, status=Build.Status.LOST,
+                         error__contains=SILENCE).update(status=Build.Status.RUNNING, finished_at=None, error="")
     running = Build.objects.filter(agent=agent, pk__in=beat.running_builds, status=Build.Status.RUNNING)
     still = set(running.values_list("pk", flat=True))
     running.update(heartbeat_at=now)
+    grace = now - timedelta(seconds=max(3 * settings.DOCKERSUPPORT_AGENT_HEARTBEAT_INTERVAL, 120))
+    Build.objects.filter(agent=agent, status=Build.Status.RUNNING, started_by=Build.StartedBy.RUN_BUILD,
+                         started_at__lt=grace).exclude(pk__in=beat.running_builds).update(
+        status=Build.Status.LOST, finished_at=now, token_hash="",
+        error="its agent does not know it (the answer to its start never reached the agent)")
     return protocol.HeartbeatAnswer(ended_builds=sorted(set(beat.running_builds) - still))
 
 
@@ -140,16 +156,23 @@ def agent_is_connected(agent: Agent) -> bool:
 
 @transaction.atomic
 def agents_silent_mark_lost(now=None) -> list[Build]:
-    """Running builds of agents silent past DOCKERSUPPORT_AGENT_TIMEOUT are lost (periodic task)."""
+    """Running builds of agents silent past DOCKERSUPPORT_AGENT_TIMEOUT are lost (periodic task).
+
+    When no agent at all was heard from in that time, the server is the one that was away (its web
+    tier down, beat running): nothing is marked. A build marked lost while its agent still runs it
+    is taken back at the agent's next heartbeat (its token is kept for that).
+    """
     now = now or timezone.now()
     limit = now - timedelta(seconds=settings.DOCKERSUPPORT_AGENT_TIMEOUT)
+    if Agent.objects.exists() and not Agent.objects.filter(last_seen_at__gte=limit).exists():
+        return []
     builds = list(Build.objects.select_for_update().filter(status=Build.Status.RUNNING).filter(
         Q(agent__last_seen_at__lt=limit) | Q(agent__last_seen_at__isnull=True, started_at__lt=limit),
     ).select_related("agent", "configuration"))
     for build in builds:
         Build.objects.filter(pk=build.pk).update(
-            status=Build.Status.LOST, finished_at=now, token_hash="",
-            error=f"agent {build.agent} was silent for more than {settings.DOCKERSUPPORT_AGENT_TIMEOUT} s",
+            status=Build.Status.LOST, finished_at=now,
+            error=f"agent {build.agent} {SILENCE} {settings.DOCKERSUPPORT_AGENT_TIMEOUT} s",
         )
     return builds
 
@@ -232,23 +255,40 @@ def job_withdraw(job: AgentJob) -> bool:
 
 # --- Docker operations ------------------------------------------------------------------------------
 
-def events_receive(*, agent: Agent, batch: protocol.EventBatch) -> EventBatch | None:
-    """Records a batch; the new row, which the caller hands to the ingest task, or None for a batch
-    the server already has (sent again because its acknowledgement was lost): not ingested twice."""
+REQUEUE_AFTER = timedelta(seconds=60)  # a batch sent again and still not ingested by then is queued again
+
+
+def events_receive(*, agent: Agent, batch: protocol.EventBatch) -> tuple[EventBatch, bool]:
+    """Records a batch: (its row, whether to hand it to the ingest task).
+
+    The server knows batches by their first sequence number. A batch sent again (its answer was
+    lost) is acknowledged only up to what the server holds of it, so that an agent which since
+    gathered more records sends those again; it is queued again for ingestion only if it was
+    received long ago and is still not ingested (the first task was lost).
+    """
     if batch.last_seq < batch.first_seq:
         raise ValidationError(f"last_seq {batch.last_seq} is before first_seq {batch.first_seq}")
+    now = timezone.now()
     row, created = EventBatch.objects.get_or_create(
         agent=agent, first_seq=batch.first_seq,
-        defaults={"last_seq": batch.last_seq, "records": len(batch.records), "received_at": timezone.now()},
+        defaults={"last_seq": batch.last_seq, "records": len(batch.records), "received_at": now},
     )
     agent_seen(agent)
-    return row if created else None
+    if created:
+        return row, True
+    stale = row.ingested_at is None and row.received_at < now - REQUEUE_AFTER
+    if stale:
+        EventBatch.objects.filter(pk=row.pk).update(received_at=now)
+    return row, stale
 
 
-def event_batches_wait(*, agent: Agent, through: int, timeout: float) -> bool:
-    """Waits until every batch of the agent up to sequence number `through` is ingested."""
+def event_batches_wait(*, agent: Agent, through: int, timeout: float, since=None) -> bool:
+    """Waits until every batch of the agent up to sequence number `through`, received `since` (the
+    build's start: older ones cannot hold its operations), is ingested."""
     deadline = time.monotonic() + timeout
     pending = EventBatch.objects.filter(agent=agent, first_seq__lte=through, ingested_at__isnull=True)
+    if since is not None:
+        pending = pending.filter(received_at__gte=since)
     while pending.exists():
         if time.monotonic() >= deadline:
             return False

@@ -108,7 +108,12 @@ def build_start_api(*, configuration: BuildConfiguration, agent: Agent, number: 
 
 
 def build_finish_api(*, build: Build, exit_code: int):
-    """An API-driven build ends: its agent logs it out and closes it. Returns the logout job."""
+    """An API-driven build ends: its agent logs it out and closes it. Returns the logout job (the one
+    already waiting when the client asks again after a timeout)."""
+    waiting = AgentJob.objects.filter(build=build, kind=AgentJob.Kind.LOGOUT,
+                                      status__in=[AgentJob.Status.PENDING, AgentJob.Status.CLAIMED]).first()
+    if waiting is not None:
+        return waiting
     return agent_services.job_create(agent=build.agent, kind=AgentJob.Kind.LOGOUT, build=build,
                                      payload={"exit_code": exit_code})
 
@@ -189,7 +194,8 @@ def build_login_report(*, build: Build, report) -> Build:
         )
     else:
         Build.objects.filter(pk=build.pk).update(
-            docker_config=report.docker_config[:500], warnings=[*build.warnings, *report.warnings],
+            # The report may come twice (sent, then carried by the finish): its warnings count once.
+            docker_config=report.docker_config[:500], warnings=list(dict.fromkeys([*build.warnings, *report.warnings])),
             logged_in_registries=report.registries, login_expires_at=report.expires_at,
         )
     build.refresh_from_db()
@@ -210,7 +216,8 @@ def build_close(*, build: Build, exit_code: int | None = None, lost: str = "", e
     if logins is not None and not logins.error:
         build = build_login_report(build=build, report=logins)
     if events_through:
-        agent_services.event_batches_wait(agent=build.agent, through=events_through, timeout=events_timeout)
+        agent_services.event_batches_wait(agent=build.agent, through=events_through, timeout=events_timeout,
+                                          since=build.started_at)
     now = timezone.now()
     if lost:
         status, error = Build.Status.LOST, lost[:5000]

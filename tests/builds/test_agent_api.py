@@ -14,6 +14,7 @@ from agent import protocol
 from builds import agent_services, services
 from builds.models import Agent, AgentJob, Build, DockerOperation, EventBatch
 from tests.factories import (
+    AgentFactory,
     BuildConfigurationFactory,
     LoginConnectionFactory,
     ProjectFactory,
@@ -297,6 +298,7 @@ def test_a_waiting_job_poll_answers_as_soon_as_a_job_is_made(call):
 
 def test_agents_silent_past_the_timeout_have_their_running_builds_lost(configuration, settings):
     agent, _ = issue()
+    AgentFactory(last_seen_at=timezone.now())  # another agent was heard from: the server was up
     build = services.build_start(configuration=configuration, agent=agent)
     Agent.objects.filter(pk=agent.pk).update(last_seen_at=timezone.now() - timezone.timedelta(seconds=3600))
     lost = agent_services.agents_silent_mark_lost()
@@ -338,3 +340,71 @@ def test_a_job_poll_of_an_earlier_run_of_the_agent_takes_nothing(call):
     agent_services.job_create(agent=agent, kind=AgentJob.Kind.FREE_DISK_SPACE, payload={"required_bytes": 1})
     assert call("get", f"/api/v1/agent/jobs/?session={first}", token).json()["jobs"] == []
     assert len(call("get", f"/api/v1/agent/jobs/?session={second}", token).json()["jobs"]) == 1
+
+
+def test_a_batch_sent_again_with_more_records_is_acknowledged_only_as_far_as_the_server_holds_it(call,
+                                                                                                 configuration):
+    _, token = issue()
+    build = start(call, token).json()["build"]["id"]
+    nano = time.time_ns()
+    records = [record([build], nano + i, tag=str(i)) for i in range(5)]
+    first = call("post", "/api/v1/agent/events/", token, {"first_seq": 100, "last_seq": 101, "records": records[:2]})
+    assert first.json() == {"acked": 101}
+    # The agent lost that answer and, restarted, sends what it has from 100 on: the server holds 100-101 only.
+    again = call("post", "/api/v1/agent/events/", token, {"first_seq": 100, "last_seq": 104, "records": records})
+    assert again.json() == {"acked": 101}
+    rest = call("post", "/api/v1/agent/events/", token, {"first_seq": 102, "last_seq": 104, "records": records[2:]})
+    assert rest.json() == {"acked": 104}
+    assert DockerOperation.objects.filter(build_id=build).count() == 5
+
+
+def test_nul_characters_in_event_attributes_are_dropped_not_the_batch(call, configuration):
+    _, token = issue()
+    build = start(call, token).json()["build"]["id"]
+    hostile = {**record([build], time.time_ns()), "attributes": {"x": "a\x00b", "k\x00": ["c\x00"]}}
+    response = call("post", "/api/v1/agent/events/", token, {"first_seq": 1, "last_seq": 1, "records": [hostile]})
+    assert response.status_code == 200
+    assert DockerOperation.objects.get(build_id=build).attributes == {"x": "ab", "k": ["c"]}
+
+
+def test_a_build_lost_while_its_agent_seemed_silent_goes_on_at_its_next_heartbeat(call, configuration):
+    agent, token = issue()
+    other, _ = issue("agent-2")
+    running = start(call, token).json()
+    long_ago = timezone.now() - timezone.timedelta(hours=1)
+    Agent.objects.filter(pk=agent.pk).update(last_seen_at=long_ago)
+    Agent.objects.filter(pk=other.pk).update(last_seen_at=timezone.now())  # the server was up: agent-1 was silent
+    assert [b.pk for b in agent_services.agents_silent_mark_lost()] == [running["build"]["id"]]
+    beat = call("post", "/api/v1/agent/heartbeat/", token,
+                {"daemon": {"ok": True}, "running_builds": [running["build"]["id"]]})
+    assert beat.json() == {"ended_builds": []}
+    assert Build.objects.get(pk=running["build"]["id"]).status == Build.Status.RUNNING
+    finished = call("post", f"/api/v1/agent/builds/{running['build']['id']}/finish/", running["token"],
+                    {"exit_code": 0})
+    assert finished.json()["status"] == "succeeded"  # its token still opens it
+
+
+def test_when_no_agent_was_heard_from_the_server_was_away_and_nothing_is_lost(configuration):
+    agent, _ = issue()
+    build = services.build_start(configuration=configuration, agent=agent)
+    Agent.objects.update(last_seen_at=timezone.now() - timezone.timedelta(hours=1))
+    assert agent_services.agents_silent_mark_lost() == []
+    assert Build.objects.get(pk=build.pk).is_running
+
+
+def test_a_run_build_build_its_agent_does_not_know_is_lost_after_a_while(call, configuration):
+    agent, token = issue()
+    unknown = start(call, token).json()["build"]["id"]
+    fresh = start(call, token).json()["build"]["id"]
+    Build.objects.filter(pk=unknown).update(started_at=timezone.now() - timezone.timedelta(minutes=10))
+    call("post", "/api/v1/agent/heartbeat/", token, {"daemon": {"ok": True}, "running_builds": []})
+    assert Build.objects.get(pk=unknown).status == Build.Status.LOST
+    assert Build.objects.get(pk=fresh).is_running  # just started: its agent may not have it in its book yet
+
+
+def test_finishing_an_api_build_again_reuses_its_waiting_logout(configuration):
+    agent, _ = issue()
+    build = services.build_start(configuration=configuration, agent=agent, started_by=Build.StartedBy.API)
+    first = services.build_finish_api(build=build, exit_code=0)
+    assert services.build_finish_api(build=build, exit_code=0) == first
+    assert AgentJob.objects.filter(kind=AgentJob.Kind.LOGOUT).count() == 1

@@ -129,3 +129,13 @@ def test_config_json_as_a_fifo_does_not_hang(build_dir, root, platform):
     assert stat.S_ISFIFO((build_dir / CONFIG_FILE).lstat().st_mode)
     assert config_dir_remove(build_dir, root) is True
     assert not build_dir.exists()
+
+
+def test_the_config_root_stays_passable_for_other_users_builds(tmp_path):
+    """A build of another user must keep reaching its own config when a build of the agent's own user starts."""
+    import stat as stat_module
+
+    root = tmp_path / "configs"
+    config_dir_create(root, "theirs", owner=os.geteuid())
+    config_dir_create(root, "ours")
+    assert stat_module.S_IMODE(root.stat().st_mode) == 0o711

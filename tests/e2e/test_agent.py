@@ -115,13 +115,19 @@ def test_a_server_restart_during_a_build_loses_and_doubles_nothing(agent, server
     assert "dockersupport: Docker operations: 2" in out
 
 
-def test_a_revoked_token_stops_the_agent(agent):
+def test_a_revoked_token_stops_the_agent_and_leaves_no_credentials(agent, registry_configuration, home):
     from builds.agent_services import agent_token_revoke
 
-    agent_token_revoke(agent=agent.model)
-    wait_for(lambda: agent.process.process.poll() is not None, "the agent to stop", timeout=60)
-    assert agent.process.process.returncode == 2
-    assert "revoked or replaced" in agent.process.log()
+    process = run_build_process(agent, home, registry_configuration, "sleep 300")
+    try:
+        wait_for(lambda: configs(agent), "the build's config")
+        agent_token_revoke(agent=agent.model)
+        wait_for(lambda: agent.process.process.poll() is not None, "the agent to stop", timeout=60)
+        assert agent.process.process.returncode == 2
+        assert "revoked or replaced" in agent.process.log()
+        assert not configs(agent)  # no agent of that token will adopt the build: its credentials are gone
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def test_a_build_of_a_project_the_agent_does_not_serve_is_refused(manage, start_agent, registry_configuration,

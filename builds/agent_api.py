@@ -32,7 +32,7 @@ from rest_framework_dataclasses.serializers import DataclassSerializer
 
 from agent import protocol
 
-from . import agent_services, services, tasks
+from . import agent_services, metrics, services, tasks
 from .models import Agent, AgentCleanup, AgentImage, Build, DockerOperation
 
 REVOKED = ("this agent token is not valid: it was revoked or replaced; make a new one on the server with "
@@ -319,6 +319,8 @@ class EventsView(AgentView):
         if len(batch.records) > 2 * protocol.EVENT_BATCH_SIZE:
             raise serializers.ValidationError({"records": [f"at most {2 * protocol.EVENT_BATCH_SIZE} records a batch"]})
         batch.records = _checked_records(batch.records)
+        metrics.EVENT_BATCHES_RECEIVED.inc()
+        metrics.EVENTS_RECEIVED.inc(len(batch.records))
         try:
             with transaction.atomic():
                 row, ingest = agent_services.events_receive(agent=self.agent, batch=batch)

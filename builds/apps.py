@@ -4,3 +4,8 @@ from django.apps import AppConfig
 class BuildsConfig(AppConfig):
     name = "builds"
     verbose_name = "Builds"
+
+    def ready(self):
+        from . import metrics
+
+        metrics.register()

@@ -9,6 +9,9 @@ os.environ.setdefault("SECRET_KEY", "test-only-secret-key")
 from .settings import *  # noqa: E402,F401,F403
 
 SECURE_SSL_REDIRECT = False
+# Static files straight from the apps (no collectstatic in tests; test_deployment runs it).
+STATIC_ROOT = None
+WHITENOISE_USE_FINDERS = True
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 # A file, not memory, so that commands the tests start as processes (run_build) share the test database.

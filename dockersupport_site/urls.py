@@ -11,6 +11,7 @@ admin.site.index_title = "Docker support for CI builds"
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", include("django_prometheus.urls")),  # /metrics, for Prometheus (restrict it at the proxy)
     path("admin/", admin.site.urls),
     path("api/v1/", include("dockersupport_site.api_urls")),
 ]

@@ -9,6 +9,7 @@ PYTHON=${PYTHON:-.venv/bin/python}
 VENV_BIN=$(dirname "$PYTHON")
 
 "$PYTHON" manage.py migrate --no-input -v 0
+"$PYTHON" manage.py collectstatic --no-input -v 0  # the admin is styled with DEBUG off too
 "$PYTHON" manage.py ensure_superuser
 # The local agent: its own token (the file is 0600 under the umask of env.sh), its own folder.
 AGENT_DIR=${DOCKERSUPPORT_AGENT_DIR:-$PWD/var/agent}

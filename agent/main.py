@@ -26,7 +26,7 @@ from .config_dirs import config_dir_create, config_dir_remove, config_write, hos
 from .daemon import Daemon, DaemonError
 from .events import BuildWindows, EventStream
 from .local import LocalServer
-from .server_api import ServerAPI, ServerError, ServerUnavailable, Unrecoverable, retrying
+from .server_api import ServerAPI, ServerError, ServerUnavailable, ServerUnreachable, Unrecoverable, retrying
 from .spool import Spool
 
 log = logging.getLogger("dockersupport.agent")
@@ -174,9 +174,12 @@ class Agent:
                 required = cleanup.parse_size(str(required_text))
             except cleanup.CleanupError as exc:
                 raise BuildFailed(f"--required-free {required_text}: {exc}") from None
+        start = protocol.BuildStartRequest(configuration=str(request["configuration"]), number=number)
         try:
-            started = self.api.build_start(protocol.BuildStartRequest(configuration=str(request["configuration"]),
-                                                                      number=number))
+            # A start that never reached the server (restarting, say) is asked again; one that may have
+            # reached it is not (it could start a second build).
+            started = retrying(lambda: self.api.build_start(start), stopped=self.stopped, give_up_after=60,
+                               only=ServerUnreachable, say=progress)
         except ServerError as exc:
             raise BuildFailed(_server_words(exc)) from None
         build = RunningBuild(id=started.build.id, number=started.build.number,

@@ -33,6 +33,10 @@ class ServerUnavailable(ServerError):
     """Not reached, or a 5xx: try again later."""
 
 
+class ServerUnreachable(ServerUnavailable):
+    """No connection could be made: the request never reached the server (safe to send again)."""
+
+
 class _Bearer(requests.auth.AuthBase):
     """The token as auth, not as a bare header: requests then never puts a ~/.netrc password in its place."""
 
@@ -68,6 +72,11 @@ class ServerAPI:
             response = self.http.request(method, self.url + path, json=to_json(message) if message else None,
                                          auth=_Bearer(token or self._token), timeout=timeout, params=params,
                                          allow_redirects=False)
+        except requests.exceptions.ConnectionError as exc:
+            # A connection refused or timed out before anything was sent is safe to send again.
+            unsent = isinstance(exc, requests.exceptions.ConnectTimeout) or "NewConnectionError" in repr(exc)
+            error = ServerUnreachable if unsent else ServerUnavailable
+            raise error(f"the server at {self.url} cannot be reached: {_reason(exc)}") from None
         except requests.exceptions.RequestException as exc:
             raise ServerUnavailable(f"the server at {self.url} cannot be reached: {_reason(exc)}") from None
         if response.status_code in (401, 426) and token is None:
@@ -119,7 +128,7 @@ class ServerAPI:
 
 
 def retrying(call, *, stopped: threading.Event | None = None, give_up_after: float | None = None,
-             say=None):
+             say=None, only=ServerUnavailable):
     """call() until the server answers; ServerUnavailable is retried with backoff and jitter.
 
     Backoff doubles from 0.5 s up to 30 s, with up to 50% random jitter so that many agents
@@ -129,7 +138,7 @@ def retrying(call, *, stopped: threading.Event | None = None, give_up_after: flo
     while True:
         try:
             return call()
-        except ServerUnavailable as exc:
+        except only as exc:
             if give_up_after is not None and time.monotonic() - started > give_up_after:
                 raise
             if say is not None:

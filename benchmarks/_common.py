@@ -107,5 +107,5 @@ def ingest_for_build(agent, build, records: list[dict], batch_size: int) -> None
     for i in range(0, len(records), batch_size):
         chunk = [{**record, "builds": [build.pk]} for record in records[i:i + batch_size]]
         batch = EventBatch.objects.create(agent=agent, first_seq=first + i, last_seq=first + i + len(chunk) - 1,
-                                          records=len(chunk), received_at=timezone.now())
-        ingestion.batch_ingest(batch_id=batch.pk, records=chunk)
+                                          records=len(chunk), data=chunk, received_at=timezone.now())
+        ingestion.batch_ingest(batch_id=batch.pk)

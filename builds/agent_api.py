@@ -19,7 +19,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.http import JsonResponse
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -323,10 +323,9 @@ class EventsView(AgentView):
         metrics.EVENTS_RECEIVED.inc(len(batch.records))
         try:
             with transaction.atomic():
-                row, ingest = agent_services.events_receive(agent=self.agent, batch=batch)
-                if ingest:
-                    records = batch.records[:row.last_seq - row.first_seq + 1]
-                    transaction.on_commit(lambda: tasks.ingest_event_batch.delay(row.pk, records))
+                row, new = agent_services.events_receive(agent=self.agent, batch=batch)
+                if new:
+                    transaction.on_commit(lambda: tasks.ingest_event_batch.delay(row.pk))
         except ValidationError as exc:
             raise serializers.ValidationError({"last_seq": exc.messages}) from None
         return answer(protocol.EventAck(acked=row.last_seq))
@@ -398,17 +397,31 @@ def _error(message: str, code: int) -> JsonResponse:
 
 
 def _claim(agent, session):
-    agent_services.agent_seen(agent)
-    return agent_services.jobs_claim(agent=agent, session=session)
+    try:
+        agent_services.agent_seen(agent)
+        return agent_services.jobs_claim(agent=agent, session=session)
+    finally:
+        # A waiting agent holds no database connection: a server with many agents would run out.
+        if not connection.in_atomic_block:
+            connection.close()
+
+
+NOTICE_EVERY = 0.5  # seconds: how soon a waiting agent hears of a new job (API logins: within 2 s)
+
+
+def _database_every() -> float:
+    """How often a long-poll asks the database: seldom when job notices reach every process (a shared
+    cache, Redis in production), every second with a per-process cache (the embedded mode)."""
+    return 1.0 if "locmem" in settings.CACHES["default"]["BACKEND"].lower() else 10.0
 
 
 async def agent_jobs(request):
     """GET /api/v1/agent/jobs/?wait=N: an agent's long-poll for work.
 
     Async, so that an ASGI server holds many waiting agents without a thread each. While it waits
-    it checks the job notice in the cache every 100 ms (a job made in any process bumps it when
-    the cache is shared, Redis in production) and the database every second (which also covers a
-    per-process cache, as in the embedded mode).
+    it checks the job notice in the cache every NOTICE_EVERY seconds (a job made in any process bumps it when
+    the cache is shared, Redis in production) and the database now and then (`_database_every`),
+    without holding a database connection in between.
     """
     if request.method != "GET":
         return _error("only GET", 405)
@@ -433,13 +446,14 @@ async def agent_jobs(request):
         return JsonResponse({"session": ["the session number that connect/ answered"]}, status=400)
     deadline = time.monotonic() + wait
     notice = await sync_to_async(agent_services.job_notice)(agent.pk)
+    every = _database_every()
     while True:
         jobs = await sync_to_async(_claim)(agent, session)
         if jobs or time.monotonic() >= deadline:
             return JsonResponse(protocol.to_json(protocol.JobList(jobs=jobs)))
-        next_query = min(time.monotonic() + 1.0, deadline)
+        next_query = min(time.monotonic() + every, deadline)
         while time.monotonic() < next_query:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(NOTICE_EVERY)
             current = await sync_to_async(agent_services.job_notice)(agent.pk)
             if current != notice:
                 notice = current

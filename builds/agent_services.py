@@ -236,16 +236,13 @@ def job_complete(*, agent: Agent, job_id: int, outcome: protocol.JobResult) -> b
         status=status, result=outcome.result, error=outcome.error[:5000], finished_at=timezone.now()))
 
 
-def job_wait(job: AgentJob, timeout: float, interval: float = 0.05) -> AgentJob | None:
+def job_wait(job: AgentJob, timeout: float) -> AgentJob | None:
     """The job once the agent finished it; None after `timeout` seconds (the job stays for the agent)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        job.refresh_from_db(fields=["status", "result", "error", "finished_at"])
-        if job.status in (AgentJob.Status.DONE, AgentJob.Status.FAILED):
-            return job
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(interval)
+    ended = AgentJob.objects.filter(pk=job.pk, status__in=[AgentJob.Status.DONE, AgentJob.Status.FAILED])
+    if not _poll(ended.exists, time.monotonic() + timeout, until=True):
+        return None
+    job.refresh_from_db(fields=["status", "result", "error", "finished_at"])
+    return job
 
 
 def job_withdraw(job: AgentJob) -> bool:
@@ -255,31 +252,33 @@ def job_withdraw(job: AgentJob) -> bool:
 
 # --- Docker operations ------------------------------------------------------------------------------
 
-REQUEUE_AFTER = timedelta(seconds=60)  # a batch sent again and still not ingested by then is queued again
+REQUEUE_AFTER = timedelta(minutes=2)  # a batch not ingested by then is queued again (its task was lost)
 
 
 def events_receive(*, agent: Agent, batch: protocol.EventBatch) -> tuple[EventBatch, bool]:
-    """Records a batch: (its row, whether to hand it to the ingest task).
+    """Keeps a batch until it is ingested: (its row, whether it is new and goes to the ingest task).
 
     The server knows batches by their first sequence number. A batch sent again (its answer was
     lost) is acknowledged only up to what the server holds of it, so that an agent which since
-    gathered more records sends those again; it is queued again for ingestion only if it was
-    received long ago and is still not ingested (the first task was lost).
+    gathered more records sends those again.
     """
     if batch.last_seq < batch.first_seq:
         raise ValidationError(f"last_seq {batch.last_seq} is before first_seq {batch.first_seq}")
-    now = timezone.now()
     row, created = EventBatch.objects.get_or_create(
         agent=agent, first_seq=batch.first_seq,
-        defaults={"last_seq": batch.last_seq, "records": len(batch.records), "received_at": now},
+        defaults={"last_seq": batch.last_seq, "records": len(batch.records), "data": batch.records,
+                  "received_at": timezone.now()},
     )
     agent_seen(agent)
-    if created:
-        return row, True
-    stale = row.ingested_at is None and row.received_at < now - REQUEUE_AFTER
-    if stale:
-        EventBatch.objects.filter(pk=row.pk).update(received_at=now)
-    return row, stale
+    return row, created
+
+
+def event_batches_stale(now=None) -> list[int]:
+    """Batches waiting for ingestion for too long: their task was lost (a broker away, a worker killed)."""
+    limit = (now or timezone.now()) - REQUEUE_AFTER
+    stale = list(EventBatch.objects.filter(ingested_at__isnull=True, received_at__lt=limit).values_list("pk", flat=True))
+    EventBatch.objects.filter(pk__in=stale).update(received_at=timezone.now())
+    return stale
 
 
 def event_batches_wait(*, agent: Agent, through: int, timeout: float, since=None) -> bool:
@@ -289,8 +288,15 @@ def event_batches_wait(*, agent: Agent, through: int, timeout: float, since=None
     pending = EventBatch.objects.filter(agent=agent, first_seq__lte=through, ingested_at__isnull=True)
     if since is not None:
         pending = pending.filter(received_at__gte=since)
-    while pending.exists():
+    return _poll(pending.exists, deadline, until=False)
+
+
+def _poll(check, deadline: float, until) -> bool:
+    """Calls check() until it returns `until` or the deadline passes: often at first, then less."""
+    pause = 0.02
+    while check() != until:
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.05)
+        time.sleep(pause)
+        pause = min(pause * 1.5, 0.5)
     return True

@@ -24,13 +24,16 @@ OPERATION_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id
 IMAGE_CREATING_ACTIONS = {"pull", "build", "import", "load", "tag"}
 
 
-def batch_ingest(*, batch_id: int, records: list[dict]) -> int:
+def batch_ingest(*, batch_id: int) -> int:
     """Stores an agent's batch: each record once for each of the builds the agent gave it to.
 
     Only the agent's own builds count: a record naming another agent's build is not stored for it.
-    Returns the number of operations stored (or already there).
+    Returns the number of operations stored (or already there); an ingested batch is not read again.
     """
-    batch = EventBatch.objects.select_related("agent").get(pk=batch_id)
+    batch = EventBatch.objects.select_related("agent").filter(pk=batch_id, ingested_at__isnull=True).first()
+    if batch is None:
+        return 0
+    records = batch.data
     named = {build for record in records for build in record.get("builds") or [] if isinstance(build, int)}
     own = set(Build.objects.filter(agent=batch.agent, pk__in=named).values_list("pk", flat=True))
     rows = [
@@ -41,7 +44,7 @@ def batch_ingest(*, batch_id: int, records: list[dict]) -> int:
         _insert_operations(rows)
         _record_pushed_images([row for row in rows if row["action"] == DockerOperation.Action.PUSH])
         _track_agent_images(batch.agent_id, rows)
-        EventBatch.objects.filter(pk=batch.pk).update(ingested_at=timezone.now())
+        EventBatch.objects.filter(pk=batch.pk).update(ingested_at=timezone.now(), data=[])
     return len(rows)
 
 

@@ -401,12 +401,15 @@ class AgentJob(models.Model):
 
 
 class EventBatch(models.Model):
-    """A batch of Docker operations an agent sent, until ingested: finishing a build waits for its batches."""
+    """A batch of Docker operations an agent sent. Its records wait here until ingested (the task that
+    ingests them carries only the batch's id, and a lost task is queued again); finishing a build
+    waits for its batches."""
 
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="event_batches")
     first_seq = models.BigIntegerField()
     last_seq = models.BigIntegerField()
     records = models.PositiveIntegerField()
+    data = models.JSONField(default=list, blank=True, help_text="The records, until they are ingested.")
     received_at = models.DateTimeField()
     ingested_at = models.DateTimeField(null=True, blank=True)
 

@@ -31,16 +31,19 @@ def logout_silent_builds() -> int:
     for build in silent:
         services.build_abandon(build=build, reason="no finish and no heartbeat from the API client in time")
         log.warning("Build %s (id %s) stopped beating; its agent %s logs it out", build, build.pk, build.agent)
-    # Batches are kept until their build's finish no longer waits for them.
+    # A batch whose ingest task was lost is queued again; ingested ones are kept a day (their numbers
+    # tell a batch sent again), then go.
+    for batch_id in agent_services.event_batches_stale():
+        ingest_event_batch.delay(batch_id)
     EventBatch.objects.filter(ingested_at__lt=timezone.now() - timedelta(days=1)).delete()
     return len(lost) + len(silent)
 
 
 @app.task(name="builds.ingest_event_batch", acks_late=True, reject_on_worker_lost=True,
           autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
-def ingest_event_batch(batch_id: int, records: list[dict]) -> int:
-    """Stores a batch an agent sent; a redelivered batch changes nothing."""
-    return ingestion.batch_ingest(batch_id=batch_id, records=records)
+def ingest_event_batch(batch_id: int) -> int:
+    """Stores a batch an agent sent (its records wait in the database); a redelivered task changes nothing."""
+    return ingestion.batch_ingest(batch_id=batch_id)
 
 
 @app.task(name="builds.cleanup_builds", acks_late=True)

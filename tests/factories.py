@@ -85,5 +85,6 @@ def ingest(build, records):
 
     first = EventBatch.objects.filter(agent_id=build.agent_id).count() * 100_000 + 1
     batch = EventBatch.objects.create(agent_id=build.agent_id, first_seq=first, last_seq=first + len(records),
-                                      records=len(records), received_at=timezone.now())
-    return ingestion.batch_ingest(batch_id=batch.pk, records=[{**r, "builds": [build.pk]} for r in records])
+                                      records=len(records), data=[{**r, "builds": [build.pk]} for r in records],
+                                      received_at=timezone.now())
+    return ingestion.batch_ingest(batch_id=batch.pk)

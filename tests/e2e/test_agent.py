@@ -231,3 +231,17 @@ def test_an_agent_verifies_a_server_with_a_private_certificate_through_its_ca_fi
             agent.stop()
     finally:
         server.stop()
+
+
+def test_a_build_started_while_the_server_restarts_waits_for_it(agent, server, registry_configuration, home):
+    server.stop(keep_data=True)
+    process = run_build_process(agent, home, registry_configuration, "true")
+    try:
+        time.sleep(2)  # run_build asked; the agent's start cannot reach the server
+        server.start()
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, out + err
+    assert "cannot be reached" in out  # what run_build said while it waited
+    assert Build.objects.get(configuration=registry_configuration).status == Build.Status.SUCCEEDED

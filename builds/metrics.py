@@ -47,6 +47,10 @@ class ProductCollector:
                                 value=pending["batches"])
         yield GaugeMetricFamily("dockersupport_event_records_waiting", "Event records received, not ingested yet",
                                 value=pending["records"] or 0)
+        hour = EventBatch.objects.filter(ingested_at__gte=timezone.now() - timedelta(hours=1)).aggregate(
+            records=Sum("records"))["records"]
+        yield GaugeMetricFamily("dockersupport_event_records_ingested_last_hour",
+                                "Event records ingested in the last hour (every server process agrees)", value=hour or 0)
         images = GaugeMetricFamily("dockersupport_pushed_images", "Pushed images by clean-up status",
                                    labels=["cleanup_status"])
         for status, count in PushedImage.objects.values_list("cleanup_status").annotate(n=Count("pk")).order_by():

@@ -245,3 +245,35 @@ def test_a_build_started_while_the_server_restarts_waits_for_it(agent, server, r
     assert process.returncode == 0, out + err
     assert "cannot be reached" in out  # what run_build said while it waited
     assert Build.objects.get(configuration=registry_configuration).status == Build.Status.SUCCEEDED
+
+
+def test_an_agent_installed_from_its_own_lock_file_alone_runs_a_build(server, docker_daemon, registry_configuration,
+                                                                      home, tmp_path):
+    """A build host needs requirements-agent.txt only: docker, requests and theirs; nothing of Django."""
+    from builds.agent_services import agent_token_issue
+    from tests.conftest import start
+    from tests.harness import AgentProcess
+
+    venv = tmp_path / "agent-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    installed = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+                                "--require-hashes", "--no-deps", "-r", str(ROOT / "requirements-agent.txt")],
+                               capture_output=True, text=True, timeout=600)
+    assert installed.returncode == 0, installed.stderr
+    packages = subprocess.run([str(venv / "bin" / "pip"), "list", "--format=freeze"], capture_output=True, text=True,
+                              check=True).stdout.lower()
+    assert "docker==" in packages and "django" not in packages
+
+    class LockedAgent(AgentProcess):
+        def _command(self):
+            return [str(venv / "bin" / "python"), *super()._command()[1:]]
+
+    _, token, _ = agent_token_issue(name="locked-agent")
+    agent = start(LockedAgent(server.url, token, docker_daemon.host))
+    try:
+        process = run_build_process(type("A", (), {"dir": Path(agent.directory)})(), home, registry_configuration,
+                                    "docker version >/dev/null")
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, out + err
+    finally:
+        agent.stop()

@@ -77,6 +77,7 @@ def test_metrics_count_requests_and_the_products_state(deployed):
     assert status == 200
     for name in ("django_http_requests_total_by_view_transport_method_total", "dockersupport_agents{connected=",
                  "dockersupport_builds_running", "dockersupport_event_records_waiting",
+                 "dockersupport_event_records_ingested_last_hour",
                  "dockersupport_celery_queue_length", "dockersupport_cleanup_images_total{outcome=\"deleted\"}"):
         assert name in text, name
 

@@ -80,11 +80,11 @@ class Agent:
         try:
             self.settings = retrying(lambda: self.api.connect(self._hello(Daemon(self._docker_host(None)))),
                                      stopped=self.stopped, say=self._warn)
-        except Unrecoverable as exc:
-            self.say(f"dockersupport agent: {exc}")
-            return 2
         except ServerUnavailable:
             return 0  # stopped while the server was away
+        except ServerError as exc:  # revoked, another protocol, a redirect, not a dockersupport server...
+            self.say(f"dockersupport agent: {exc}")
+            return 2
         login_config = self.config.directory / "empty-docker-config.json"
         login_config.write_text("{}")
         self.daemon = Daemon(self._docker_host(self.settings), str(login_config))

@@ -83,6 +83,9 @@ class ServerAPI:
             raise Unrecoverable(f"the server refused this agent: {_detail(response)}", response.status_code)
         if response.status_code >= 500 or response.status_code == 429:
             raise ServerUnavailable(f"the server answered {_detail(response)}", response.status_code)
+        if response.is_redirect:
+            raise ServerError(f"the server redirects to {response.headers.get('Location', '?')}: give --server the "
+                              "URL it redirects to (https)", response.status_code)
         if response.status_code >= 300:
             raise ServerError(_detail(response), response.status_code)
         if answer is None:

@@ -323,8 +323,8 @@ class EventsView(AgentView):
         metrics.EVENTS_RECEIVED.inc(len(batch.records))
         try:
             with transaction.atomic():
-                row, new = agent_services.events_receive(agent=self.agent, batch=batch)
-                if new:
+                row, ingest = agent_services.events_receive(agent=self.agent, batch=batch)
+                if ingest:
                     transaction.on_commit(lambda: tasks.ingest_event_batch.delay(row.pk))
         except ValidationError as exc:
             raise serializers.ValidationError({"last_seq": exc.messages}) from None

@@ -256,11 +256,13 @@ REQUEUE_AFTER = timedelta(minutes=2)  # a batch not ingested by then is queued a
 
 
 def events_receive(*, agent: Agent, batch: protocol.EventBatch) -> tuple[EventBatch, bool]:
-    """Keeps a batch until it is ingested: (its row, whether it is new and goes to the ingest task).
+    """Keeps a batch until it is ingested: (its row, whether it goes to the ingest task).
 
     The server knows batches by their first sequence number. A batch sent again (its answer was
     lost) is acknowledged only up to what the server holds of it, so that an agent which since
-    gathered more records sends those again.
+    gathered more records sends those again; if it is not ingested yet, it goes to the ingest task
+    again (the first one may have died with the server that took the batch; ingesting twice
+    changes nothing).
     """
     if batch.last_seq < batch.first_seq:
         raise ValidationError(f"last_seq {batch.last_seq} is before first_seq {batch.first_seq}")
@@ -270,7 +272,7 @@ def events_receive(*, agent: Agent, batch: protocol.EventBatch) -> tuple[EventBa
                   "received_at": timezone.now()},
     )
     agent_seen(agent)
-    return row, created
+    return row, created or row.ingested_at is None
 
 
 def event_batches_stale(now=None) -> list[int]:

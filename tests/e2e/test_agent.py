@@ -277,3 +277,19 @@ def test_an_agent_installed_from_its_own_lock_file_alone_runs_a_build(server, do
         assert process.returncode == 0, out + err
     finally:
         agent.stop()
+
+
+def test_an_agent_pointed_at_a_redirecting_url_says_which_url_to_use(tmp_path, docker_daemon, transactional_db):
+    from builds.agent_services import agent_token_issue
+    from tests.harness import AgentProcess, ServiceError
+    from tests.harness.stand_in import Answer, StandIn
+
+    _, token, _ = agent_token_issue(name="redirected")
+    with StandIn("127.0.0.2", lambda r: Answer(301, {"Location": "https://ci.example.test/api/v1/agent/connect/"})) \
+            as plain_http:
+        agent = AgentProcess(plain_http.url, token, docker_daemon.host)
+        agent.start_timeout = 20
+        with pytest.raises(ServiceError) as failed:
+            agent.start()
+    assert "the server redirects to https://ci.example.test/" in str(failed.value)
+    assert "Traceback" not in str(failed.value)

@@ -135,7 +135,8 @@ def test_the_units_commands_run_the_server_and_an_agent(tmp_path, redis_url, doc
                   "CACHE_URL": redis_url.replace("redis://", "rediscache://"), "SECRET_KEY": "units-" + "x" * 44,
                   "DOCKERSUPPORT_ENCRYPTION_KEY": os.environ["DOCKERSUPPORT_ENCRYPTION_KEY"],
                   "ALLOWED_HOSTS": "127.0.0.1", "BEHIND_TLS_PROXY": "true", "STATIC_ROOT": str(tmp_path / "static"),
-                  "DJANGO_SETTINGS_MODULE": "dockersupport_site.settings"}
+                  # Reached directly here, not through the TLS proxy (which redirects plain HTTP itself).
+                  "SECURE_SSL_REDIRECT": "false", "DJANGO_SETTINGS_MODULE": "dockersupport_site.settings"}
     processes = []
 
     def run(argv, environment, name):

@@ -6,6 +6,7 @@ folder (DOCKERSUPPORT_AGENT_DIR) and the server's URL; none of the server's sett
 
 import os
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -38,10 +39,9 @@ class ServerProcess(Service):
             f"http://127.0.0.1:{self.port}"
 
     def _environment(self):
-        environment = {**os.environ, "DATABASE_URL": self.database_url, "PYTHONPATH": str(ROOT),
-                       "DJANGO_SETTINGS_MODULE": self.settings_module, **self.extra_env}
-        environment.pop("DEBUG", None)
-        return environment
+        inherited = {k: v for k, v in os.environ.items() if k != "DEBUG"}  # DEBUG only when asked for
+        return {**inherited, "DATABASE_URL": self.database_url, "PYTHONPATH": str(ROOT),
+                "DJANGO_SETTINGS_MODULE": self.settings_module, **self.extra_env}
 
     def _command(self):
         if self.asgi:
@@ -51,13 +51,17 @@ class ServerProcess(Service):
         return [sys.executable, MANAGE, "runserver", f"127.0.0.1:{self.port}", "--noreload"]
 
     def _ready(self):
+        """Answers at all: /health/ is served before host checks and the HTTPS redirect (503 is an answer)."""
         context = None
         if self.tls:
             import ssl
 
             context = ssl.create_default_context(cafile=self.tls[2])
-        with urllib.request.urlopen(f"{self.url}/api/v1/schema/", timeout=5, context=context) as response:
-            return response.status == 200
+        try:
+            with urllib.request.urlopen(f"{self.url}/health/", timeout=10, context=context):
+                return True
+        except urllib.error.HTTPError:
+            return True
 
 
 class AgentProcess(Service):

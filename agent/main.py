@@ -62,7 +62,8 @@ class Agent:
         self.spool = Spool(config.directory / "spool")
         self.windows = BuildWindows()
         self.stopped = threading.Event()
-        self.unrecoverable: str = ""
+        self.refused = ""  # the server refused this agent (revoked token, protocol): it stops for good
+        self.failed = ""  # one of its threads failed: it stops, and is started again
         self.settings: protocol.AgentSettings | None = None
         self.daemon: Daemon | None = None
         self.stream: EventStream | None = None
@@ -76,7 +77,7 @@ class Agent:
 
     # Life ----------------------------------------------------------------------------------------------
     def run(self) -> int:
-        """Runs until stop(); 0, or 2 when the server refused this agent (revoked token, protocol)."""
+        """Runs until stop(); 0, 2 when the server refused this agent (revoked token, protocol), 1 on a failure."""
         try:
             self.settings = retrying(lambda: self.api.connect(self._hello(Daemon(self._docker_host(None)))),
                                      stopped=self.stopped, say=self._warn)
@@ -104,13 +105,17 @@ class Agent:
                  + f", server {self.config.server}")
         self.stopped.wait()
         self._shutdown()
-        if self.unrecoverable:
+        if self.refused:
             # No agent of this token will adopt these builds: nothing of their credentials may stay.
             for build in self.book.all():
                 self._erase(build)
                 self.book.remove(build.id)
-            self.say(f"dockersupport agent: stopped: {self.unrecoverable}")
+            self.say(f"dockersupport agent: stopped: {self.refused}")
             return 2
+        if self.failed:
+            # The next run of the agent (systemd restarts it) adopts the running builds.
+            self.say(f"dockersupport agent: stopped: {self.failed}")
+            return 1
         return 0
 
     def stop(self):
@@ -133,11 +138,11 @@ class Agent:
             try:
                 target()
             except Unrecoverable as exc:
-                self.unrecoverable = str(exc)
+                self.refused = str(exc)
                 self.stop()
             except Exception:  # noqa: BLE001 - a thread that dies is an agent that does half its work
                 log.exception("agent thread %s failed; stopping the agent", target.__name__)
-                self.unrecoverable = f"internal error in {target.__name__} (see the log above)"
+                self.failed = f"internal error in {target.__name__} (see the log above)"
                 self.stop()
         return run
 
@@ -227,7 +232,7 @@ class Agent:
         try:
             self.daemon.ping()
         except DaemonError as exc:
-            message = f"{exc}; the command was not run"
+            message = str(exc)
             self._report_not_run(build, message)
             self.book.remove(build.id)
             raise BuildFailed(message) from None

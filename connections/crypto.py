@@ -53,17 +53,6 @@ def decrypt(token: str) -> str:
         ) from None
 
 
-def rotate(token: str) -> str:
-    """Re-encrypts a token with the first (newest) key."""
-    try:
-        return get_fernet().rotate(token.encode()).decode()
-    except InvalidToken:
-        raise SecretDecryptionError(
-            "a stored secret cannot be re-encrypted: none of the keys in DOCKERSUPPORT_ENCRYPTION_KEY "
-            "decrypts it"
-        ) from None
-
-
 def check_key() -> None:
     """Raises ImproperlyConfigured when the configured keys are missing or malformed."""
     get_fernet()

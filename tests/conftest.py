@@ -6,15 +6,10 @@ not start is always an error.
 """
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-if str(Path(__file__).resolve().parents[1]) not in sys.path:  # `tests.harness` from a bare `pytest`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.harness import (  # noqa: E402
+from tests.harness import (
     BUSYBOX_IMAGE,
     DockerDaemon,
     MotoServer,

@@ -45,3 +45,13 @@ def test_without_a_broker_tasks_run_in_process(settings):
 
     assert settings.CELERY_TASK_ALWAYS_EAGER is (not os.environ.get("CELERY_BROKER_URL"))
     assert app.conf.task_always_eager == settings.CELERY_TASK_ALWAYS_EAGER
+
+
+def test_every_setting_read_from_the_environment_is_in_the_readme():
+    """settings.py says every setting an operator may change is in the README's configuration table."""
+    import re
+
+    names = set(re.findall(r'env(?:\.\w+)?\(\s*"([A-Z][A-Z0-9_]+)"', (ROOT / "dockersupport_site" / "settings.py").read_text()))
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("## Configuration"):readme.index("## Layout")]
+    assert names and not {name for name in names if f"`{name}`" not in table}

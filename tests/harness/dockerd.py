@@ -10,7 +10,7 @@ import subprocess
 import tarfile
 import time
 
-from . import Service, ServiceUnavailable, find_program
+from .service import Service, ServiceUnavailable, find_program
 
 BUSYBOX_IMAGE = "dockersupport-test/busybox:latest"
 

@@ -3,7 +3,7 @@
 import sys
 import urllib.request
 
-from . import Service, ServiceUnavailable, free_port
+from .service import Service, ServiceUnavailable, free_port
 
 
 class MotoServer(Service):

@@ -4,7 +4,7 @@ import os
 import socket
 import urllib.parse
 
-from . import Service, find_program, free_port
+from .service import Service, find_program, free_port
 
 
 def redis_answers(url, timeout=1.0):

@@ -5,7 +5,7 @@ import secrets
 import urllib.error
 import urllib.request
 
-from . import Service, find_program, free_port
+from .service import Service, find_program, free_port
 
 
 class Registry(Service):

@@ -13,7 +13,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from . import free_port
+from .service import free_port
 from .registry import Registry
 
 ISSUER = "dockersupport-test-token-service"

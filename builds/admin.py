@@ -270,17 +270,8 @@ class BuildAdmin(admin.ModelAdmin):
         operations = selectors.build_operations(build, action, search)
         page = Paginator(operations, self.docker_info_page_size).get_page(request.GET.get("page"))
         summary = selectors.docker_info_summary(build)
-        # Long lists are cut on every page (the operations table has them all): failed containers
-        # are always shown, then the first others in time order.
-        containers = summary["containers"]
-        room = self.docker_info_list_size - sum(1 for c in containers if c["failed"])
-        shown = []
-        for container in containers:
-            if not container["failed"]:
-                if room <= 0:
-                    continue
-                room -= 1
-            shown.append(container)
+        # Long lists are cut on every page (the operations table has them all), never a failed container.
+        shown = selectors.containers_shown(summary["containers"], self.docker_info_list_size)
         pushed = build.pushed_images.order_by("pushed_at", "pk")
         context = {
             **self.admin_site.each_context(request),

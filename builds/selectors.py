@@ -74,11 +74,18 @@ def docker_info_summary(build: Build) -> dict:
         "images_pulled": pulled,
         "images_built": built,
         "images_pushed": pushed,
-        "containers": containers,
+        # Failed containers first (each group in time order): what a person looks for comes first.
+        "containers": sorted(containers, key=lambda c: not c["failed"]),
         "containers_failed": sum(1 for c in containers if c["failed"]),
         "seconds_in_containers": round(container_nanos / 1e9, 3),
         "warnings": warnings,
     }
+
+
+def containers_shown(containers: list[dict], limit: int) -> list[dict]:
+    """A long list cut to `limit`, never cutting a failed container (they come first)."""
+    failed = [c for c in containers if c["failed"]]
+    return failed + [c for c in containers if not c["failed"]][:max(limit - len(failed), 0)]
 
 
 def build_operations(build: Build, action: str = "", search: str = ""):

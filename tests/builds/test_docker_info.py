@@ -40,8 +40,9 @@ def test_summary_counts_containers_with_exit_codes_and_run_time(build):
     summary = docker_info_summary(build)
     assert summary["operation_count"] == 8
     assert summary["counts"]["exec"] == 1
+    # Failed containers first, in the API as on the tab.
     assert [(c["name"], c["exit_code"], c["failed"], c["seconds"]) for c in summary["containers"]] == [
-        ("ok", 0, False, 1.5), ("bad", 3, True, 1.0)]
+        ("bad", 3, True, 1.0), ("ok", 0, False, 1.5)]
     assert summary["seconds_in_containers"] == 2.5
     assert summary["images_pulled"] == ["127.0.0.1:5000/team/base:2", "busybox:latest"]
 

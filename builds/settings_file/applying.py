@@ -1,0 +1,342 @@
+"""Applying settings: idempotent and atomic; every error of the file with its path, and any error
+changes nothing. Objects the file does not mention are left alone: apply adds and updates, it never
+deletes (but a configuration's login list and an agent's project list are replaced by the file's)."""
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from connections.models import Connection, Project
+
+from ..models import Agent, BuildConfiguration, LoginConnection
+from ..services import login_hosts_validate
+from .format import (
+    AGENT_KEYS,
+    ALL_TYPE_KEYS,
+    CONFIGURATION_KEYS,
+    CONNECTION_KEYS,
+    DOCKER_SUPPORT_KEYS,
+    FIELD_KEYS,
+    LOGIN_KEYS,
+    PROJECT_KEYS,
+    RETENTION_KEYS,
+    TOP_KEYS,
+    TYPE_KEYS,
+    SettingsFileError,
+    join_path,
+)
+
+
+@dataclass
+class ApplyReport:
+    created: Counter = field(default_factory=Counter)
+    updated: Counter = field(default_factory=Counter)
+    unchanged: Counter = field(default_factory=Counter)
+
+    def count(self, kind: str, outcome: str) -> None:
+        getattr(self, outcome)[kind] += 1
+
+    def summary(self) -> str:
+        kinds = ("project", "connection", "build configuration", "agent")
+        parts = []
+        for kind in kinds:
+            c, u, n = self.created[kind], self.updated[kind], self.unchanged[kind]
+            if c or u or n:
+                parts.append(f"{kind}s: {c} created, {u} updated, {n} unchanged")
+        return "; ".join(parts) or "nothing to apply"
+
+
+
+class _Applier:
+    def __init__(self):
+        self.errors: list[str] = []
+        self.report = ApplyReport()
+        self.seen_projects: dict[str, str] = {}
+        self.seen_configurations: dict[str, str] = {}
+        self.seen_connections: dict[tuple, str] = {}
+        self.invalid_connections: set[tuple] = set()
+        self.seen_agents: dict[str, str] = {}
+
+    # Structure helpers ------------------------------------------------------------------------
+    def mapping(self, value, path, allowed, required=()):
+        if not isinstance(value, dict):
+            self.errors.append(f"{path}: expected a mapping, got {_kind(value)}")
+            return None
+        ok = True
+        for key in value:
+            if key not in allowed:
+                # Reported, then ignored, so that the rest of the entry is still checked.
+                self.errors.append(f"{join_path(path, str(key))}: unknown key (allowed: {', '.join(sorted(allowed))})")
+        for key in required:
+            if value.get(key) in (None, ""):
+                self.errors.append(f"{join_path(path, key)}: required")
+                ok = False
+        return value if ok else None
+
+    def sequence(self, value, path):
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.errors.append(f"{path}: expected a list, got {_kind(value)}")
+            return []
+        return value
+
+    def scalar(self, value, path, types=(str,), default=""):
+        if value is None:
+            return default
+        if isinstance(value, bool) and bool not in types:
+            self.errors.append(f"{path}: expected {_type_names(types)}, got a boolean")
+            return default
+        if not isinstance(value, types):
+            if str in types and isinstance(value, (int, float)):
+                return str(value)  # YAML reads 5000 or 123456789012 as numbers
+            self.errors.append(f"{path}: expected {_type_names(types)}, got {_kind(value)}")
+            return default
+        return value
+
+    def unique(self, seen: dict, ident, path, what, key="id"):
+        if ident in seen:
+            name = ident[-1] if isinstance(ident, tuple) else ident
+            self.errors.append(f"{path}.{key}: {what} '{name}' is already defined at {seen[ident]}")
+            return False
+        seen[ident] = path
+        return True
+
+    def save(self, obj, path, kind, exclude=()):
+        """Validates and saves `obj`; reports model errors under the file's keys."""
+        try:
+            obj.full_clean(exclude=list(exclude))
+        except ValidationError as exc:
+            for name, messages in exc.message_dict.items():
+                where = path if name == "__all__" else join_path(path, FIELD_KEYS.get(name, name))
+                self.errors.extend(f"{where}: {message}" for message in messages)
+            return False
+        if obj.pk is None:
+            obj.save()
+            self.report.count(kind, "created")
+        elif _changed(obj):
+            obj.save()
+            self.report.count(kind, "updated")
+        else:
+            self.report.count(kind, "unchanged")
+        return True
+
+    # Sections ---------------------------------------------------------------------------------
+    def apply(self, data: dict):
+        if self.mapping(data, "(top level)", TOP_KEYS) is None:
+            return
+        for i, entry in enumerate(self.sequence(data.get("projects"), "projects")):
+            self.project(entry, f"projects[{i}]", parent=None)
+        for i, entry in enumerate(self.sequence(data.get("agents"), "agents")):
+            self.agent(entry, f"agents[{i}]")
+
+    def project(self, entry, path, parent):
+        entry = self.mapping(entry, path, PROJECT_KEYS, required=("id",))
+        if entry is None:
+            return
+        ident = self.scalar(entry["id"], f"{path}.id")
+        if not self.unique(self.seen_projects, ident, path, "project"):
+            return
+        project = Project.objects.filter(ident=ident).first() or Project(ident=ident)
+        _remember(project)
+        project.name = self.scalar(entry.get("name"), f"{path}.name") or ident
+        project.description = self.scalar(entry.get("description"), f"{path}.description")
+        project.parent = parent
+        if not self.save(project, path, "project"):
+            return
+        for i, item in enumerate(self.sequence(entry.get("connections"), f"{path}.connections")):
+            self.connection(item, f"{path}.connections[{i}]", project)
+        for i, item in enumerate(self.sequence(entry.get("build_configurations"), f"{path}.build_configurations")):
+            self.configuration(item, f"{path}.build_configurations[{i}]", project)
+        for i, item in enumerate(self.sequence(entry.get("subprojects"), f"{path}.subprojects")):
+            self.project(item, f"{path}.subprojects[{i}]", parent=project)
+
+    def connection(self, entry, path, project):
+        entry = self.mapping(entry, path, CONNECTION_KEYS, required=("id", "type"))
+        if entry is None:
+            return None
+        ident = self.scalar(entry["id"], f"{path}.id")
+        kind = self.scalar(entry["type"], f"{path}.type")
+        if kind not in Connection.Type.values:
+            self.errors.append(f"{path}.type: '{kind}' is not a connection type ({', '.join(Connection.Type.values)})")
+            return None
+        for key in entry:
+            if key in ALL_TYPE_KEYS and key not in TYPE_KEYS[kind]:
+                self.errors.append(f"{join_path(path, key)}: {kind} connections do not take this key")
+        if not self.unique(self.seen_connections, (project.ident, ident), path, "connection"):
+            return None
+        connection = Connection.objects.filter(project=project, ident=ident).first()
+        connection = connection or Connection(project=project, ident=ident)
+        _remember(connection)
+        connection.name = self.scalar(entry.get("name"), f"{path}.name")
+        connection.type = kind
+        # A secret in the file is given, even when equal to the stored one (Connection._clean_destination).
+        connection.secrets_given = frozenset(key for key in Connection.SECRET_FIELDS if key in entry)
+        for key in ALL_TYPE_KEYS:
+            value = self.scalar(entry.get(key), join_path(path, key))
+            if key in Connection.SECRET_FIELDS and key not in entry and key in TYPE_KEYS[kind]:
+                continue  # an exported file carries no secrets: keep what is stored
+            setattr(connection, key, value if key in TYPE_KEYS[kind] else "")
+        if not self.save(connection, path, "connection"):
+            self.invalid_connections.add((project.pk, ident))
+
+    def configuration(self, entry, path, project):
+        entry = self.mapping(entry, path, CONFIGURATION_KEYS, required=("id",))
+        if entry is None:
+            return
+        ident = self.scalar(entry["id"], f"{path}.id")
+        if not self.unique(self.seen_configurations, ident, path, "build configuration"):
+            return
+        configuration = BuildConfiguration.objects.filter(ident=ident).first() or BuildConfiguration(ident=ident)
+        _remember(configuration)
+        configuration.project = project
+        configuration.name = self.scalar(entry.get("name"), f"{path}.name") or ident
+        support = self.mapping(entry.get("docker_support") or {}, f"{path}.docker_support", DOCKER_SUPPORT_KEYS)
+        retention = self.mapping(entry.get("retention") or {}, f"{path}.retention", RETENTION_KEYS)
+        if support is None or retention is None:
+            return
+        configuration.cleanup_pushed_images = self.scalar(
+            support.get("cleanup_pushed_images"), f"{path}.docker_support.cleanup_pushed_images", (bool,), False,
+        )
+        for key in ("keep_last", "keep_days"):
+            setattr(configuration, key, self.scalar(retention.get(key), f"{path}.retention.{key}", (int,), None))
+        logins = self.logins(support.get("login"), f"{path}.docker_support.login", project)
+        if not self.save(configuration, path, "build configuration") or logins is None:
+            return
+        if self._set_logins(configuration, logins) and self.report.unchanged["build configuration"]:
+            # The row itself was unchanged but its login list was not.
+            self.report.unchanged["build configuration"] -= 1
+            self.report.count("build configuration", "updated")
+
+    def logins(self, value, path, project):
+        """[(connection, optional)] from the login list, or None after an error."""
+        result, ok = [], True
+        lineage = project.lineage()
+        for i, item in enumerate(self.sequence(value, path)):
+            where = f"{path}[{i}]"
+            if isinstance(item, dict):
+                item = self.mapping(item, where, LOGIN_KEYS, required=("connection",))
+                if item is None:
+                    ok = False
+                    continue
+                ident = self.scalar(item["connection"], f"{where}.connection")
+                optional = self.scalar(item.get("optional"), f"{where}.optional", (bool,), False)
+            else:
+                ident, optional = self.scalar(item, where), False
+            connection = self._find_connection(lineage, ident)
+            if connection is None and any((p.pk, ident) in self.invalid_connections for p in lineage):
+                ok = False  # the connection's own error is already reported
+                continue
+            if connection is None:
+                self.errors.append(
+                    f"{where}: no connection '{ident}' in project '{project.ident}' or its ancestors"
+                )
+                ok = False
+                continue
+            if connection in (c for c, _ in result):
+                self.errors.append(f"{where}: connection '{ident}' is listed twice")
+                ok = False
+                continue
+            try:
+                login_hosts_validate([*(c for c, _ in result), connection])
+            except ValidationError as exc:
+                self.errors.append(f"{where}: {exc.messages[0]}")
+                ok = False
+                continue
+            result.append((connection, optional))
+        return result if ok else None
+
+    @staticmethod
+    def _find_connection(lineage, ident):
+        """The connection named `ident` nearest up the project tree."""
+        for ancestor in lineage:
+            found = Connection.objects.filter(project=ancestor, ident=ident).first()
+            if found is not None:
+                return found
+        return None
+
+    def _set_logins(self, configuration, logins) -> bool:
+        """Makes the configuration's login list exactly `logins`; True if anything changed."""
+        current = {login.connection_id: login for login in configuration.logins.all()}
+        wanted = {connection.pk for connection, _ in logins}
+        stale = [pk for pk in current if pk not in wanted]
+        changed = bool(stale)
+        LoginConnection.objects.filter(configuration=configuration, connection_id__in=stale).delete()
+        for position, (connection, optional) in enumerate(logins):
+            login = current.get(connection.pk)
+            if login is not None and (login.optional, login.position) == (optional, position):
+                continue
+            login = login or LoginConnection(configuration=configuration, connection=connection)
+            login.optional, login.position = optional, position
+            login.save()
+            changed = True
+        return changed
+
+    def agent(self, entry, path):
+        entry = self.mapping(entry, path, AGENT_KEYS, required=("name",))
+        if entry is None:
+            return
+        name = self.scalar(entry["name"], f"{path}.name")
+        if not self.unique(self.seen_agents, name, path, "agent", key="name"):
+            return
+        agent = Agent.objects.filter(name=name).first() or Agent(name=name)
+        _remember(agent)
+        agent.os = self.scalar(entry.get("os"), f"{path}.os") or Agent.OS.LINUX
+        if agent.os not in Agent.OS.values:
+            self.errors.append(f"{path}.os: '{agent.os}' is not one of {', '.join(Agent.OS.values)}")
+            return
+        agent.docker_host = self.scalar(entry.get("docker_host"), f"{path}.docker_host")
+        agent.docker_data_path = self.scalar(entry.get("docker_data_path"), f"{path}.docker_data_path")
+        projects = []
+        for i, ident in enumerate(self.sequence(entry.get("projects"), f"{path}.projects")):
+            ident = self.scalar(ident, f"{path}.projects[{i}]")
+            project = Project.objects.filter(ident=ident).first()
+            if project is None:
+                self.errors.append(f"{path}.projects[{i}]: no project '{ident}'")
+            else:
+                projects.append(project)
+        if not self.save(agent, path, "agent"):
+            return
+        # The file's list replaces the agent's projects (none: a shared agent that serves every project).
+        if {p.pk for p in projects} != set(agent.projects.values_list("pk", flat=True)):
+            agent.projects.set(projects)
+            if self.report.unchanged["agent"]:
+                self.report.unchanged["agent"] -= 1
+                self.report.count("agent", "updated")
+
+
+def _kind(value) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def _type_names(types) -> str:
+    return " or ".join({str: "a string", bool: "true or false", int: "a whole number"}[t] for t in types)
+
+
+def _remember(obj) -> None:
+    """Keeps the field values as loaded, so that saving can tell whether anything changed."""
+    obj._loaded_values = None if obj.pk is None else {
+        f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields
+    }
+
+
+def _changed(obj) -> bool:
+    loaded = getattr(obj, "_loaded_values", None)
+    if loaded is None:
+        return True
+    return any(getattr(obj, name) != value for name, value in loaded.items())
+
+
+def apply_settings(data: dict) -> ApplyReport:
+    """Applies parsed settings in one transaction; raises SettingsFileError and changes nothing."""
+    applier = _Applier()
+    with transaction.atomic():
+        applier.apply(data)
+        if applier.errors:
+            transaction.set_rollback(True)
+    if applier.errors:
+        raise SettingsFileError(applier.errors)
+    return applier.report

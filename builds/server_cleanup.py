@@ -15,8 +15,7 @@ removed. Manifest lists and OCI indexes are deleted as a whole by the digest tha
 import logging
 import uuid
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from django.db import transaction
@@ -24,14 +23,13 @@ from django.db.models import Q
 from django.utils import timezone
 
 from connections.models import Connection, Project
-from connections.registries import RegistryError, credentials_for
-from connections.registries.v2 import RegistrySession, TransientRegistryError
+from connections.registries import Deletion, DeletionResult, ImageRef, Registry, RegistryError, open_registry
 
 from .models import Build, BuildConfiguration, CleanupRun, PushedImage
 
 log = logging.getLogger(__name__)
 
-CONCURRENCY = 8
+CONCURRENCY = 8  # requests at a time to one registry
 CLAIM_FOR = timedelta(minutes=15)
 MAX_ATTEMPTS = 10
 DOCKER_HUB_REFUSES = (
@@ -149,11 +147,13 @@ def build_delete(build: Build) -> None:
     build.delete()  # operations go with it; pushed images stay as tombstones (build set to NULL)
 
 
-@dataclass
-class _Outcome:
-    status: str
-    reason: str
-    transient: bool = False
+# What a deletion's result makes of a pushed image; one to retry stays pending ("retrying" in a run's tally).
+_STATUS = {
+    DeletionResult.DELETED: PushedImage.CleanupStatus.DELETED,
+    DeletionResult.GONE: PushedImage.CleanupStatus.DELETED,
+    DeletionResult.KEPT: PushedImage.CleanupStatus.KEPT,
+    DeletionResult.FAILED: PushedImage.CleanupStatus.FAILED,
+}
 
 
 def pending_deletions_process(*, run: CleanupRun | None = None, progress=None, now=None) -> dict:
@@ -173,7 +173,7 @@ def pending_deletions_process(*, run: CleanupRun | None = None, progress=None, n
         for image in group:
             outcome = outcomes[image.pk]
             _record(image, outcome)
-            key = "retrying" if outcome.transient else outcome.status
+            key = "retrying" if outcome.result == DeletionResult.RETRY else _STATUS[outcome.result]
             tally[key] += 1
             if run is not None:
                 run.details.append({"image": image.reference, "outcome": key, "reason": outcome.reason})
@@ -197,10 +197,10 @@ def _claim(now) -> list[PushedImage]:
     return list(PushedImage.objects.filter(claim=token, cleanup_status=PushedImage.CleanupStatus.PENDING))
 
 
-def _record(image: PushedImage, outcome: _Outcome) -> None:
+def _record(image: PushedImage, outcome: Deletion) -> None:
     now = timezone.now()
     fields = {"claim": "", "claimed_until": None, "cleanup_updated_at": now, "cleanup_reason": outcome.reason}
-    if outcome.transient:
+    if outcome.result == DeletionResult.RETRY:
         attempts = image.cleanup_attempts + 1
         if attempts >= MAX_ATTEMPTS:
             fields.update(cleanup_status=PushedImage.CleanupStatus.FAILED, cleanup_attempts=attempts,
@@ -208,22 +208,23 @@ def _record(image: PushedImage, outcome: _Outcome) -> None:
         else:
             fields.update(cleanup_attempts=attempts, next_attempt_at=now + retry_delay(attempts))
     else:
-        fields.update(cleanup_status=outcome.status, cleanup_attempts=image.cleanup_attempts + 1)
+        fields.update(cleanup_status=_STATUS[outcome.result], cleanup_attempts=image.cleanup_attempts + 1)
     PushedImage.objects.filter(pk=image.pk, claim=image.claim).update(**fields)
 
 
-def _delete_group(connection, project, registry, images) -> dict[int, _Outcome]:
+def _delete_group(connection, project, registry, images) -> dict[int, Deletion]:
     if connection is None:
-        return {i.pk: _Outcome("failed", no_connection_message(project, registry)) for i in images}
+        return {i.pk: Deletion.failed(no_connection_message(project, registry)) for i in images}
     if connection.is_docker_hub:
-        return {i.pk: _Outcome("failed", DOCKER_HUB_REFUSES) for i in images}
+        return {i.pk: Deletion.failed(DOCKER_HUB_REFUSES) for i in images}
     try:
-        if connection.type == Connection.Type.AMAZON_ECR:
-            return _delete_from_ecr(connection, images)
-        return _delete_from_v2(connection, images)
-    except RegistryError as exc:  # credentials could not even be obtained
-        transient = isinstance(exc, TransientRegistryError)
-        return {i.pk: _Outcome("failed", f"connection '{connection}': {exc}", transient) for i in images}
+        with open_registry(connection, session_name="dockersupport-cleanup", concurrency=CONCURRENCY) as session:
+            if session.deletes_by_tag:
+                return _delete_own_tags(session, images)
+            return _delete_digests(session, images)
+    except RegistryError as exc:  # credentials could not even be obtained, or (ECR) AWS refused a call
+        failure = Deletion.from_error(exc, about=f"connection '{connection}'")
+        return {i.pk: failure for i in images}
 
 
 def _retained_digests(images) -> dict[tuple, str]:
@@ -246,148 +247,91 @@ def _owned_tags(images) -> dict[tuple, set[str]]:
     return owned
 
 
-def _delete_from_v2(connection, images) -> dict[int, _Outcome]:
-    credentials = credentials_for(connection, session_name="dockersupport-cleanup")
-    session = RegistrySession(connection.registry or connection.registry_address, credentials.username,
-                              credentials.password, pool_size=CONCURRENCY)
-    outcomes: dict[int, _Outcome] = {}
-
-    def guarded(function, *args):
-        try:
-            return function(*args)
-        except TransientRegistryError as exc:
-            return _Outcome("pending", str(exc), transient=True)
-        except RegistryError as exc:
-            return _Outcome("failed", str(exc))
-
-    try:
-        with ThreadPoolExecutor(CONCURRENCY) as pool:
-            # Digests of images pushed without a known digest, resolved from their tags.
-            for image in images:
-                if not image.digest:
-                    resolved = guarded(session.manifest_digest, image.repository, image.tag)
-                    if isinstance(resolved, _Outcome):
-                        outcomes[image.pk] = resolved
-                    elif resolved is None:
-                        outcomes[image.pk] = _Outcome("deleted", "the tag is already gone from the registry")
-                    else:
-                        image.digest = resolved
-            todo = [i for i in images if i.pk not in outcomes]
-            retained, owned = _retained_digests(todo), _owned_tags(todo)
-            by_repository = defaultdict(list)
-            for image in todo:
-                by_repository[image.repository].append(image)
-            for repository, group in by_repository.items():
-                tag_digests = _tag_digests(session, pool, repository, guarded)
-                if isinstance(tag_digests, _Outcome):
-                    outcomes.update({i.pk: tag_digests for i in group})
-                    continue
-                deletions = {}
-                for image in group:
-                    key = (image.registry, image.repository, image.digest)
-                    if key in retained:
-                        outcomes[image.pk] = _Outcome("kept", f"build {retained[key]}, which is kept, pushed the same "
-                                                              "digest")
-                        continue
-                    foreign = sorted(t for t, d in tag_digests.items() if d == image.digest and t not in owned[key])
-                    if foreign:
-                        outcomes[image.pk] = _Outcome("kept", "tag " + ", ".join(f"'{t}'" for t in foreign)
-                                                      + " also points to this digest and was not pushed by a deleted "
-                                                        "build; deleting the digest would delete it too")
-                        continue
-                    deletions.setdefault(image.digest, []).append(image)
-                results = pool.map(lambda digest: (digest, guarded(session.delete_manifest, repository, digest)),
-                                   list(deletions))
-                for digest, result in results:
-                    if isinstance(result, _Outcome):
-                        outcome = result
-                    elif result:
-                        outcome = _Outcome("deleted", "manifest deleted")
-                    else:
-                        outcome = _Outcome("deleted", "already gone from the registry (404)")
-                    outcomes.update({i.pk: outcome for i in deletions[digest]})
-    finally:
-        session.close()
-    return outcomes
-
-
-def _tag_digests(session, pool, repository, guarded):
-    tags = guarded(session.tags, repository)
-    if isinstance(tags, _Outcome):
-        return tags
-    digests = list(pool.map(lambda tag: guarded(session.manifest_digest, repository, tag), tags))
-    for result in digests:
-        if isinstance(result, _Outcome):
-            return result
-    return {tag: digest for tag, digest in zip(tags, digests) if digest}
-
-
-def _delete_from_ecr(connection, images) -> dict[int, _Outcome]:
-    from connections.registries.ecr import EcrRepository
-
-    outcomes: dict[int, _Outcome] = {}
-    retained, owned = _retained_digests(images), _owned_tags(images)
-    by_repository = defaultdict(list)
+def _by_repository(images) -> dict[str, list[PushedImage]]:
+    groups = defaultdict(list)
     for image in images:
-        by_repository[image.repository].append(image)
-    for repository, group in by_repository.items():
-        ecr = EcrRepository(connection, repository)
-        tags_by_digest = ecr.tags_by_digest()
-        requests, owners = [], defaultdict(list)
+        groups[image.repository].append(image)
+    return groups
+
+
+def _kept_for(build_name: str) -> Deletion:
+    return Deletion.kept(f"build {build_name}, which is kept, pushed the same digest")
+
+
+def _delete_digests(registry: Registry, images) -> dict[int, Deletion]:
+    """A registry that deletes a digest with every tag on it (v2): a digest another tag points to is kept.
+
+    A registry's answer about one repository (or one image) decides for those images alone.
+    """
+    outcomes: dict[int, Deletion] = {}
+    for image in images:  # pushed without a known digest: the one its tag resolves to
+        if image.digest:
+            continue
+        try:
+            resolved = registry.digest_of(image.repository, image.tag)
+        except RegistryError as exc:
+            outcomes[image.pk] = Deletion.from_error(exc)
+            continue
+        if resolved is None:
+            outcomes[image.pk] = Deletion.gone("the tag is already gone from the registry")
+        else:
+            image.digest = resolved
+    todo = [i for i in images if i.pk not in outcomes]
+    retained, owned = _retained_digests(todo), _owned_tags(todo)
+    for repository, group in _by_repository(todo).items():
+        try:
+            tags_by_digest = registry.tags_by_digest(repository)
+        except RegistryError as exc:
+            outcomes.update({i.pk: Deletion.from_error(exc) for i in group})
+            continue
+        wanted: dict[ImageRef, list[PushedImage]] = defaultdict(list)
         for image in group:
             key = (image.registry, image.repository, image.digest)
             if key in retained:
-                outcomes[image.pk] = _Outcome("kept", f"build {retained[key]}, which is kept, pushed the same digest")
+                outcomes[image.pk] = _kept_for(retained[key])
                 continue
-            foreign = tags_by_digest.get(image.digest, set()) - owned[key]
-            if foreign and image.tag:
-                # ECR deletes by tag: remove only the deleted build's tag; the image stays for the others.
-                image_id = {"imageTag": image.tag}
-                note = (f"only tag '{image.tag}' was removed: tag(s) {', '.join(sorted(foreign))} still point to "
-                        "the digest")
-            elif foreign:
-                outcomes[image.pk] = _Outcome("kept", f"tag(s) {', '.join(sorted(foreign))} not pushed by a deleted "
-                                                      "build point to this digest")
+            foreign = sorted(tags_by_digest.get(image.digest, set()) - owned[key])
+            if foreign:
+                outcomes[image.pk] = Deletion.kept(
+                    "tag " + ", ".join(f"'{t}'" for t in foreign) + " also points to this digest and was not pushed "
+                    "by a deleted build; deleting the digest would delete it too")
                 continue
-            else:
-                image_id, note = {"imageDigest": image.digest}, "image deleted"
-            if image_id not in requests:
-                requests.append(image_id)
-            owners[_id_key(image_id)].append((image, note))
-        if not requests:
-            continue
-        deleted, failures = ecr.delete(requests)
-        for image_id in deleted:
-            for key in _id_keys(image_id):
-                for image, note in owners.pop(key, []):
-                    outcomes[image.pk] = _Outcome("deleted", note)
-        for failure in failures:
-            code, reason = failure.get("failureCode", ""), failure.get("failureReason", "")
-            for key in _id_keys(failure.get("imageId", {})):
-                for image, _ in owners.pop(key, []):
-                    if code == "ImageNotFound":
-                        outcomes[image.pk] = _Outcome("deleted", f"already gone ({code})")
-                    elif code == "ImageReferencedByManifestList":
-                        outcomes[image.pk] = _Outcome("kept", f"{code}: {reason}")
-                    else:
-                        outcomes[image.pk] = _Outcome("failed", f"ECR BatchDeleteImage: {code}: {reason}")
-        for pending in owners.values():
-            for image, _ in pending:
-                outcomes[image.pk] = _Outcome("failed", "ECR answered nothing about this image")
+            wanted[ImageRef(digest=image.digest)].append(image)
+        for ref, outcome in registry.delete(repository, wanted).items():
+            outcomes.update({i.pk: outcome for i in wanted[ref]})
     return outcomes
 
 
-def _id_key(image_id: dict) -> tuple:
-    return ("digest", image_id["imageDigest"]) if "imageDigest" in image_id else ("tag", image_id.get("imageTag"))
+def _delete_own_tags(registry: Registry, images) -> dict[int, Deletion]:
+    """A registry that removes one tag alone (ECR): where other tags point to the digest, only the deleted
+    builds' own tags go.
 
-
-def _id_keys(image_id: dict) -> list[tuple]:
-    keys = []
-    if image_id.get("imageDigest"):
-        keys.append(("digest", image_id["imageDigest"]))
-    if image_id.get("imageTag"):
-        keys.append(("tag", image_id["imageTag"]))
-    return keys
+    A RegistryError (AWS refused a call) is raised: it decides for every image of the registry.
+    """
+    outcomes: dict[int, Deletion] = {}
+    retained, owned = _retained_digests(images), _owned_tags(images)
+    for repository, group in _by_repository(images).items():
+        tags_by_digest = registry.tags_by_digest(repository)
+        wanted: dict[ImageRef, list[tuple[PushedImage, str]]] = defaultdict(list)  # with the reason once deleted
+        for image in group:
+            key = (image.registry, image.repository, image.digest)
+            if key in retained:
+                outcomes[image.pk] = _kept_for(retained[key])
+                continue
+            foreign = ", ".join(sorted(tags_by_digest.get(image.digest, set()) - owned[key]))
+            if foreign and image.tag:
+                wanted[ImageRef(tag=image.tag)].append(
+                    (image, f"only tag '{image.tag}' was removed: tag(s) {foreign} still point to the digest"))
+            elif foreign:
+                outcomes[image.pk] = Deletion.kept(f"tag(s) {foreign} not pushed by a deleted build point to this "
+                                                   "digest")
+            else:
+                wanted[ImageRef(digest=image.digest)].append((image, ""))
+        for ref, outcome in registry.delete(repository, wanted).items():
+            for image, reason in wanted[ref]:
+                deleted = outcome.result == DeletionResult.DELETED
+                outcomes[image.pk] = replace(outcome, reason=reason) if deleted and reason else outcome
+    return outcomes
 
 
 def pushed_images_retry(images) -> int:

@@ -13,8 +13,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from connections.models import Connection
-from connections.registries import RegistryError, credentials_for
-from connections.registries.credentials import docker_server
+from connections.registries import RegistryError, credentials_for, docker_server
 
 from . import agent_services
 from .models import Agent, AgentJob, Build, BuildConfiguration, LoginConnection

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from .models import Connection
-from .registries import RegistryError, credentials_for
+from .registries import RegistryError, open_registry
 
 
 @transaction.atomic
@@ -39,19 +39,11 @@ class ConnectionTestResult:
 
 def connection_test(connection: Connection) -> ConnectionTestResult:
     """Gets the connection's credentials (for ECR: AssumeRole, token) and has its registry accept them."""
-    from .registries.v2 import RegistrySession  # requests is only needed here
-
     result = ConnectionTestResult(ok=False)
     try:
-        credentials = credentials_for(connection, session_name=f"dockersupport-test-{connection.ident}")
-        if credentials.detail:
-            result.verified.append(credentials.detail)
-        session = RegistrySession(connection.registry or connection.registry_address,
-                                  credentials.username, credentials.password)
-        try:
-            result.verified.extend(session.check_login())
-        finally:
-            session.close()
+        with open_registry(connection, session_name=f"dockersupport-test-{connection.ident}") as registry:
+            for line in registry.check_login():  # what was verified before a failure is reported with it
+                result.verified.append(line)
     except RegistryError as exc:
         result.error = f"connection '{connection}': {exc}"
         return result

@@ -1,9 +1,28 @@
-"""The outside systems a connection authenticates against: AWS (boto3) for ECR tokens.
+"""The one door to registries: everything outside this package imports from here.
 
-`credentials_for(connection)` is the one entry point: it turns a connection into the username,
-password and server address a Docker client logs in with.
+`credentials_for(connection)` gives the username, password and server address a Docker client logs
+in with; `open_registry(connection)` a session with the registry (Registry): its login checked,
+its tags and digests, deletions answered as Deletion values. Which kind a registry is (a v2 API,
+Amazon ECR) stays behind the door.
 """
 
-from .credentials import RegistryCredentials, RegistryError, credentials_for
+from .access import credentials_for, docker_server, open_registry
+from .base import (
+    MANIFEST_TYPES,
+    REFRESH_LEAD,
+    REUSE_MARGIN,
+    Deletion,
+    DeletionResult,
+    ForbiddenDestination,
+    ImageRef,
+    Registry,
+    RegistryCredentials,
+    RegistryError,
+    TransientRegistryError,
+)
 
-__all__ = ["RegistryCredentials", "RegistryError", "credentials_for"]
+__all__ = [
+    "MANIFEST_TYPES", "REFRESH_LEAD", "REUSE_MARGIN", "Deletion", "DeletionResult", "ForbiddenDestination",
+    "ImageRef", "Registry", "RegistryCredentials", "RegistryError", "TransientRegistryError", "credentials_for",
+    "docker_server", "open_registry",
+]

@@ -1,4 +1,5 @@
-"""Amazon ECR authorization tokens through boto3 (STS AssumeRole when asked), cached per connection.
+"""Amazon ECR through boto3 (STS AssumeRole when asked): authorization tokens, cached per connection,
+and EcrRegistry, the session `open_registry` gives for an ECR connection.
 
 GetAuthorizationToken is throttled (about 20 calls a second per account) and its tokens live 12
 hours, so a token is shared by every process through the Django cache (Redis in production),
@@ -11,6 +12,7 @@ import hashlib
 import json
 import re
 import socket
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlsplit
@@ -24,7 +26,7 @@ from connections import crypto, validators
 from connections.models import Connection
 from connections.validators import forbidden_address, forbidden_address_message
 
-from .credentials import REUSE_MARGIN, RegistryCredentials, RegistryError
+from .base import REUSE_MARGIN, Deletion, ImageRef, Registry, RegistryCredentials, RegistryError
 
 _BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=10, read_timeout=30)
 _SESSION_NAME_RE = re.compile(r"[^\w+=,.@-]")
@@ -145,19 +147,42 @@ def fetch_token(connection: Connection, *, session_name: str) -> RegistryCredent
 BATCH_DELETE_LIMIT = 100  # BatchDeleteImage takes at most 100 image ids (moto does not enforce it)
 
 
-class EcrRepository:
-    """One ECR repository of a connection: its tags per digest, and batched deletion."""
+class EcrRegistry(Registry):
+    """An ECR registry: logins with a token (its own cache), the repository API through boto3.
 
-    def __init__(self, connection: Connection, repository: str, *, session_name: str = "dockersupport-cleanup"):
-        self.connection, self.repository = connection, repository
-        with aws_errors(connection):
-            self.client = aws_session(connection, session_name=session_name).client("ecr", **_client_args(connection))
+    BatchDeleteImage removes a tag alone when asked by tag; the image stays for its other tags.
+    The AWS client (and its AssumeRole) is made at the first API call: a login test needs none.
+    """
 
-    def tags_by_digest(self) -> dict[str, set[str]]:
+    deletes_by_tag = True
+
+    def __init__(self, connection: Connection, address: str, *, session_name: str):
+        self.connection, self.address, self.session_name = connection, address, session_name
+        self._ecr = None
+
+    def _client(self):
+        if self._ecr is None:
+            with aws_errors(self.connection):
+                self._ecr = aws_session(self.connection, session_name=self.session_name).client(
+                    "ecr", **_client_args(self.connection))
+        return self._ecr
+
+    def check_login(self) -> Iterator[str]:
+        """The token (role, expiry), then the registry's /v2/ accepting it."""
+        from .v2 import V2Registry  # requests is only needed here
+
+        credentials = ecr_credentials(self.connection, session_name=self.session_name)
+        if credentials.detail:
+            yield credentials.detail
+        with V2Registry(self.address, credentials) as registry:
+            yield from registry.check_login()
+
+    def tags_by_digest(self, repository: str) -> dict[str, set[str]]:
         result: dict[str, set[str]] = {}
+        client = self._client()
         with aws_errors(self.connection):
-            pages = self.client.get_paginator("list_images").paginate(
-                registryId=self.connection.registry_id, repositoryName=self.repository)
+            pages = client.get_paginator("list_images").paginate(
+                registryId=self.connection.registry_id, repositoryName=repository)
             for page in pages:
                 for image in page.get("imageIds", []):
                     tags = result.setdefault(image["imageDigest"], set())
@@ -165,17 +190,68 @@ class EcrRepository:
                         tags.add(image["imageTag"])
         return result
 
-    def delete(self, image_ids: list[dict]) -> tuple[list[dict], list[dict]]:
-        """BatchDeleteImage in chunks of at most 100; returns (deleted ids, failures with their codes)."""
+    def digest_of(self, repository: str, tag: str) -> str | None:
+        client = self._client()
+        with aws_errors(self.connection):
+            try:
+                answer = client.describe_images(registryId=self.connection.registry_id, repositoryName=repository,
+                                                imageIds=[{"imageTag": tag}])
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") == "ImageNotFoundException":
+                    return None
+                raise
+        details = answer.get("imageDetails") or []
+        return details[0].get("imageDigest") if details else None
+
+    def delete(self, repository: str, images: Iterable[ImageRef]) -> dict[ImageRef, Deletion]:
+        """BatchDeleteImage in chunks of at most 100; ECR's answer per image id becomes a Deletion."""
+        pending = {_id_key(image): image for image in dict.fromkeys(images)}
+        requests = [{"imageTag": key[1]} if key[0] == "tag" else {"imageDigest": key[1]} for key in pending]
         deleted, failures = [], []
-        for start in range(0, len(image_ids), BATCH_DELETE_LIMIT):
-            chunk = image_ids[start:start + BATCH_DELETE_LIMIT]
+        for start in range(0, len(requests), BATCH_DELETE_LIMIT):
+            chunk = requests[start:start + BATCH_DELETE_LIMIT]
             with aws_errors(self.connection):
-                answer = self.client.batch_delete_image(
-                    registryId=self.connection.registry_id, repositoryName=self.repository, imageIds=chunk)
+                answer = self._client().batch_delete_image(
+                    registryId=self.connection.registry_id, repositoryName=repository, imageIds=chunk)
             deleted.extend(answer.get("imageIds", []))
             failures.extend(answer.get("failures", []))
-        return deleted, failures
+        outcomes: dict[ImageRef, Deletion] = {}
+        for image_id in deleted:
+            for key in _answer_keys(image_id):
+                if key in pending:
+                    image = pending.pop(key)
+                    outcomes[image] = Deletion.deleted(f"tag '{image.tag}' removed" if image.by_tag
+                                                       else "image deleted")
+        for failure in failures:
+            code, reason = failure.get("failureCode", ""), failure.get("failureReason", "")
+            for key in _answer_keys(failure.get("imageId", {})):
+                if key in pending:
+                    outcomes[pending.pop(key)] = _failure_outcome(code, reason)
+        for image in pending.values():
+            outcomes[image] = Deletion.failed("ECR answered nothing about this image")
+        return outcomes
+
+
+def _failure_outcome(code: str, reason: str) -> Deletion:
+    if code == "ImageNotFound":
+        return Deletion.gone(f"already gone ({code})")
+    if code == "ImageReferencedByManifestList":
+        return Deletion.kept(f"{code}: {reason}")
+    return Deletion.failed(f"ECR BatchDeleteImage: {code}: {reason}")
+
+
+def _id_key(image: ImageRef) -> tuple[str, str]:
+    return ("tag", image.tag) if image.by_tag else ("digest", image.digest)
+
+
+def _answer_keys(image_id: dict) -> list[tuple[str, str]]:
+    """An image id in ECR's answer names the digest, the tag, or both: each may be what was asked."""
+    keys = []
+    if image_id.get("imageDigest"):
+        keys.append(("digest", image_id["imageDigest"]))
+    if image_id.get("imageTag"):
+        keys.append(("tag", image_id["imageTag"]))
+    return keys
 
 
 def _base_session(connection: Connection):

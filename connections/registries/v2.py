@@ -1,4 +1,6 @@
-"""The Docker Registry HTTP API v2 (OCI distribution), through requests.
+"""The Docker Registry HTTP API v2 (OCI distribution) through requests: V2Registry and its HTTP client.
+
+V2Registry is the session `open_registry` gives for every registry but ECR, on a RegistrySession.
 
 A RegistrySession holds one registry, one set of credentials, one pool of HTTP connections and
 the registry's auth: Basic, or Bearer tokens from the realm named in
@@ -17,6 +19,8 @@ import ipaddress
 import re
 import threading
 import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -28,29 +32,23 @@ from urllib3.util import parse_url
 
 from connections.validators import forbidden_address, forbidden_address_message
 
-from .credentials import RegistryError
+from .base import (
+    MANIFEST_TYPES,
+    Deletion,
+    ForbiddenDestination,
+    ImageRef,
+    Registry,
+    RegistryCredentials,
+    RegistryError,
+    TransientRegistryError,
+)
 
 TIMEOUT = (10, 30)
 MAX_REDIRECTS = 5
 QUOTE_LIMIT = 300  # characters of a registry's answer quoted in an error
 BODY_LIMIT = 8 * 1024 * 1024  # a registry's answer larger than this is refused, not read
 DOCKER_HUB_API = "https://registry-1.docker.io"
-# Without the list types a registry answers with one child manifest's digest, not the pushed one.
-MANIFEST_TYPES = ", ".join([
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-])
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-
-
-class TransientRegistryError(RegistryError):
-    """Worth retrying later: unreachable, 5xx, 429."""
-
-
-class ForbiddenDestination(RegistryError):
-    """A request would have gone to an address that is never contacted (cloud metadata, link-local)."""
 
 
 class _GuardedConnectionMixin:
@@ -376,6 +374,58 @@ class RegistrySession:
             raise RegistryError(f"{what}: the registry refused the credentials: {self._error_text(response)}")
         if not 200 <= response.status_code < 300:
             raise RegistryError(f"{what}: {self._error_text(response)}")
+
+
+class V2Registry(Registry):
+    """A registry through its HTTP API: deleting a manifest by digest deletes every tag on it.
+
+    Tag lookups and deletions run `concurrency` at a time, on one pool of HTTP connections.
+    """
+
+    def __init__(self, address: str, credentials: RegistryCredentials, *, concurrency: int = 10):
+        self.http = RegistrySession(address, credentials.username, credentials.password, pool_size=concurrency)
+        self.concurrency = concurrency
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+        self.http.close()
+
+    def _map(self, function, items):
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency)
+        return self._pool.map(function, items)
+
+    def check_login(self) -> Iterator[str]:
+        yield from self.http.check_login()
+
+    def digest_of(self, repository: str, tag: str) -> str | None:
+        return self.http.manifest_digest(repository, tag)
+
+    def tags_by_digest(self, repository: str) -> dict[str, set[str]]:
+        tags = self.http.tags(repository)
+        result: dict[str, set[str]] = {}
+        # The first failing lookup, in tag order, is raised; a tag gone meanwhile is left out.
+        for tag, digest in zip(tags, self._map(lambda tag: self.http.manifest_digest(repository, tag), tags)):
+            if digest:
+                result.setdefault(digest, set()).add(tag)
+        return result
+
+    def delete(self, repository: str, images: Iterable[ImageRef]) -> dict[ImageRef, Deletion]:
+        images = list(images)
+        if any(image.by_tag for image in images):
+            raise ValueError("a v2 registry deletes by digest only")
+        return dict(zip(images, self._map(lambda image: self._delete(repository, image.digest), images)))
+
+    def _delete(self, repository: str, digest: str) -> Deletion:
+        try:
+            deleted = self.http.delete_manifest(repository, digest)
+        except RegistryError as exc:  # 401/403 and 405 failed; unreachable, 5xx and 429 to retry
+            return Deletion.from_error(exc)
+        if not deleted:
+            return Deletion.gone("already gone from the registry (404)")
+        return Deletion.deleted("manifest deleted")
 
 
 def _cut(text: str) -> str:

@@ -9,8 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.core.cache import cache
 
-from connections.registries import RegistryError, credentials_for
-from connections.registries.credentials import REUSE_MARGIN, RegistryCredentials
+from connections.registries import REUSE_MARGIN, RegistryCredentials, RegistryError, credentials_for
 from connections.registries.ecr import _cache_put, cache_key, ecr_credentials, role_session_name, token_is_reusable
 from tests.factories import EcrConnectionFactory
 

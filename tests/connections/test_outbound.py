@@ -8,8 +8,8 @@ import pytest
 from django.core.exceptions import ValidationError
 
 from connections import validators
-from connections.registries import RegistryError
-from connections.registries.v2 import QUOTE_LIMIT, ForbiddenDestination, RegistrySession
+from connections.registries import ForbiddenDestination, RegistryError
+from connections.registries.v2 import QUOTE_LIMIT, RegistrySession
 from connections.services import connection_test
 from tests.factories import EcrConnectionFactory, RegistryConnectionFactory
 from tests.harness.stand_in import Answer, StandIn

@@ -43,7 +43,7 @@ def push_unique(docker_client, registry, repository, tag) -> str:
 
 def retag(registry, repository, digest, new_tag):
     """Points another tag at an existing manifest, as a person with `docker tag` + push would."""
-    from connections.registries.v2 import MANIFEST_TYPES
+    from connections.registries import MANIFEST_TYPES
 
     auth = (registry.username, registry.password)
     manifest = requests.get(f"{registry.url}/v2/{repository}/manifests/{digest}", auth=auth,
@@ -54,7 +54,7 @@ def retag(registry, repository, digest, new_tag):
 
 
 def manifest_status(registry, repository, reference):
-    from connections.registries.v2 import MANIFEST_TYPES
+    from connections.registries import MANIFEST_TYPES
 
     return requests.head(f"{registry.url}/v2/{repository}/manifests/{reference}", headers={"Accept": MANIFEST_TYPES},
                          auth=(registry.username, registry.password), timeout=10).status_code

@@ -1,0 +1,50 @@
+"""From a connection to its registry: the credentials a Docker login uses, and a session with the registry.
+
+The one place that knows which kind of registry a connection is; boto3 (ECR) and requests (v2) are
+imported only by the processes that talk to them.
+"""
+
+from datetime import timedelta
+
+from connections.models import Connection
+
+from .base import REUSE_MARGIN, Registry, RegistryCredentials
+
+DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
+
+
+def docker_server(connection: Connection) -> str:
+    """The server address Docker keys credentials by: Docker Hub's legacy URL, else host[:port]."""
+    if connection.is_docker_hub:
+        return DOCKER_HUB_SERVER
+    return connection.registry_address
+
+
+def credentials_for(connection: Connection, *, session_name: str = "dockersupport",
+                    valid_for: timedelta | None = None) -> RegistryCredentials:
+    """Raises RegistryError quoting what the far side said.
+
+    `valid_for`: for expiring tokens (ECR), the least time the token must still be valid.
+    """
+    if connection.type == Connection.Type.AMAZON_ECR:
+        from . import ecr  # boto3 is slow to import: only processes that talk to AWS pay for it
+
+        return ecr.ecr_credentials(connection, session_name=session_name, valid_for=valid_for or REUSE_MARGIN)
+    return RegistryCredentials(
+        server=docker_server(connection), username=connection.username, password=connection.password,
+    )
+
+
+def open_registry(connection: Connection, *, session_name: str = "dockersupport", concurrency: int = 10) -> Registry:
+    """A session with the connection's registry, for `with`; raises RegistryError when it cannot be opened.
+
+    `session_name` names the AWS role session (ECR); `concurrency`: requests at a time (v2).
+    """
+    address = connection.registry or connection.registry_address  # a configured URL keeps its scheme
+    if connection.type == Connection.Type.AMAZON_ECR:
+        from . import ecr
+
+        return ecr.EcrRegistry(connection, address, session_name=session_name)
+    from . import v2
+
+    return v2.V2Registry(address, credentials_for(connection, session_name=session_name), concurrency=concurrency)

@@ -1,0 +1,135 @@
+"""What every kind of registry shares: its errors, credentials, token timing, and the session interface
+with the deletion outcomes it answers in. Imports nothing of the outside systems it describes."""
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+# An expiring token (ECR) is reused until REUSE_MARGIN before it expires; a running build's token
+# is replaced REFRESH_LEAD before it expires (periodic task or run_build's heartbeat).
+REUSE_MARGIN = timedelta(minutes=5)
+REFRESH_LEAD = timedelta(minutes=15)
+# Without the list types a registry answers with one child manifest's digest, not the pushed one.
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+])
+
+
+class RegistryError(Exception):
+    """A registry (or AWS) could not be asked or refused; the message quotes the far side and never a secret."""
+
+
+class TransientRegistryError(RegistryError):
+    """Worth retrying later: unreachable, 5xx, 429."""
+
+
+class ForbiddenDestination(RegistryError):
+    """A request would have gone to an address that is never contacted (cloud metadata, link-local)."""
+
+
+@dataclass(frozen=True)
+class RegistryCredentials:
+    server: str  # the key of `auths` in a Docker config.json, and the login's server address
+    username: str
+    password: str = field(repr=False)
+    expires_at: datetime | None = None  # ECR tokens expire; registry passwords do not
+    detail: str = ""  # what was verified on the way, for people (e.g. the assumed role)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image of a repository as a deletion names it: by its digest, or by one tag (on a registry
+    that deletes by tag, that tag alone goes and the image stays for its other tags)."""
+
+    digest: str = ""
+    tag: str = ""
+
+    def __post_init__(self):
+        if self.digest and self.tag:
+            raise ValueError("an image is named by its digest or by a tag, not both")
+
+    @property
+    def by_tag(self) -> bool:
+        return bool(self.tag)
+
+
+class DeletionResult(StrEnum):
+    DELETED = "deleted"
+    GONE = "gone"  # already gone from the registry: as good as deleted
+    KEPT = "kept"  # the registry keeps it for a reason of its own (ECR: a manifest list refers to it)
+    FAILED = "failed"
+    RETRY = "retry"  # transient (unreachable, 5xx, 429): worth asking again later
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What became of one image a registry was asked to delete, and why, for people."""
+
+    result: DeletionResult
+    reason: str
+
+    @classmethod
+    def deleted(cls, reason: str) -> "Deletion":
+        return cls(DeletionResult.DELETED, reason)
+
+    @classmethod
+    def gone(cls, reason: str) -> "Deletion":
+        return cls(DeletionResult.GONE, reason)
+
+    @classmethod
+    def kept(cls, reason: str) -> "Deletion":
+        return cls(DeletionResult.KEPT, reason)
+
+    @classmethod
+    def failed(cls, reason: str) -> "Deletion":
+        return cls(DeletionResult.FAILED, reason)
+
+    @classmethod
+    def retry(cls, reason: str) -> "Deletion":
+        return cls(DeletionResult.RETRY, reason)
+
+    @classmethod
+    def from_error(cls, error: RegistryError, about: str = "") -> "Deletion":
+        """To retry when the error is transient, else failed; the reason quotes it, after `about` if given."""
+        reason = f"{about}: {error}" if about else str(error)
+        return cls.retry(reason) if isinstance(error, TransientRegistryError) else cls.failed(reason)
+
+
+class Registry(ABC):
+    """One registry opened with one connection's credentials (`open_registry`); close it, or use it in `with`.
+
+    Every method raises RegistryError (TransientRegistryError when worth retrying) when the registry
+    cannot answer it; `delete` answers for each image instead where the registry answers per image.
+    """
+
+    deletes_by_tag = False  # True: an image can lose one tag alone (ECR); False: deleting a digest takes every tag
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def close(self) -> None:
+        """Gives back what the session holds (connections, threads)."""
+
+    @abstractmethod
+    def check_login(self) -> Iterator[str]:
+        """Has the registry accept the credentials; yields what was verified, for people, as it is verified."""
+
+    @abstractmethod
+    def tags_by_digest(self, repository: str) -> dict[str, set[str]]:
+        """Every digest of the repository that tags point to, with those tags (ECR: untagged digests too)."""
+
+    @abstractmethod
+    def digest_of(self, repository: str, tag: str) -> str | None:
+        """The digest a tag resolves to as pushed (lists and indexes stay whole); None if the tag is absent."""
+
+    @abstractmethod
+    def delete(self, repository: str, images: Iterable[ImageRef]) -> dict[ImageRef, Deletion]:
+        """Deletes the images of one repository; says for each what became of it."""

@@ -132,8 +132,8 @@ def plan_candidates(client, tracked: list[TrackedImage]) -> list[Candidate]:
     return sorted(images.values(), key=lambda c: (c.last_used_at, c.image_id))
 
 
-def free_disk_space(client, tracked: list[TrackedImage], required: int, path: str, origin: str, *,
-                    dry_run: bool = False, progress=None) -> Result:
+def images_remove_until_free(client, tracked: list[TrackedImage], required: int, path: str, origin: str, *,
+                             dry_run: bool = False, progress=None) -> Result:
     """Removes candidates until `required` bytes are free on the volume of `path`."""
     say = progress or (lambda text: None)
     free = free_bytes(path, origin)

@@ -208,8 +208,8 @@ class Agent:
 
     def _free_for_build(self, build: RunningBuild, required: int, progress) -> None:
         try:
-            result = self.free_disk_space(required, reason=f"build {build.label()} requires {cleanup.human(required)} "
-                                          "free", progress=progress)
+            result = self.free_disk_space_run(
+                required, reason=f"build {build.label()} requires {cleanup.human(required)} free", progress=progress)
         except cleanup.CleanupError as exc:
             raise BuildFailed(f"free disk space: {exc}") from None
         if not result.met:
@@ -515,8 +515,8 @@ class Agent:
             return protocol.JobResult(ok=True, result={"status": outcome["status"]})
         if job.kind == protocol.JobKind.FREE_DISK_SPACE:
             try:
-                result = self.free_disk_space(job.required_bytes, reason=job.reason or "free_disk_space",
-                                              dry_run=job.dry_run)
+                result = self.free_disk_space_run(job.required_bytes, reason=job.reason or "free_disk_space",
+                                                  dry_run=job.dry_run)
             except cleanup.CleanupError as exc:
                 return protocol.JobResult(ok=False, error=str(exc))
             return protocol.JobResult(ok=True, result={
@@ -529,7 +529,7 @@ class Agent:
     def _data_path(self) -> tuple[str, str]:
         return cleanup.data_path(self.settings.docker_data_path if self.settings else "", self.config.data_path)
 
-    def free_disk_space(self, required: int, *, reason: str, dry_run: bool = False, progress=None) -> cleanup.Result:
+    def free_disk_space_run(self, required: int, *, reason: str, dry_run: bool = False, progress=None) -> cleanup.Result:
         path, origin = self._data_path()
         try:
             tracked = self.api.tracked_images()
@@ -540,8 +540,8 @@ class Agent:
         except DaemonError as exc:
             raise cleanup.CleanupError(str(exc)) from None
         try:
-            result = cleanup.free_disk_space(client, tracked, required, path, origin, dry_run=dry_run,
-                                             progress=progress)
+            result = cleanup.images_remove_until_free(client, tracked, required, path, origin, dry_run=dry_run,
+                                                      progress=progress)
         except DaemonError as exc:
             raise cleanup.CleanupError(str(exc)) from None
         finally:

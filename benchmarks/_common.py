@@ -97,10 +97,10 @@ def synthetic_events(count: int, start_nano: int, label: str) -> list[dict]:
 
 def ingest_for_build(agent, build, records: list[dict], batch_size: int) -> None:
     """The server's side of what an agent sends: the records in batches, each given to `build`
-    (builds.ingestion.batch_ingest, as the ingest task runs it)."""
+    (builds.operations.ingestion.batch_ingest, as the ingest task runs it)."""
     from django.utils import timezone
 
-    from builds import ingestion
+    from builds.operations import ingestion
     from builds.models import EventBatch
 
     first = EventBatch.objects.filter(agent=agent).count() * 1_000_000 + 1

@@ -9,7 +9,7 @@ Starts its own Docker daemon (tests/harness, vfs storage), then measures the age
            their own, a few of them used by stopped containers), next to images no build made.
            Median of --runs runs, with a breakdown (daemon image list, containers).
            Target: <= 1 s.
-  removal: `free_disk_space(client, tracked, required=free + 1 TiB, ...)` removing --remove (100) tracked, distinct
+  removal: `images_remove_until_free(client, tracked, required=free + 1 TiB, ...)` removing --remove (100) tracked, distinct
            small images (each with a layer of its own, so each removal deletes a vfs directory),
            re-reading free space after each, vs a `docker image rm <ref>` loop (one docker CLI
            process per image) over as many other images of the same kind on the same daemon.
@@ -86,7 +86,7 @@ def main():
     rng = random.Random(42)
 
     with DockerDaemon() as daemon:
-        from agent.cleanup import free_bytes, free_disk_space, plan_candidates
+        from agent.cleanup import free_bytes, images_remove_until_free, plan_candidates
 
         client = daemon.client(timeout=120)
         docker_env = {**os.environ, "DOCKER_HOST": daemon.host}
@@ -147,7 +147,7 @@ def main():
         remover_plan, candidates = timed(lambda: plan_candidates(client, ours_tracked), 1)
         free = free_bytes(daemon.data_root, "benchmark")
         start = time.perf_counter()
-        result = free_disk_space(client, ours_tracked, free + TiB, daemon.data_root, "benchmark")
+        result = images_remove_until_free(client, ours_tracked, free + TiB, daemon.data_root, "benchmark")
         ours = time.perf_counter() - start
         failures = 0
         start = time.perf_counter()
@@ -159,7 +159,7 @@ def main():
         client.close()
 
     print(f"\n2. removal of {args.remove} distinct tracked images (vfs), same daemon:")
-    print(f"  free_disk_space:                 {ours:8.2f} s   {len(result.removed) / ours:7.1f} images/s   "
+    print(f"  images_remove_until_free:        {ours:8.2f} s   {len(result.removed) / ours:7.1f} images/s   "
           f"({len(result.removed)} removed, {len(result.errors)} errors, "
           f"{sum(ref in left for ref in ours_refs)} of ours left; its plan of {len(candidates)} candidates "
           f"alone: {remover_plan * 1000:.0f} ms)")

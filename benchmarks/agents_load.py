@@ -203,7 +203,7 @@ def main():
 
         logging.getLogger("httpx").setLevel(logging.WARNING)
         from agent.events import parse_event
-        from builds.agent_services import agent_token_issue
+        from builds.agents.services import agent_token_issue
         from builds.models import Build, DockerOperation
         from tests.factories import BuildConfigurationFactory
 

@@ -61,7 +61,7 @@ def ingest_batched(records, agent, build, batch_size):
 
 
 def ingest_naive(records, agent, build):
-    from builds.ingestion import OPERATION_FIELDS
+    from builds.operations.ingestion import OPERATION_FIELDS
     from builds.models import DockerOperation
 
     for r in records:

@@ -6,7 +6,7 @@ HTTP API (no Docker daemon): one small layer blob per repository, then per image
 its own and a Docker v2 schema 2 manifest tagged `t<N>`; N in `bench/ours`, N in `bench/skopeo`.
 
   ours:   N pending PushedImage tombstones (digest from the PUT's Docker-Content-Digest) deleted by
-          `builds.server_cleanup.pending_deletions_process()`: claim, find the connection, list the
+          `builds.cleanup.registry.pending_deletions_process()`: claim, find the connection, list the
           repository's tags and HEAD each (shared-digest safety), DELETE by digest with 8 threads,
           record each outcome;
   skopeo: `skopeo delete --tls-verify=false --creds ... docker://<registry>/bench/skopeo:t<N>`,
@@ -174,7 +174,7 @@ def tombstones(project, registry, digests: dict[int, str]) -> None:
 
 def one_round(registry, client, pool, project, count: int, round_number: int) -> tuple[float, float, float]:
     """Makes 2 x count images, deletes each half one way; returns (seconds to make, ours, skopeo loop)."""
-    from builds.server_cleanup import pending_deletions_process
+    from builds.cleanup.registry import pending_deletions_process
 
     start = time.perf_counter()
     ours_digests = make_images(client, pool, "bench/ours", count, round_number)

@@ -19,7 +19,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import connection
 from django.http import JsonResponse
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -32,8 +32,12 @@ from rest_framework_dataclasses.serializers import DataclassSerializer
 
 from agent import protocol
 
-from . import agent_services, metrics, services, tasks
-from .models import Agent, AgentCleanup, AgentImage, Build, DockerOperation
+from . import metrics, tasks
+from .agents import services as agents
+from .cleanup.agent import agent_cleanup_record, agent_images_tracked
+from .login import services as login
+from .models import Agent, Build, DockerOperation
+from .operations.services import events_receive
 
 REVOKED = ("this agent token is not valid: it was revoked or replaced; make a new one on the server with "
            "`python manage.py agent_token NAME`")
@@ -69,7 +73,7 @@ class AgentTokenAuthentication(BaseAuthentication):
         token = _bearer(request)
         if token is None or not token.startswith(protocol.AGENT_TOKEN_PREFIX):
             return None
-        agent = agent_services.agent_authenticate(token)
+        agent = agents.agent_authenticate(token)
         if agent is None:
             raise exceptions.AuthenticationFailed(REVOKED)
         return AnonymousUser(), agent
@@ -83,7 +87,7 @@ class BuildTokenAuthentication(BaseAuthentication):
         token = _bearer(request)
         if token is None or not token.startswith(protocol.BUILD_TOKEN_PREFIX):
             return None
-        build = agent_services.build_authenticate(token)
+        build = agents.build_authenticate(token)
         if build is None:
             raise exceptions.AuthenticationFailed("this build token is not valid: the build has ended")
         return AnonymousUser(), build
@@ -205,7 +209,7 @@ class ConnectView(AgentView):
     @extend_schema(request=doc(protocol.ConnectRequest), responses={200: doc(protocol.AgentSettings), **ERRORS})
     def post(self, request):
         """An agent starts: it says what it is, and learns its settings. Jobs it had taken are offered again."""
-        return answer(agent_services.agent_connect(agent=self.agent, hello=body(protocol.ConnectRequest, request)))
+        return answer(agents.agent_connect(agent=self.agent, hello=body(protocol.ConnectRequest, request)))
 
 
 class HeartbeatView(AgentView):
@@ -215,7 +219,7 @@ class HeartbeatView(AgentView):
         beat = body(protocol.HeartbeatRequest, request)
         if beat.free_bytes is not None and not 0 <= beat.free_bytes <= protocol.MAX_SIZE:
             raise serializers.ValidationError({"free_bytes": [f"a size is from 0 to {protocol.MAX_SIZE} bytes"]})
-        return answer(agent_services.agent_heartbeat(agent=self.agent, beat=beat))
+        return answer(agents.agent_heartbeat(agent=self.agent, beat=beat))
 
 
 class BuildStartView(AgentView):
@@ -223,12 +227,12 @@ class BuildStartView(AgentView):
     def post(self, request):
         """run_build starts a build through its agent: the build, its token and its registry credentials."""
         start = body(protocol.BuildStartRequest, request)
-        if start.number is not None and not 1 <= start.number <= services.BUILD_NUMBER_MAX:
-            raise serializers.ValidationError({"number": [f"a build number is from 1 to {services.BUILD_NUMBER_MAX}"]})
+        if start.number is not None and not 1 <= start.number <= login.BUILD_NUMBER_MAX:
+            raise serializers.ValidationError({"number": [f"a build number is from 1 to {login.BUILD_NUMBER_MAX}"]})
         try:
-            started = services.build_start_on_agent(agent=self.agent, configuration_ident=start.configuration,
-                                                    number=start.number)
-        except services.BuildStartError as exc:
+            started = login.build_start_on_agent(agent=self.agent, configuration_ident=start.configuration,
+                                                 number=start.number)
+        except login.BuildStartError as exc:
             raise serializers.ValidationError({"configuration": [str(exc)]}) from None
         return answer(started, status.HTTP_201_CREATED)
 
@@ -237,14 +241,14 @@ class BuildCredentialsView(BuildView):
     @extend_schema(responses={200: doc(protocol.Credentials), **ERRORS})
     def get(self, request, pk):
         """The build's registry credentials, fresh (an ECR token from the shared cache or from AWS)."""
-        return answer(protocol.Credentials(logins=services.build_credentials(self.build)))
+        return answer(protocol.Credentials(logins=login.build_credentials(self.build)))
 
 
 class BuildLoginsView(BuildView):
     @extend_schema(request=doc(protocol.LoginReport), responses={200: OpenApiResponse(), **ERRORS})
     def post(self, request, pk):
         """What the agent's daemon made of the build's logins; a failed required login ends the build."""
-        services.build_login_report(build=self.build, report=body(protocol.LoginReport, request))
+        login.build_login_report(build=self.build, report=body(protocol.LoginReport, request))
         return Response({"status": self.build.status})
 
 
@@ -257,8 +261,8 @@ class BuildFinishView(BuildView):
             raise serializers.ValidationError({"exit_code": ["give the exit code, or `lost` with the reason"]})
         if finish.exit_code is not None and not -2 ** 31 <= finish.exit_code < 2 ** 31:
             raise serializers.ValidationError({"exit_code": ["an exit code is from -2147483648 to 2147483647"]})
-        return answer(services.build_close(build=self.build, exit_code=finish.exit_code, lost=finish.lost,
-                                           events_through=finish.events_through, logins=finish.logins))
+        return answer(login.build_close(build=self.build, exit_code=finish.exit_code, lost=finish.lost,
+                                        events_through=finish.events_through, logins=finish.logins))
 
 
 # Records are checked here, quickly, rather than field by field through a serializer: batches of
@@ -322,20 +326,17 @@ class EventsView(AgentView):
         metrics.EVENT_BATCHES_RECEIVED.inc()
         metrics.EVENTS_RECEIVED.inc(len(batch.records))
         try:
-            with transaction.atomic():
-                row, ingest = agent_services.events_receive(agent=self.agent, batch=batch)
-                if ingest:
-                    transaction.on_commit(lambda: tasks.ingest_event_batch.delay(row.pk))
+            held = events_receive(agent=self.agent, batch=batch, ingest=tasks.ingest_event_batch.delay)
         except ValidationError as exc:
             raise serializers.ValidationError({"last_seq": exc.messages}) from None
-        return answer(protocol.EventAck(acked=row.last_seq))
+        return answer(protocol.EventAck(acked=held))
 
 
 class JobResultView(AgentView):
     @extend_schema(request=doc(protocol.JobResult), responses={200: OpenApiResponse(), **ERRORS})
     def post(self, request, pk):
         """The outcome of a job the agent took."""
-        if not agent_services.job_complete(agent=self.agent, job_id=pk, outcome=body(protocol.JobResult, request)):
+        if not agents.job_complete(agent=self.agent, job_id=pk, outcome=body(protocol.JobResult, request)):
             raise exceptions.NotFound(f"job {pk} is not a job this agent has taken")
         return Response({"ok": True})
 
@@ -344,17 +345,13 @@ class TrackedImagesView(AgentView):
     @extend_schema(responses={200: doc(protocol.TrackedImages), **ERRORS})
     def get(self, request):
         """Images builds created or pulled on this agent, with their last use (Free Disk Space candidates)."""
-        rows = AgentImage.objects.filter(agent=self.agent).order_by().values_list("reference", "last_used_at")
-        return answer(protocol.TrackedImages(images=[protocol.TrackedImage(reference=r, last_used_at=u)
-                                                     for r, u in rows]))
+        return answer(protocol.TrackedImages(images=agent_images_tracked(self.agent)))
 
 
 class CleanupReportView(AgentView):
     @extend_schema(request=doc(protocol.CleanupReport), responses={201: OpenApiResponse(), **ERRORS})
     def post(self, request):
         """A Free Disk Space run on the agent: recorded, and the removed images are no longer tracked."""
-        from django.utils import timezone
-
         report = body(protocol.CleanupReport, request)
         problems = {name: [f"a size is from 0 to {protocol.MAX_SIZE} bytes"]
                     for name in ("required_bytes", "free_before", "free_after")
@@ -364,13 +361,7 @@ class CleanupReportView(AgentView):
             problems["removed"] = ['expected [{"image", "references": [text...], "size", "freed"}]']
         if problems:
             raise serializers.ValidationError(problems)
-        AgentCleanup.objects.create(
-            agent=self.agent, at=timezone.now(), reason=report.reason[:300], data_path=report.data_path[:500],
-            required_bytes=report.required_bytes, free_before=report.free_before, free_after=report.free_after,
-            bytes_reclaimed=max(report.free_after - report.free_before, 0), removed=report.removed, met=report.met,
-        )
-        removed = [ref for item in report.removed for ref in item.get("references", []) if isinstance(ref, str)]
-        AgentImage.objects.filter(agent=self.agent, reference__in=removed).delete()
+        agent_cleanup_record(agent=self.agent, report=report)
         return Response({"ok": True}, status=status.HTTP_201_CREATED)
 
 
@@ -398,8 +389,8 @@ def _error(message: str, code: int) -> JsonResponse:
 
 def _claim(agent, session):
     try:
-        agent_services.agent_seen(agent)
-        return agent_services.jobs_claim(agent=agent, session=session)
+        agents.agent_seen(agent)
+        return agents.jobs_claim(agent=agent, session=session)
     finally:
         # A waiting agent holds no database connection: a server with many agents would run out.
         if not connection.in_atomic_block:
@@ -431,7 +422,7 @@ async def agent_jobs(request):
     token = _bearer(request)
     if token is None or not token.startswith(protocol.AGENT_TOKEN_PREFIX):
         return _error("an agent's token is needed here", 401)
-    agent = await sync_to_async(agent_services.agent_authenticate)(token)
+    agent = await sync_to_async(agents.agent_authenticate)(token)
     if agent is None:
         return _error(REVOKED, 401)
     try:
@@ -445,7 +436,7 @@ async def agent_jobs(request):
     if session is not None and not 0 <= session < 2 ** 31:
         return JsonResponse({"session": ["the session number that connect/ answered"]}, status=400)
     deadline = time.monotonic() + wait
-    notice = await sync_to_async(agent_services.job_notice)(agent.pk)
+    notice = await sync_to_async(agents.job_notice)(agent.pk)
     every = _database_every()
     while True:
         jobs = await sync_to_async(_claim)(agent, session)
@@ -454,7 +445,7 @@ async def agent_jobs(request):
         next_query = min(time.monotonic() + every, deadline)
         while time.monotonic() < next_query:
             await asyncio.sleep(NOTICE_EVERY)
-            current = await sync_to_async(agent_services.job_notice)(agent.pk)
+            current = await sync_to_async(agents.job_notice)(agent.pk)
             if current != notice:
                 notice = current
                 break

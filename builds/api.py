@@ -14,9 +14,9 @@ from rest_framework.decorators import action
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
 
-from . import agent_services, services
-from .models import Agent, AgentJob, Build, BuildConfiguration, DockerOperation, PushedImage
-from .selectors import build_operations, docker_info_summary
+from .login import services as login
+from .models import Agent, Build, BuildConfiguration, DockerOperation, PushedImage
+from .operations.selectors import build_operations, build_pushed_images, docker_info_summary
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,11 @@ NOT_RUNNING = OpenApiResponse(BuildErrorSerializer, description="The build is no
 NO_WORKER = OpenApiResponse(BuildErrorSerializer, description="The build's agent did not answer in time.")
 
 
-def _wait(job: AgentJob, build: Build):
-    """The agent's answer to the job, or None when it did not answer in time (the job stays queued)."""
-    return agent_services.job_wait(job, settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT)
+def _failed_on_agent(build: Build, answer: login.AgentAnswer) -> Response:
+    """The agent's failure (502), or its silence (504) with what to do about it."""
+    if answer.error:
+        return Response({"id": build.pk, "detail": answer.error}, status=status.HTTP_502_BAD_GATEWAY)
+    return _no_agent(build, answer.unanswered)
 
 
 def _no_agent(build: Build, what: str) -> Response:
@@ -235,30 +237,15 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         """Starts a build: its agent logs it in to its registries; answers its DOCKER_CONFIG."""
         start = BuildStartSerializer(data=request.data)
         start.is_valid(raise_exception=True)
-        agent = start.validated_data["agent"]
         try:
-            build, job = services.build_start_api(**start.validated_data)
-        except services.BuildStartError as exc:
-            field = "agent" if "does not run builds of project" in str(exc) else "number"
-            raise serializers.ValidationError({field: [str(exc)]}) from None
-        if not agent_services.agent_is_connected(agent):
-            agent_services.job_withdraw(job)
-            services.build_abandon(build=build, reason=f"agent {agent} is not connected", status=Build.Status.ERROR)
-            return _no_agent(build, "it is not connected")
-        done = _wait(job, build)
-        if done is None:
-            if agent_services.job_withdraw(job):
-                services.build_abandon(build=build, reason="its agent did not log it in in time",
-                                       status=Build.Status.ERROR)
-            else:  # the agent took it and is slow: whatever it writes is erased by the logout that follows
-                services.build_abandon(build=build, reason="its agent did not finish logging it in in time",
-                                       status=Build.Status.ERROR)
-            return _no_agent(build, "login")
-        if done.status == AgentJob.Status.FAILED:
-            services.build_abandon(build=build, reason=done.error, status=Build.Status.ERROR)
-            return Response({"id": build.pk, "detail": done.error}, status=status.HTTP_502_BAD_GATEWAY)
-        payload = {"id": build.pk, "number": build.number, **{k: done.result[k] for k in
-                                                                ("docker_config", "logged_in", "warnings")}}
+            build, answer = login.build_start_remote(**start.validated_data,
+                                                     timeout=settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT)
+        except login.BuildStartError as exc:
+            raise serializers.ValidationError({exc.field: [str(exc)]}) from None
+        if not answer.done:
+            return _failed_on_agent(build, answer)
+        payload = {"id": build.pk, "number": build.number,
+                   **{key: answer.result[key] for key in ("docker_config", "logged_in", "warnings")}}
         return Response(BuildStartedSerializer(payload).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=BuildFinishSerializer, responses={
@@ -275,15 +262,10 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         if not build.is_running:
             return Response({"id": build.pk, "detail": f"build {build} is already {build.status}"},
                             status=status.HTTP_409_CONFLICT)
-        job = services.build_finish_api(build=build, exit_code=finish.validated_data["exit_code"])
-        if not agent_services.agent_is_connected(build.agent):
-            return _no_agent(build, "it is not connected; the logout waits for it")
-        done = _wait(job, build)
-        if done is None:
-            return _no_agent(build, "the logout is queued and runs when the agent takes it")
-        if done.status == AgentJob.Status.FAILED:
-            return Response({"id": build.pk, "detail": done.error}, status=status.HTTP_502_BAD_GATEWAY)
-        build.refresh_from_db()
+        answer = login.build_finish_remote(build=build, exit_code=finish.validated_data["exit_code"],
+                                           timeout=settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT)
+        if not answer.done:
+            return _failed_on_agent(build, answer)
         return Response(BuildSerializer(build).data)
 
     @extend_schema(request=None, responses={200: BuildSerializer, **AUTH, 404: NOT_FOUND, 409: NOT_RUNNING})
@@ -294,7 +276,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         if not build.is_running:
             return Response({"id": build.pk, "detail": f"build {build} is already {build.status}"},
                             status=status.HTTP_409_CONFLICT)
-        services.build_heartbeat(build=build)
+        login.build_heartbeat(build=build)
         build.refresh_from_db()
         return Response(BuildSerializer(build).data)
 
@@ -312,5 +294,5 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return Response({
             "summary": docker_info_summary(build),
             "operations": OperationSerializer(operations.iterator(chunk_size=2000), many=True).data,
-            "pushed_images": PushedImageSerializer(build.pushed_images.order_by("pushed_at", "pk"), many=True).data,
+            "pushed_images": PushedImageSerializer(build_pushed_images(build), many=True).data,
         })

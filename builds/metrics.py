@@ -7,6 +7,7 @@ clean-up outcomes) are read when Prometheus scrapes, so every server process ans
 
 from datetime import timedelta
 
+from celery import current_app
 from django.conf import settings
 from django.db.models import Count, Sum
 from django.utils import timezone
@@ -25,9 +26,10 @@ class ProductCollector:
         return []
 
     def collect(self):
+        from .agents.services import connected_since
         from .models import Agent, AgentJob, Build, CleanupRun, EventBatch, PushedImage
 
-        seen = timezone.now() - timedelta(seconds=settings.DOCKERSUPPORT_AGENT_TIMEOUT)
+        seen = connected_since()
         agents = GaugeMetricFamily("dockersupport_agents", "Agents, by whether they are connected",
                                    labels=["connected"])
         agents.add_metric(["yes"], Agent.objects.filter(last_seen_at__gte=seen).count())
@@ -38,7 +40,7 @@ class ProductCollector:
         yield GaugeMetricFamily("dockersupport_builds_running", "Builds running now",
                                 value=Build.objects.filter(status=Build.Status.RUNNING).count())
         jobs = GaugeMetricFamily("dockersupport_agent_jobs", "Agent jobs waiting or taken", labels=["status"])
-        for status, count in AgentJob.objects.filter(status__in=["pending", "claimed"]).values_list(
+        for status, count in AgentJob.objects.filter(status__in=[AgentJob.Status.PENDING, AgentJob.Status.CLAIMED]).values_list(
                 "status").annotate(n=Count("pk")).order_by():
             jobs.add_metric([status], count)
         yield jobs
@@ -60,7 +62,8 @@ class ProductCollector:
                                               kept=Sum("images_kept"), builds=Sum("builds_deleted"))
         outcomes = CounterMetricFamily("dockersupport_cleanup_images", "Registry clean-up outcomes of all runs",
                                        labels=["outcome"])
-        for outcome in ("deleted", "failed", "kept"):
+        for outcome in (PushedImage.CleanupStatus.DELETED, PushedImage.CleanupStatus.FAILED,
+                        PushedImage.CleanupStatus.KEPT):
             outcomes.add_metric([outcome], totals[outcome] or 0)
         yield outcomes
         yield CounterMetricFamily("dockersupport_cleanup_builds_deleted", "Builds deleted by retention",
@@ -75,12 +78,9 @@ def queue_length() -> int | None:
     """Messages waiting in the server's Celery queue (Redis broker only)."""
     if settings.CELERY_TASK_ALWAYS_EAGER or not settings.CELERY_BROKER_URL.startswith("redis"):
         return None
-    from dockersupport_site.celery import app
-    from dockersupport_site.queues import Queue
-
     try:
-        with app.connection_for_read() as connection:
-            return connection.default_channel.client.llen(Queue.SERVER)
+        with current_app.connection_for_read() as connection:
+            return connection.default_channel.client.llen(settings.CELERY_TASK_DEFAULT_QUEUE)
     except Exception:  # noqa: BLE001 - a broker away is the health check's to say
         return None
 

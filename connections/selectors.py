@@ -1,5 +1,7 @@
 """Reads about projects and connections."""
 
+from collections.abc import Callable
+
 from django.db.models import QuerySet
 
 from .models import Connection, Project
@@ -8,6 +10,14 @@ from .models import Connection, Project
 def connections_usable_by(project: Project) -> QuerySet[Connection]:
     """Connections of the project and of its ancestors: the only ones its builds may use."""
     return Connection.objects.filter(project__in=[p.pk for p in project.lineage()]).select_related("project")
+
+
+def connection_nearest(project: Project, match: Callable[[Connection], bool]) -> Connection | None:
+    """The connection `match` accepts that is nearest up the project's tree: the project's own, else its
+    parent's, and so on (within a project, by identifier); never another project's."""
+    depth = {p.pk: i for i, p in enumerate(project.lineage())}
+    usable = sorted(connections_usable_by(project), key=lambda c: (depth[c.project_id], c.ident))
+    return next((connection for connection in usable if match(connection)), None)
 
 
 def connection_get(project_ident: str, connection_ident: str) -> Connection:

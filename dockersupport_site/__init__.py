@@ -1,6 +1,10 @@
 """The dockersupport Django project: settings, URLs and the Celery app (`dockersupport_site.celery`).
 
-The Celery app is not imported here, unlike Celery's usual Django recipe: task modules import it
-themselves, so that processes that enqueue nothing (run_build, once per CI build step) start
-without loading Celery. `celery -A dockersupport_site` finds `dockersupport_site.celery`.
+As in Celery's Django recipe, the app is made here, so that every process with these settings
+sends tasks through it; the apps' tasks are `shared_task`s and import nothing of this package.
+(run_build and the agent run without Django: see manage.py.)
 """
+
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

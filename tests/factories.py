@@ -80,7 +80,7 @@ class BuildFactory(factory.django.DjangoModelFactory):
 
 def ingest(build, records):
     """Stores operation records for `build` as the server stores what its agent sends."""
-    from builds import ingestion
+    from builds.operations import ingestion
     from builds.models import EventBatch
 
     first = EventBatch.objects.filter(agent_id=build.agent_id).count() * 100_000 + 1

@@ -26,7 +26,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from agent import protocol
-from builds import agent_services, services
+from builds.agents import services as agent_services
+from builds.login import services
 from builds.models import Build, DockerOperation, PushedImage
 from dockersupport_site.wsgi import application
 from tests.factories import AgentFactory, BuildConfigurationFactory, BuildFactory, RegistryConnectionFactory

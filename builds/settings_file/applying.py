@@ -9,9 +9,10 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from connections.models import Connection, Project
+from connections.selectors import connection_nearest
 
+from ..login.services import login_hosts_validate
 from ..models import Agent, BuildConfiguration, LoginConnection
-from ..services import login_hosts_validate
 from .format import (
     AGENT_KEYS,
     ALL_TYPE_KEYS,
@@ -225,7 +226,7 @@ class _Applier:
                 optional = self.scalar(item.get("optional"), f"{where}.optional", (bool,), False)
             else:
                 ident, optional = self.scalar(item, where), False
-            connection = self._find_connection(lineage, ident)
+            connection = connection_nearest(project, lambda c: c.ident == ident)
             if connection is None and any((p.pk, ident) in self.invalid_connections for p in lineage):
                 ok = False  # the connection's own error is already reported
                 continue
@@ -247,15 +248,6 @@ class _Applier:
                 continue
             result.append((connection, optional))
         return result if ok else None
-
-    @staticmethod
-    def _find_connection(lineage, ident):
-        """The connection named `ident` nearest up the project tree."""
-        for ancestor in lineage:
-            found = Connection.objects.filter(project=ancestor, ident=ident).first()
-            if found is not None:
-                return found
-        return None
 
     def _set_logins(self, configuration, logins) -> bool:
         """Makes the configuration's login list exactly `logins`; True if anything changed."""

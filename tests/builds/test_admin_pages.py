@@ -81,7 +81,7 @@ def test_an_agent_that_never_connected_says_how_to_start_it(admin_client):
 
 
 def test_the_admin_replaces_and_revokes_agent_tokens(admin_client):
-    from builds.agent_services import agent_authenticate, agent_token_issue
+    from builds.agents.services import agent_authenticate, agent_token_issue
 
     agent, old, _ = agent_token_issue(name="host-1")
     url = reverse("admin:builds_agent_changelist")

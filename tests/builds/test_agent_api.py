@@ -11,7 +11,8 @@ import pytest
 from django.utils import timezone
 
 from agent import protocol
-from builds import agent_services, services
+from builds.agents import services as agent_services
+from builds.login import services
 from builds.models import Agent, AgentJob, Build, DockerOperation, EventBatch
 from tests.factories import (
     AgentFactory,

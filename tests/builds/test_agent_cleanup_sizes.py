@@ -5,7 +5,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from agent.protocol import MAX_SIZE
-from builds.agent_cleanup import AgentCleanupError, parse_size
+from builds.cleanup.agent import AgentCleanupError, parse_size
 from builds.models import AgentCleanup
 from tests.factories import AgentFactory
 

@@ -5,7 +5,7 @@ import json
 import pytest
 from rest_framework.authtoken.models import Token
 
-from builds import services
+from builds.login import services
 from builds.models import AgentJob, Build
 from tests.factories import AgentFactory, BuildConfigurationFactory, BuildFactory, RegistryConnectionFactory
 
@@ -139,7 +139,7 @@ def test_the_schema_declares_the_field_errors_a_bad_start_answers(api):
 
 
 def test_the_next_number_after_the_highest_one_is_a_clear_error(db):
-    from builds.services import BuildStartError, build_start
+    from builds.login.services import BuildStartError, build_start
     from tests.factories import AgentFactory, BuildFactory
 
     highest = BuildFactory(number=2_147_483_647)

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from agent.events import parse_event
 from agent.references import registry_and_repository, split_reference
-from builds.selectors import docker_info_summary
+from builds.operations.selectors import docker_info_summary
 from tests.factories import BuildFactory, ingest
 
 pytestmark = pytest.mark.django_db
@@ -80,7 +80,7 @@ def test_a_build_event_is_recorded_as_a_build():
 
 
 def test_long_lists_are_cut_but_failed_containers_always_show(admin_client, settings):
-    from builds.admin import BuildAdmin
+    from builds.admin.builds import BuildAdmin
     from builds.models import PushedImage
 
     build = BuildFactory(started_at=timezone.now())

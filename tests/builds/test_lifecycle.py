@@ -8,7 +8,8 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from builds import services, tasks
+from builds import tasks
+from builds.login import services
 from builds.models import Agent, AgentJob, Build
 from dockersupport_site.celery import app
 from tests.factories import AgentFactory, BuildConfigurationFactory, BuildFactory

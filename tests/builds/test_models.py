@@ -102,14 +102,14 @@ def test_admin_refuses_another_projects_connection_and_two_logins_to_one_host(ad
                                         ("1.5G", int(1.5 * 1024 ** 3)), ("2048", 2048), ("10k", 10 * 1024),
                                         ("3GiB", 3 * 1024 ** 3)])
 def test_sizes_are_read_with_binary_units(text, size):
-    from builds.agent_cleanup import parse_size
+    from builds.cleanup.agent import parse_size
 
     assert parse_size(text) == size
 
 
 @pytest.mark.parametrize("text", ["", "G", "5X", "-1G", "1,5G"])
 def test_a_bad_size_names_itself(text):
-    from builds.agent_cleanup import AgentCleanupError, parse_size
+    from builds.cleanup.agent import AgentCleanupError, parse_size
 
     with pytest.raises(AgentCleanupError, match="is not a size"):
         parse_size(text)

@@ -59,7 +59,7 @@ class RunningAgent:
 @pytest.fixture
 def start_agent(server, docker_daemon, transactional_db):
     """start_agent(name=None, docker_host=None, projects=(), **env) → RunningAgent, stopped after the test."""
-    from builds.agent_services import agent_token_issue
+    from builds.agents.services import agent_token_issue
     from tests.conftest import start
     from tests.harness import AgentProcess
 

@@ -116,7 +116,7 @@ def test_a_server_restart_during_a_build_loses_and_doubles_nothing(agent, server
 
 
 def test_a_revoked_token_stops_the_agent_and_leaves_no_credentials(agent, registry_configuration, home):
-    from builds.agent_services import agent_token_revoke
+    from builds.agents.services import agent_token_revoke
 
     process = run_build_process(agent, home, registry_configuration, "sleep 300")
     try:
@@ -204,7 +204,7 @@ def test_an_expiring_ecr_token_is_replaced_in_a_running_builds_config(agent, mot
 
 def test_an_agent_verifies_a_server_with_a_private_certificate_through_its_ca_file(
         tmp_path, docker_daemon, registry_configuration, home):
-    from builds.agent_services import agent_token_issue
+    from builds.agents.services import agent_token_issue
     from tests.conftest import start
     from tests.e2e.conftest import database_url
     from tests.harness import AgentProcess, ServerProcess, ServiceError
@@ -250,7 +250,7 @@ def test_a_build_started_while_the_server_restarts_waits_for_it(agent, server, r
 def test_an_agent_installed_from_its_own_lock_file_alone_runs_a_build(server, docker_daemon, registry_configuration,
                                                                       home, tmp_path):
     """A build host needs requirements-agent.txt only: docker, requests and theirs; nothing of Django."""
-    from builds.agent_services import agent_token_issue
+    from builds.agents.services import agent_token_issue
     from tests.conftest import start
     from tests.harness import AgentProcess
 
@@ -280,7 +280,7 @@ def test_an_agent_installed_from_its_own_lock_file_alone_runs_a_build(server, do
 
 
 def test_an_agent_pointed_at_a_redirecting_url_says_which_url_to_use(tmp_path, docker_daemon, transactional_db):
-    from builds.agent_services import agent_token_issue
+    from builds.agents.services import agent_token_issue
     from tests.harness import AgentProcess, ServiceError
     from tests.harness.stand_in import Answer, StandIn
 

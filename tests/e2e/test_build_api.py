@@ -141,7 +141,7 @@ def broker_stack(redis_url, docker_daemon, home, admin_user, processes, transact
     """A server on the Redis broker with a Celery worker of the server queue, and an agent on it."""
     import redis
 
-    from builds.agent_services import agent_token_issue
+    from builds.agents.services import agent_token_issue
     from tests.conftest import start
     from tests.harness import AgentProcess, ServerProcess
 

@@ -66,7 +66,7 @@ def test_log_level_debug_is_debug_for_everything_but_the_http_libraries(manage):
 @pytest.fixture
 def debug_stack(docker_daemon, transactional_db):
     """A server and an agent, both at LOG_LEVEL=DEBUG: their logs are scanned too."""
-    from builds.agent_services import agent_token_issue
+    from builds.agents.services import agent_token_issue
     from tests.conftest import start
     from tests.e2e.conftest import RunningAgent, database_url
     from tests.harness import AgentProcess, ServerProcess

@@ -125,7 +125,7 @@ def test_the_units_commands_run_the_server_and_an_agent(tmp_path, redis_url, doc
     uvicorn), worker and beat on PostgreSQL and Redis, and an agent that runs a build through them."""
     import time
 
-    from builds.agent_services import agent_token_issue
+    from builds.agents.services import agent_token_issue
     from builds.models import Build
     from tests.harness import free_port
 

@@ -12,7 +12,7 @@ import requests
 from django.utils import timezone
 
 from builds.models import Build, CleanupRun, PushedImage
-from builds.server_cleanup import pending_deletions_process
+from builds.cleanup.registry import pending_deletions_process
 from tests.e2e.test_docker_events import registry_digest
 from tests.factories import ProjectFactory, RegistryConnectionFactory
 from tests.harness import Registry

@@ -3,7 +3,7 @@
 import pytest
 import requests
 
-from builds.server_cleanup import pending_deletions_process
+from builds.cleanup.registry import pending_deletions_process
 from connections.registries import MANIFEST_TYPES
 from connections.services import connection_test
 from tests.e2e.test_server_cleanup import tombstone, unique_tarball

@@ -3,7 +3,7 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
-from builds.agent_services import agent_token_issue
+from builds.agents.services import agent_token_issue
 
 
 class Command(BaseCommand):

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from builds.server_cleanup import cleanup_run, plan_text, retention_plan
+from builds.cleanup.registry import cleanup_run, plan_text, retention_plan
 
 
 class Command(BaseCommand):

@@ -4,7 +4,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from builds.agent_cleanup import AgentCleanupError, free_disk_space_request, parse_size
+from builds.cleanup.agent import AgentCleanupError, free_disk_space_request, parse_size
 from builds.models import Agent
 
 
@@ -19,7 +19,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, agent, required, dry_run, **options):
         try:
-            host = Agent.objects.get(name=agent)
+            target = Agent.objects.get(name=agent)
         except Agent.DoesNotExist:
             raise CommandError(f"--agent {agent}: no such agent") from None
         try:
@@ -27,7 +27,7 @@ class Command(BaseCommand):
         except AgentCleanupError as exc:
             raise CommandError(f"--required {required}: {exc}") from None
         try:
-            result = free_disk_space_request(host, size, dry_run=dry_run, reason="free_disk_space command")
+            result = free_disk_space_request(target, size, dry_run=dry_run, reason="free_disk_space command")
         except AgentCleanupError as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(result["text"])

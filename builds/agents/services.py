@@ -1,5 +1,5 @@
-"""Agents as the server sees them: their tokens, what they report, the jobs they pull and the
-batches of Docker operations they send.
+"""Agents as the server sees them: their tokens (and their builds' tokens), what they report, the
+jobs they pull.
 
 Agents pull everything: the server never connects to a build host. A job is a row an agent
 claims with a conditional UPDATE; whoever waits for it (the build API, `free_disk_space`) polls
@@ -9,19 +9,18 @@ enough, and a stolen database yields no usable token.
 
 import hashlib
 import secrets
-import time
 from datetime import timedelta
 
 from django.conf import settings
 from django.core.cache import cache
-from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from agent import protocol
 
-from .models import Agent, AgentJob, Build, EventBatch
+from ..models import Agent, AgentJob, Build
+from ..polling import wait_until
 
 JOB_NOTICE_KEY = "dockersupport:agent-jobs:{}"
 
@@ -147,11 +146,14 @@ def agent_seen(agent: Agent) -> None:
     Agent.objects.filter(pk=agent.pk).update(last_seen_at=timezone.now())
 
 
+def connected_since(now=None):
+    """An agent last heard from at or after this moment is taken as running (DOCKERSUPPORT_AGENT_TIMEOUT)."""
+    return (now or timezone.now()) - timedelta(seconds=settings.DOCKERSUPPORT_AGENT_TIMEOUT)
+
+
 def agent_is_connected(agent: Agent) -> bool:
     """Heard from recently enough to be taken as running."""
-    if agent.last_seen_at is None:
-        return False
-    return agent.last_seen_at >= timezone.now() - timedelta(seconds=settings.DOCKERSUPPORT_AGENT_TIMEOUT)
+    return agent.last_seen_at is not None and agent.last_seen_at >= connected_since()
 
 
 @transaction.atomic
@@ -163,7 +165,7 @@ def agents_silent_mark_lost(now=None) -> list[Build]:
     is taken back at the agent's next heartbeat (its token is kept for that).
     """
     now = now or timezone.now()
-    limit = now - timedelta(seconds=settings.DOCKERSUPPORT_AGENT_TIMEOUT)
+    limit = connected_since(now)
     if Agent.objects.exists() and not Agent.objects.filter(last_seen_at__gte=limit).exists():
         return []
     builds = list(Build.objects.select_for_update().filter(status=Build.Status.RUNNING).filter(
@@ -239,7 +241,7 @@ def job_complete(*, agent: Agent, job_id: int, outcome: protocol.JobResult) -> b
 def job_wait(job: AgentJob, timeout: float) -> AgentJob | None:
     """The job once the agent finished it; None after `timeout` seconds (the job stays for the agent)."""
     ended = AgentJob.objects.filter(pk=job.pk, status__in=[AgentJob.Status.DONE, AgentJob.Status.FAILED])
-    if not _poll(ended.exists, time.monotonic() + timeout, until=True):
+    if not wait_until(ended.exists, timeout=timeout):
         return None
     job.refresh_from_db(fields=["status", "result", "error", "finished_at"])
     return job
@@ -248,57 +250,3 @@ def job_wait(job: AgentJob, timeout: float) -> AgentJob | None:
 def job_withdraw(job: AgentJob) -> bool:
     """A job nobody waits for any more is not done later, unless the agent already took it."""
     return bool(AgentJob.objects.filter(pk=job.pk, status=AgentJob.Status.PENDING).delete()[0])
-
-
-# --- Docker operations ------------------------------------------------------------------------------
-
-REQUEUE_AFTER = timedelta(minutes=2)  # a batch not ingested by then is queued again (its task was lost)
-
-
-def events_receive(*, agent: Agent, batch: protocol.EventBatch) -> tuple[EventBatch, bool]:
-    """Keeps a batch until it is ingested: (its row, whether it goes to the ingest task).
-
-    The server knows batches by their first sequence number. A batch sent again (its answer was
-    lost) is acknowledged only up to what the server holds of it, so that an agent which since
-    gathered more records sends those again; if it is not ingested yet, it goes to the ingest task
-    again (the first one may have died with the server that took the batch; ingesting twice
-    changes nothing).
-    """
-    if batch.last_seq < batch.first_seq:
-        raise ValidationError(f"last_seq {batch.last_seq} is before first_seq {batch.first_seq}")
-    row, created = EventBatch.objects.get_or_create(
-        agent=agent, first_seq=batch.first_seq,
-        defaults={"last_seq": batch.last_seq, "records": len(batch.records), "data": batch.records,
-                  "received_at": timezone.now()},
-    )
-    agent_seen(agent)
-    return row, created or row.ingested_at is None
-
-
-def event_batches_stale(now=None) -> list[int]:
-    """Batches waiting for ingestion for too long: their task was lost (a broker away, a worker killed)."""
-    limit = (now or timezone.now()) - REQUEUE_AFTER
-    stale = list(EventBatch.objects.filter(ingested_at__isnull=True, received_at__lt=limit).values_list("pk", flat=True))
-    EventBatch.objects.filter(pk__in=stale).update(received_at=timezone.now())
-    return stale
-
-
-def event_batches_wait(*, agent: Agent, through: int, timeout: float, since=None) -> bool:
-    """Waits until every batch of the agent up to sequence number `through`, received `since` (the
-    build's start: older ones cannot hold its operations), is ingested."""
-    deadline = time.monotonic() + timeout
-    pending = EventBatch.objects.filter(agent=agent, first_seq__lte=through, ingested_at__isnull=True)
-    if since is not None:
-        pending = pending.filter(received_at__gte=since)
-    return _poll(pending.exists, deadline, until=False)
-
-
-def _poll(check, deadline: float, until) -> bool:
-    """Calls check() until it returns `until` or the deadline passes: often at first, then less."""
-    pause = 0.02
-    while check() != until:
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(pause)
-        pause = min(pause * 1.5, 0.5)
-    return True

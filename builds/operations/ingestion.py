@@ -17,11 +17,12 @@ from django.utils import timezone
 
 from agent.references import registry_and_repository
 
-from .models import AgentImage, Build, DockerOperation, EventBatch, PushedImage
+from ..models import AgentImage, Build, DockerOperation, EventBatch, PushedImage
 
 OPERATION_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest",
                     "container_id", "container_name", "exit_code", "attributes")
-IMAGE_CREATING_ACTIONS = {"pull", "build", "import", "load", "tag"}
+_Action = DockerOperation.Action
+IMAGE_CREATING_ACTIONS = {_Action.PULL, _Action.BUILD, _Action.IMPORT, _Action.LOAD, _Action.TAG}
 
 
 def batch_ingest(*, batch_id: int) -> int:

@@ -1,32 +1,12 @@
-"""Reads about builds."""
+"""Reads about the Docker operations of builds: the Docker Info of a build (the admin's tab, the API)."""
 
-from datetime import timedelta
+from django.db.models import Count
 
-from django.conf import settings
-from django.db.models import Count, QuerySet
-from django.utils import timezone
+from agent.references import registry_and_repository
 
-from .models import Build, BuildConfiguration
+from ..models import Build, DockerOperation, PushedImage
 
-
-def builds_silent(now=None) -> QuerySet[Build]:
-    """API-driven running builds that neither finished nor beat within DOCKERSUPPORT_API_BUILD_TIMEOUT.
-
-    (run_build's builds are kept alive by their agent's heartbeat; an agent that goes silent has its
-    builds lost by agent_services.agents_silent_mark_lost.)
-    """
-    now = now or timezone.now()
-    limit = now - timedelta(seconds=settings.DOCKERSUPPORT_API_BUILD_TIMEOUT)
-    return Build.objects.filter(status=Build.Status.RUNNING, started_by=Build.StartedBy.API,
-                                heartbeat_at__lt=limit).select_related("agent", "configuration")
-
-
-def configuration_get(ident: str) -> BuildConfiguration:
-    try:
-        return BuildConfiguration.objects.select_related("project").get(ident=ident)
-    except BuildConfiguration.DoesNotExist:
-        known = ", ".join(BuildConfiguration.objects.values_list("ident", flat=True)[:20]) or "none yet"
-        raise BuildConfiguration.DoesNotExist(f"no build configuration '{ident}' (known: {known})") from None
+Action = DockerOperation.Action
 
 
 def _reference(image: str, tag: str) -> str:
@@ -35,22 +15,18 @@ def _reference(image: str, tag: str) -> str:
 
 def docker_info_summary(build: Build) -> dict:
     """What a build did with Docker, in a handful of queries however many operations it has."""
-    from agent.references import registry_and_repository
-
-    from .models import DockerOperation, PushedImage
-
     operations = DockerOperation.objects.filter(build=build)
     counts = dict(operations.values_list("action").annotate(n=Count("pk")).order_by())
-    pulls = set(operations.filter(action="pull").values_list("image", "tag"))
+    pulls = set(operations.filter(action=Action.PULL).values_list("image", "tag"))
     pulled = sorted(_reference(i, t) for i, t in pulls)
-    built = sorted({_reference(i, t) for i, t in operations.filter(action="build").values_list("image", "tag")})
+    built = sorted({_reference(i, t) for i, t in operations.filter(action=Action.BUILD).values_list("image", "tag")})
     pushed = sorted({_reference(f"{p.registry}/{p.repository}", p.tag)
                      for p in PushedImage.objects.filter(build=build).only("registry", "repository", "tag")})
     starts: dict[str, list[int]] = {}
-    for container_id, nano in operations.filter(action="start").values_list("container_id", "time_nano"):
+    for container_id, nano in operations.filter(action=Action.START).values_list("container_id", "time_nano"):
         starts.setdefault(container_id, []).append(nano)
     containers, container_nanos = [], 0
-    for row in operations.filter(action="die").values("container_id", "container_name", "image", "tag",
+    for row in operations.filter(action=Action.DIE).values("container_id", "container_name", "image", "tag",
                                                       "exit_code", "time_nano"):
         started = max((n for n in starts.get(row["container_id"], []) if n <= row["time_nano"]), default=None)
         seconds = (row["time_nano"] - started) / 1e9 if started is not None else None
@@ -90,11 +66,14 @@ def containers_shown(containers: list[dict], limit: int) -> list[dict]:
 
 def build_operations(build: Build, action: str = "", search: str = ""):
     """The build's operations in time order, filtered by action and by a text in the image name."""
-    from .models import DockerOperation
-
     operations = DockerOperation.objects.filter(build=build).order_by("time_nano", "pk")
     if action:
         operations = operations.filter(action=action)
     if search:
         operations = operations.filter(image__icontains=search)
     return operations
+
+
+def build_pushed_images(build: Build):
+    """The images the build pushed, in the order it pushed them."""
+    return build.pushed_images.order_by("pushed_at", "pk")

@@ -19,13 +19,14 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from connections.models import Connection, Project
 from connections.registries import Deletion, DeletionResult, ImageRef, Registry, RegistryError, open_registry
+from connections.selectors import connection_nearest
 
-from .models import Build, BuildConfiguration, CleanupRun, PushedImage
+from ..models import Build, BuildConfiguration, CleanupRun, PushedImage
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,7 @@ def retention_plan(now=None) -> list[PlannedBuild]:
 
 def find_connection(project: Project, registry: str) -> Connection | None:
     """The connection for `registry` of the project or, nearest first, of its ancestors; never another's."""
-    for owner in project.lineage():
-        for connection in owner.connections.all():
-            if connection.registry_address == registry:
-                return connection
-    return None
+    return connection_nearest(project, lambda connection: connection.registry_address == registry)
 
 
 def no_connection_message(project: Project, registry: str) -> str:
@@ -341,3 +338,27 @@ def pushed_images_retry(images) -> int:
         pk__in=[i.pk for i in images],
         cleanup_status__in=[PushedImage.CleanupStatus.FAILED, PushedImage.CleanupStatus.PENDING],
     ).update(cleanup_status=PushedImage.CleanupStatus.PENDING, next_attempt_at=now, claim="", claimed_until=None)
+
+
+def deletions_retry_due(now=None) -> dict:
+    """Pending deletions whose backoff has passed are tried again, as a run of their own (periodic task).
+
+    No run is recorded when none is due. Returns the run's tally.
+    """
+    now = now or timezone.now()
+    due = PushedImage.objects.filter(cleanup_status=PushedImage.CleanupStatus.PENDING, next_attempt_at__lte=now)
+    if not due.exists():
+        return {}
+    run = CleanupRun.objects.create(trigger=CleanupRun.Trigger.RETRY, started_at=now)
+    tally = pending_deletions_process(run=run, now=now)
+    run.finished_at = timezone.now()
+    run.save()
+    return tally
+
+
+def deletions_waiting() -> dict[str, int]:
+    """Images of deleted builds pending deletion or whose deletion failed: how many of each."""
+    status = PushedImage.CleanupStatus
+    counts = dict(PushedImage.objects.filter(build__isnull=True, cleanup_status__in=[status.PENDING, status.FAILED])
+                  .values_list("cleanup_status").annotate(n=Count("pk")).order_by())
+    return {status.PENDING: counts.get(status.PENDING, 0), status.FAILED: counts.get(status.FAILED, 0)}

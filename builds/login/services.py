@@ -1,28 +1,38 @@
-"""Writes about build configurations and builds: start, credentials, login reports, finish.
+"""Writes about builds from start to finish: start, credentials, login reports, close.
 
 Logins and logouts happen on the build host, in the build's agent (agent/): the server starts
 builds, obtains their credentials and hands them to the agent that runs them (the agent
-protocol, builds/agent_api.py), and closes builds when their agent says they ended.
+protocol, builds/agent_api.py), and closes builds when their agent says they ended. A build is
+started by run_build through its agent, or by the REST API, which waits for the agent's login.
 """
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from agent import protocol
 from connections.models import Connection
 from connections.registries import RegistryError, credentials_for, docker_server
 
-from . import agent_services
-from .models import Agent, AgentJob, Build, BuildConfiguration, LoginConnection
+from ..agents import services as agents
+from ..models import Agent, AgentJob, Build, BuildConfiguration, LoginConnection
+from ..operations.selectors import docker_info_summary
+from ..operations.services import event_batches_wait
+from .selectors import configuration_get
 
 BUILD_NUMBER_MAX = 2_147_483_647  # what Build.number holds on every database
 
 
 class BuildStartError(Exception):
-    """The build could not be started; nothing was created."""
+    """The build could not be started; nothing was created. `field`: the input it is about."""
+
+    def __init__(self, message: str, *, field: str = "number"):
+        super().__init__(message)
+        self.field = field
 
 
 def login_hosts_validate(connections: Iterable[Connection]) -> None:
@@ -75,10 +85,6 @@ def _session_name(build: Build) -> str:
     return f"dockersupport-{build.configuration.ident}-{build.number}"
 
 
-def _build_logins(build: Build) -> list[LoginConnection]:
-    return list(build.configuration.logins.select_related("connection__project"))
-
-
 def build_heartbeat(*, build: Build) -> None:
     Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(heartbeat_at=timezone.now())
 
@@ -89,20 +95,50 @@ def build_abandon(*, build: Build, reason: str, status: str = Build.Status.LOST)
         closed = Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
             status=status, error=reason[:5000], finished_at=timezone.now())
         if closed:
-            agent_services.job_create(agent=build.agent, kind=AgentJob.Kind.LOGOUT, build=build,
-                                      payload={"lost": reason[:5000]})
+            agents.job_create(agent=build.agent, kind=AgentJob.Kind.LOGOUT, build=build,
+                              payload={"lost": reason[:5000]})
+
+
+def _check_startable(agent: Agent, configuration: BuildConfiguration) -> None:
+    if not agent.serves(configuration.project):
+        served = ", ".join(agent.projects.values_list("ident", flat=True))
+        raise BuildStartError(
+            f"agent {agent} does not run builds of project '{configuration.project.ident}' (it serves: {served}); "
+            "assign the project to the agent or run the build on another agent", field="agent",
+        )
+    try:
+        login_hosts_validate(login.connection for login in _logins_of(configuration))
+    except ValidationError as exc:
+        raise BuildStartError(f"configuration '{configuration.ident}': {exc.messages[0]}",
+                              field="configuration") from None
+
+
+def _logins_of(configuration: BuildConfiguration) -> list[LoginConnection]:
+    return list(configuration.logins.select_related("connection__project"))
+
+
+# --- Builds started by the REST API: the API waits for their agent -------------------------------------
+
+@dataclass(frozen=True)
+class AgentAnswer:
+    """What a build's agent made of a login or logout the API waits for: done (`result`), failed
+    (`error`, the agent's words), or no answer (`unanswered` says why)."""
+
+    result: dict = field(default_factory=dict)
+    error: str = ""
+    unanswered: str = ""
+
+    @property
+    def done(self) -> bool:
+        return not (self.error or self.unanswered)
 
 
 def build_start_api(*, configuration: BuildConfiguration, agent: Agent, number: int | None = None):
     """An API-driven build: created running, with a login job for its agent. Returns (build, job)."""
-    agent_check_serves(agent, configuration)
-    try:
-        login_hosts_validate(login.connection for login in _build_logins_of(configuration))
-    except ValidationError as exc:
-        raise BuildStartError(f"configuration '{configuration.ident}': {exc.messages[0]}") from None
+    _check_startable(agent, configuration)
     with transaction.atomic():
         build = build_start(configuration=configuration, agent=agent, number=number, started_by=Build.StartedBy.API)
-        job = agent_services.job_create(agent=agent, kind=AgentJob.Kind.LOGIN, build=build)
+        job = agents.job_create(agent=agent, kind=AgentJob.Kind.LOGIN, build=build)
     return build, job
 
 
@@ -113,8 +149,50 @@ def build_finish_api(*, build: Build, exit_code: int):
                                       status__in=[AgentJob.Status.PENDING, AgentJob.Status.CLAIMED]).first()
     if waiting is not None:
         return waiting
-    return agent_services.job_create(agent=build.agent, kind=AgentJob.Kind.LOGOUT, build=build,
-                                     payload={"exit_code": exit_code})
+    return agents.job_create(agent=build.agent, kind=AgentJob.Kind.LOGOUT, build=build,
+                             payload={"exit_code": exit_code})
+
+
+def build_start_remote(*, configuration: BuildConfiguration, agent: Agent, number: int | None = None,
+                       timeout: float) -> tuple[Build, AgentAnswer]:
+    """Starts a build and waits up to `timeout` seconds for its agent to log it in.
+
+    A build whose login does not happen (its agent not connected, too slow, or failing) ends as an
+    error at once, and its agent erases whatever it wrote for it. Raises BuildStartError (nothing made).
+    """
+    build, job = build_start_api(configuration=configuration, agent=agent, number=number)
+    if not agents.agent_is_connected(agent):
+        agents.job_withdraw(job)
+        build_abandon(build=build, reason=f"agent {agent} is not connected", status=Build.Status.ERROR)
+        return build, AgentAnswer(unanswered="it is not connected")
+    done = agents.job_wait(job, timeout)
+    if done is None:
+        # Withdrawn before the agent took it, or taken and slow: what it writes is erased by the logout.
+        reason = ("its agent did not log it in in time" if agents.job_withdraw(job)
+                  else "its agent did not finish logging it in in time")
+        build_abandon(build=build, reason=reason, status=Build.Status.ERROR)
+        return build, AgentAnswer(unanswered="login")
+    if done.status == AgentJob.Status.FAILED:
+        build_abandon(build=build, reason=done.error, status=Build.Status.ERROR)
+        return build, AgentAnswer(error=done.error)
+    return build, AgentAnswer(result=done.result)
+
+
+def build_finish_remote(*, build: Build, exit_code: int, timeout: float) -> AgentAnswer:
+    """Has the build's agent log it out and close it; waits up to `timeout` seconds for that.
+
+    Without an answer in time the logout stays queued: the agent does it when it takes it.
+    """
+    job = build_finish_api(build=build, exit_code=exit_code)
+    if not agents.agent_is_connected(build.agent):
+        return AgentAnswer(unanswered="it is not connected; the logout waits for it")
+    done = agents.job_wait(job, timeout)
+    if done is None:
+        return AgentAnswer(unanswered="the logout is queued and runs when the agent takes it")
+    if done.status == AgentJob.Status.FAILED:
+        return AgentAnswer(error=done.error)
+    build.refresh_from_db()
+    return AgentAnswer(result=done.result)
 
 
 # --- Builds run by agents (the agent protocol) ------------------------------------------------------
@@ -125,10 +203,8 @@ def build_credentials(build: Build) -> list:
     A connection whose credentials cannot be obtained comes back with its error instead: the agent
     treats it as a failed login (a warning when the login is optional).
     """
-    from agent import protocol
-
     logins = []
-    for login in _build_logins(build):
+    for login in _logins_of(build.configuration):
         connection = login.connection
         entry = protocol.RegistryLogin(connection=str(connection), registry=connection.registry_address,
                                        server=docker_server(connection), optional=login.optional)
@@ -145,36 +221,15 @@ def build_credentials(build: Build) -> list:
 def build_start_on_agent(*, agent: Agent, configuration_ident: str, number: int | None = None,
                          started_by: str = Build.StartedBy.RUN_BUILD):
     """Starts a build on the agent asking (run_build): the build, its token and its logins' credentials."""
-    from agent import protocol
-
-    from .selectors import configuration_get
-
     try:
         configuration = configuration_get(configuration_ident)
     except BuildConfiguration.DoesNotExist as exc:
-        raise BuildStartError(str(exc)) from None
-    agent_check_serves(agent, configuration)
-    try:
-        login_hosts_validate(login.connection for login in _build_logins_of(configuration))
-    except ValidationError as exc:
-        raise BuildStartError(f"configuration '{configuration.ident}': {exc.messages[0]}") from None
+        raise BuildStartError(str(exc), field="configuration") from None
+    _check_startable(agent, configuration)
     build = build_start(configuration=configuration, agent=agent, number=number, started_by=started_by)
-    token = agent_services.build_token_issue(build)
-    return protocol.BuildStarted(build=agent_services.build_info(build), token=token,
+    token = agents.build_token_issue(build)
+    return protocol.BuildStarted(build=agents.build_info(build), token=token,
                                  logins=build_credentials(build))
-
-
-def agent_check_serves(agent: Agent, configuration: BuildConfiguration) -> None:
-    if not agent.serves(configuration.project):
-        served = ", ".join(agent.projects.values_list("ident", flat=True))
-        raise BuildStartError(
-            f"agent {agent} does not run builds of project '{configuration.project.ident}' (it serves: {served}); "
-            "assign the project to the agent or run the build on another agent"
-        )
-
-
-def _build_logins_of(configuration: BuildConfiguration) -> list[LoginConnection]:
-    return list(configuration.logins.select_related("connection__project"))
 
 
 def build_login_report(*, build: Build, report) -> Build:
@@ -208,14 +263,10 @@ def build_close(*, build: Build, exit_code: int | None = None, lost: str = "", e
     The agent has erased the build's config; its token stops working. Returns the FinishAnswer
     with the Docker Info summary, which therefore counts every operation of the build.
     """
-    from agent import protocol
-
-    from .selectors import docker_info_summary
-
     if logins is not None and not logins.error:
         build = build_login_report(build=build, report=logins)
     if events_through:
-        agent_services.event_batches_wait(agent=build.agent, through=events_through, timeout=events_timeout,
+        event_batches_wait(agent=build.agent, through=events_through, timeout=events_timeout,
                                           since=build.started_at)
     now = timezone.now()
     if lost:

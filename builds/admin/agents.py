@@ -1,0 +1,151 @@
+"""Admin of agents: their state, tokens, daemon and Free Disk Space runs (with a chart of free space)."""
+
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+from django.utils.html import format_html
+from django.utils.safestring import mark_safe
+
+from ..agents import services as agents
+from ..cleanup.agent import free_space_history, human
+from ..models import Agent, AgentCleanup, Build
+
+
+class AgentCleanupInline(admin.TabularInline):
+    model = AgentCleanup
+    fields = ("at", "reason", "required", "before", "after", "reclaimed", "removed_images", "met")
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+    verbose_name_plural = "Free Disk Space runs (newest first)"
+
+    def has_add_permission(self, request, obj=None):
+        return False  # written by the clean-up only
+
+    @admin.display(description="required")
+    def required(self, obj):
+        return human(obj.required_bytes)
+
+    @admin.display(description="free before")
+    def before(self, obj):
+        return human(obj.free_before)
+
+    @admin.display(description="free after")
+    def after(self, obj):
+        return human(obj.free_after)
+
+    @admin.display(description="reclaimed")
+    def reclaimed(self, obj):
+        return human(obj.bytes_reclaimed)
+
+    @admin.display(description="images removed")
+    def removed_images(self, obj):
+        return ", ".join(ref for item in obj.removed for ref in item["references"]) or "—"
+
+
+@admin.register(Agent)
+class AgentAdmin(admin.ModelAdmin):
+    list_display = ("name", "os", "serves", "state", "daemon", "running_builds", "free_space", "last_seen_at")
+    list_filter = ("os", "daemon_ok")
+    search_fields = ("name", "hostname", "docker_host")
+    filter_horizontal = ("projects",)
+    readonly_fields = ("token", "state", "daemon", "hostname", "agent_version", "reported_docker_host", "connected_at",
+                       "last_seen_at", "free_space", "free_space_chart")
+    fieldsets = (
+        (None, {"fields": ("name", "os", "projects", "token")}),
+        ("Its Docker daemon", {"fields": ("docker_host", "docker_data_path", "daemon", "reported_docker_host",
+                                          "free_space", "free_space_chart")}),
+        ("What it said of itself", {"fields": ("state", "hostname", "agent_version", "connected_at",
+                                               "last_seen_at")}),
+    )
+    inlines = [AgentCleanupInline]
+    actions = ("replace_token", "revoke_token")
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            _running=Count("builds", filter=Q(builds__status=Build.Status.RUNNING), distinct=True),
+        ).prefetch_related("projects")
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        agent = self.get_object(request, object_id)
+        if agent is not None and request.method == "GET":
+            if not agents.agent_is_connected(agent):
+                self.message_user(request, f"Agent {agent} is not connected: {self._state_text(agent)}. Start it on "
+                                           "its build host with `python manage.py agent --server URL --token-file "
+                                           "FILE`.", messages.WARNING)
+            elif agent.daemon_ok is False:
+                self.message_user(request, f"The Docker daemon of agent {agent} does not answer: {agent.daemon_error}",
+                                  messages.ERROR)
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @staticmethod
+    def _state_text(agent) -> str:
+        if agent.last_seen_at is None:
+            return "never connected"
+        return f"last seen {agent.last_seen_at:%Y-%m-%d %H:%M:%S %Z}"
+
+    @admin.display(description="serves")
+    def serves(self, obj):
+        projects = [p.ident for p in obj.projects.all()]
+        return ", ".join(projects) if projects else "every project (shared)"
+
+    @admin.display(description="connected")
+    def state(self, obj):
+        if agents.agent_is_connected(obj):
+            return mark_safe('<span style="color:var(--message-success-bg,#070)">connected</span>')
+        return format_html('<span style="color:#ba2121">not connected</span> ({})', self._state_text(obj))
+
+    @admin.display(description="Docker daemon")
+    def daemon(self, obj):
+        if obj.daemon_ok is None:
+            return "—"
+        if obj.daemon_ok:
+            return f"answers (Docker {obj.daemon_version})" if obj.daemon_version else "answers"
+        return format_html('<strong style="color:#ba2121">NOT ANSWERING</strong>: {}', obj.daemon_error)
+
+    @admin.display(description="token")
+    def token(self, obj):
+        if not obj.token_hash:
+            return "none (revoked or never made): `python manage.py agent_token NAME`, or the Replace token action"
+        return f"made {obj.token_created_at:%Y-%m-%d %H:%M %Z}, stored hashed"
+
+    @admin.display(description="free space")
+    def free_space(self, obj):
+        return human(obj.free_bytes) if obj.free_bytes is not None else "—"
+
+    @admin.display(description="running builds", ordering="_running")
+    def running_builds(self, obj):
+        return obj._running
+
+    @admin.action(description="Replace token (the new one is shown once)")
+    def replace_token(self, request, queryset):
+        for agent in queryset:
+            _, token, _ = agents.agent_token_issue(name=agent.name)
+            self.message_user(request, format_html(
+                "New token of agent {} (shown only now; the old one no longer works): <code>{}</code>", agent, token),
+                messages.WARNING)
+
+    @admin.action(description="Revoke token (the agent stops at its next request)")
+    def revoke_token(self, request, queryset):
+        for agent in queryset:
+            agents.agent_token_revoke(agent=agent)
+        self.message_user(request, f"Revoked the tokens of {queryset.count()} agent(s).", messages.SUCCESS)
+
+    @admin.display(description="free space over time")
+    def free_space_chart(self, obj):
+        """A small SVG line of the free space measured by the last Free Disk Space runs."""
+        points = free_space_history(obj)
+        if not points:
+            return "No Free Disk Space run yet."
+        values = [v for _, before, after in points for v in (before, after)]
+        low, high = min(values), max(values)
+        span = (high - low) or 1
+        width, height = 400, 80
+        step = width / max(len(values) - 1, 1)
+        coords = " ".join(f"{i * step:.1f},{height - (v - low) / span * (height - 10) - 5:.1f}"
+                          for i, v in enumerate(values))
+        return format_html(
+            '<svg width="{}" height="{}" role="img" aria-label="free space from {} to {}" '
+            'style="border:1px solid var(--hairline-color,#ccc)"><polyline fill="none" stroke="#417690" '
+            'stroke-width="2" points="{}"/></svg><div>{} – {} free, over the last {} run(s)</div>',
+            width, height, human(low), human(high), coords, human(low), human(high), len(points))

@@ -1,0 +1,48 @@
+"""Admin of server clean-up: the images builds pushed (and their deletion), and clean-up runs."""
+
+from django.contrib import admin, messages
+from django.db import transaction
+from django.utils.html import format_html_join
+
+from ..cleanup.registry import pushed_images_retry
+from ..models import CleanupRun, PushedImage
+from ..tasks import retry_pending_deletions
+from .base import ReadOnlyAdmin
+
+
+@admin.register(PushedImage)
+class PushedImageAdmin(ReadOnlyAdmin):
+    list_display = ("reference", "tag", "configuration_ident", "build_number", "cleanup_status", "cleanup_reason",
+                    "cleanup_attempts", "next_attempt_at", "pushed_at")
+    list_select_related = ("build",)
+    list_filter = ("cleanup_status", "registry", ("build", admin.EmptyFieldListFilter))
+    search_fields = ("repository", "tag", "digest", "configuration_ident")
+    actions = ("retry_deletion",)
+
+    @admin.action(description="Retry deletion from the registry")
+    def retry_deletion(self, request, queryset):
+        count = pushed_images_retry(queryset)
+        if count:
+            transaction.on_commit(retry_pending_deletions.delay)
+        self.message_user(request, f"{count} image(s) will be deleted again (failed or pending ones only).",
+                          messages.SUCCESS if count else messages.WARNING)
+
+
+@admin.register(CleanupRun)
+class CleanupRunAdmin(ReadOnlyAdmin):
+    list_display = ("started_at", "trigger", "finished_at", "builds_deleted", "images_deleted", "images_kept",
+                    "images_failed", "images_retrying")
+    list_filter = ("trigger",)
+    date_hierarchy = "started_at"
+    readonly_fields = ("trigger", "started_at", "finished_at", "builds_deleted", "images_deleted", "images_kept",
+                       "images_failed", "images_retrying", "report", "error")
+    fields = readonly_fields
+    exclude = ("details",)
+
+    @admin.display(description="what happened")
+    def report(self, obj):
+        return format_html_join("", "<div>{}: <strong>{}</strong>{}</div>", (
+            (entry.get("build") or entry.get("image"), entry.get("outcome"),
+             f" — {entry['reason']}" if entry.get("reason") else "")
+            for entry in obj.details
+        )) or "—"

@@ -1,0 +1,70 @@
+"""Free Disk Space on an agent, asked from the server: a job the agent runs next to its daemon.
+
+The agent does the work (agent/cleanup.py: plan, removal, free space on its data volume); the
+server keeps what the plan needs (AgentImage: the images builds made on the agent, with their
+last use, written by the ingestion) and each run's record (AgentCleanup, shown on the agent's page
+with a chart).
+"""
+
+from django.conf import settings
+from django.utils import timezone
+
+from agent import protocol
+from agent.cleanup import CleanupError, human, parse_size
+
+from ..agents import services as agents
+from ..models import Agent, AgentCleanup, AgentImage, AgentJob
+
+AgentCleanupError = CleanupError
+
+__all__ = ["AgentCleanupError", "agent_cleanup_record", "agent_images_tracked", "free_disk_space_request",
+           "free_space_history", "human", "parse_size"]
+
+
+def free_disk_space_request(agent: Agent, required: int, *, dry_run: bool = False, reason: str = "",
+                            timeout: float | None = None) -> dict:
+    """Asks the agent to free `required` bytes and waits; its answer: met, free_after, shortfall, text.
+
+    Raises AgentCleanupError when the agent is not connected, does not answer in time, or cannot run it.
+    """
+    if not agents.agent_is_connected(agent):
+        raise AgentCleanupError(_not_connected(agent))
+    job = agents.job_create(agent=agent, kind=AgentJob.Kind.FREE_DISK_SPACE, payload={
+        "required_bytes": required, "dry_run": dry_run, "reason": reason or "free_disk_space"})
+    timeout = settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT if timeout is None else timeout
+    done = agents.job_wait(job, timeout)
+    if done is None:
+        agents.job_withdraw(job)
+        raise AgentCleanupError(f"agent {agent} did not answer within {timeout} s")
+    if done.status == AgentJob.Status.FAILED:
+        raise AgentCleanupError(done.error)
+    return done.result
+
+
+def _not_connected(agent: Agent) -> str:
+    seen = f"last seen {agent.last_seen_at:%Y-%m-%d %H:%M:%S %Z}" if agent.last_seen_at else "never connected"
+    return (f"agent {agent} is not connected ({seen}); start it on its build host with "
+            "`python manage.py agent --server URL --token-file FILE`")
+
+
+def agent_images_tracked(agent: Agent) -> list[protocol.TrackedImage]:
+    """Images builds created or pulled on the agent, with their last use: the candidates of its clean-up."""
+    rows = AgentImage.objects.filter(agent=agent).order_by().values_list("reference", "last_used_at")
+    return [protocol.TrackedImage(reference=reference, last_used_at=used) for reference, used in rows]
+
+
+def agent_cleanup_record(*, agent: Agent, report: protocol.CleanupReport) -> AgentCleanup:
+    """Keeps a run the agent reports; the images it removed are no longer tracked (the report is checked)."""
+    run = AgentCleanup.objects.create(
+        agent=agent, at=timezone.now(), reason=report.reason[:300], data_path=report.data_path[:500],
+        required_bytes=report.required_bytes, free_before=report.free_before, free_after=report.free_after,
+        bytes_reclaimed=max(report.free_after - report.free_before, 0), removed=report.removed, met=report.met,
+    )
+    removed = [ref for item in report.removed for ref in item.get("references", []) if isinstance(ref, str)]
+    AgentImage.objects.filter(agent=agent, reference__in=removed).delete()
+    return run
+
+
+def free_space_history(agent: Agent, runs: int = 50) -> list[tuple]:
+    """(time, free before, free after) of the agent's last `runs` clean-ups, oldest first."""
+    return list(agent.cleanups.order_by("-at").values_list("at", "free_before", "free_after")[:runs])[::-1]

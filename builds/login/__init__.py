@@ -1,0 +1,1 @@
+"""Builds from start to finish: their registry credentials handed to their agent, login reports, close."""

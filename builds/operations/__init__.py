@@ -1,0 +1,1 @@
+"""Docker operations: the batches agents send, their ingestion, and the Docker Info of a build."""

@@ -85,14 +85,6 @@ def config_write(path: Path, logins: Iterable[tuple[str, str, str]], settings: d
         raise
 
 
-def config_servers(path: Path) -> set[str]:
-    """The registry servers a build's config.json holds credentials for."""
-    try:
-        return set(json.loads((path / CONFIG_FILE).read_text()).get("auths", {}))
-    except FileNotFoundError:
-        return set()
-
-
 def config_dir_remove(path: Path | str, root: Path) -> bool:
     """Erases a build's directory (a direct child of `root`, as config_dir_create makes them).
 

@@ -84,11 +84,6 @@ def rfc3339_nano(text: str) -> int:
     return int(stamp.timestamp()) * 1_000_000_000 + int((fraction or "0").ljust(9, "0")[:9])
 
 
-def daemon_time_nano(client) -> int:
-    """The daemon's own clock, which events are stamped with (not this host's)."""
-    return rfc3339_nano(client.info()["SystemTime"])
-
-
 class BuildWindows:
     """Which builds ran when, on the daemon's clock: an event belongs to every build running at its time.
 

@@ -529,7 +529,8 @@ class Agent:
     def _data_path(self) -> tuple[str, str]:
         return cleanup.data_path(self.settings.docker_data_path if self.settings else "", self.config.data_path)
 
-    def free_disk_space_run(self, required: int, *, reason: str, dry_run: bool = False, progress=None) -> cleanup.Result:
+    def free_disk_space_run(self, required: int, *, reason: str, dry_run: bool = False,
+                            progress=None) -> cleanup.Result:
         path, origin = self._data_path()
         try:
             tracked = self.api.tracked_images()

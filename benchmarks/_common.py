@@ -100,8 +100,8 @@ def ingest_for_build(agent, build, records: list[dict], batch_size: int) -> None
     (builds.operations.ingestion.batch_ingest, as the ingest task runs it)."""
     from django.utils import timezone
 
-    from builds.operations import ingestion
     from builds.models import EventBatch
+    from builds.operations import ingestion
 
     first = EventBatch.objects.filter(agent=agent).count() * 1_000_000 + 1
     for i in range(0, len(records), batch_size):

@@ -34,7 +34,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import httpx
-
 from _common import DEFAULT_DATABASE_URL, T0, django_setup, synthetic_events, throwaway_database
 
 ROOT = Path(__file__).resolve().parents[1]

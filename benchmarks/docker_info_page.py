@@ -115,8 +115,8 @@ def main():
         from django.test import Client
         from django.urls import reverse
 
-        from builds.operations import selectors
         from builds.admin.builds import BuildAdmin
+        from builds.operations import selectors
 
         user = get_user_model().objects.create_superuser("bench", "bench@example.test", "bench-password")
         client = Client()

@@ -61,8 +61,8 @@ def ingest_batched(records, agent, build, batch_size):
 
 
 def ingest_naive(records, agent, build):
-    from builds.operations.ingestion import OPERATION_FIELDS
     from builds.models import DockerOperation
+    from builds.operations.ingestion import OPERATION_FIELDS
 
     for r in records:
         DockerOperation(build_id=build.pk, agent_id=agent.pk,

@@ -26,7 +26,7 @@ class ProductCollector:
         return []
 
     def collect(self):
-        from .agents.services import connected_since
+        from .agents.selectors import connected_since
         from .models import Agent, AgentJob, Build, CleanupRun, EventBatch, PushedImage
 
         seen = connected_since()
@@ -36,15 +36,17 @@ class ProductCollector:
         agents.add_metric(["no"], Agent.objects.exclude(last_seen_at__gte=seen).count())
         yield agents
         yield GaugeMetricFamily("dockersupport_agents_daemon_down", "Connected agents whose Docker daemon does "
-                                "not answer", value=Agent.objects.filter(last_seen_at__gte=seen, daemon_ok=False).count())
+                                "not answer",
+                                value=Agent.objects.filter(last_seen_at__gte=seen, daemon_ok=False).count())
         yield GaugeMetricFamily("dockersupport_builds_running", "Builds running now",
                                 value=Build.objects.filter(status=Build.Status.RUNNING).count())
         jobs = GaugeMetricFamily("dockersupport_agent_jobs", "Agent jobs waiting or taken", labels=["status"])
-        for status, count in AgentJob.objects.filter(status__in=[AgentJob.Status.PENDING, AgentJob.Status.CLAIMED]).values_list(
-                "status").annotate(n=Count("pk")).order_by():
+        waiting = AgentJob.objects.filter(status__in=[AgentJob.Status.PENDING, AgentJob.Status.CLAIMED])
+        for status, count in waiting.values_list("status").annotate(n=Count("pk")).order_by():
             jobs.add_metric([status], count)
         yield jobs
-        pending = EventBatch.objects.filter(ingested_at__isnull=True).aggregate(batches=Count("pk"), records=Sum("records"))
+        pending = EventBatch.objects.filter(ingested_at__isnull=True).aggregate(batches=Count("pk"),
+                                                                                records=Sum("records"))
         yield GaugeMetricFamily("dockersupport_event_batches_waiting", "Event batches received, not ingested yet",
                                 value=pending["batches"])
         yield GaugeMetricFamily("dockersupport_event_records_waiting", "Event records received, not ingested yet",
@@ -52,7 +54,8 @@ class ProductCollector:
         hour = EventBatch.objects.filter(ingested_at__gte=timezone.now() - timedelta(hours=1)).aggregate(
             records=Sum("records"))["records"]
         yield GaugeMetricFamily("dockersupport_event_records_ingested_last_hour",
-                                "Event records ingested in the last hour (every server process agrees)", value=hour or 0)
+                                "Event records ingested in the last hour (every server process agrees)",
+                                value=hour or 0)
         images = GaugeMetricFamily("dockersupport_pushed_images", "Pushed images by clean-up status",
                                    labels=["cleanup_status"])
         for status, count in PushedImage.objects.values_list("cleanup_status").annotate(n=Count("pk")).order_by():

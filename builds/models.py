@@ -170,7 +170,8 @@ class Build(models.Model):
     )
     logged_out_at = models.DateTimeField(null=True, blank=True)
     logged_in_registries = models.JSONField(
-        default=list, blank=True, help_text="Registry hosts the build was logged in to (pulls from others were anonymous).",
+        default=list, blank=True,
+        help_text="Registry hosts the build was logged in to (pulls from others were anonymous).",
     )
     warnings = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
@@ -316,7 +317,8 @@ class CleanupRun(models.Model):
     images_kept = models.PositiveIntegerField(default=0)
     images_failed = models.PositiveIntegerField(default=0)
     images_retrying = models.PositiveIntegerField(default=0)
-    details = models.JSONField(default=list, blank=True, help_text="Each build deleted and each image's outcome, with reasons.")
+    details = models.JSONField(default=list, blank=True,
+                               help_text="Each build deleted and each image's outcome, with reasons.")
     error = models.TextField(blank=True)
 
     class Meta:
@@ -332,7 +334,8 @@ class AgentImage(models.Model):
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="images")
     reference = models.CharField(max_length=500, help_text="repository:tag, or the image ID when it has no tag.")
     image_id = models.CharField(max_length=100, blank=True)
-    created_by = models.CharField(max_length=10, help_text="The operation that brought it: pull, build, import, load, tag.")
+    created_by = models.CharField(max_length=10,
+                                  help_text="The operation that brought it: pull, build, import, load, tag.")
     first_seen_at = models.DateTimeField()
     last_used_at = models.DateTimeField(db_index=True)
     last_build = models.ForeignKey(Build, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")

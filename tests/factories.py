@@ -80,8 +80,8 @@ class BuildFactory(factory.django.DjangoModelFactory):
 
 def ingest(build, records):
     """Stores operation records for `build` as the server stores what its agent sends."""
-    from builds.operations import ingestion
     from builds.models import EventBatch
+    from builds.operations import ingestion
 
     first = EventBatch.objects.filter(agent_id=build.agent_id).count() * 100_000 + 1
     batch = EventBatch.objects.create(agent_id=build.agent_id, first_seq=first, last_seq=first + len(records),

@@ -27,7 +27,6 @@ from schemathesis.specs.openapi.checks import (
 
 from agent import protocol
 from builds.agents import services as agent_services
-from builds.login import services
 from builds.models import Build, DockerOperation, PushedImage
 from dockersupport_site.wsgi import application
 from tests.factories import AgentFactory, BuildConfigurationFactory, BuildFactory, RegistryConnectionFactory

@@ -6,6 +6,7 @@ from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from ..agents import services as agents
+from ..agents.selectors import agent_is_connected
 from ..cleanup.agent import free_space_history, human
 from ..models import Agent, AgentCleanup, Build
 
@@ -69,7 +70,7 @@ class AgentAdmin(admin.ModelAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         agent = self.get_object(request, object_id)
         if agent is not None and request.method == "GET":
-            if not agents.agent_is_connected(agent):
+            if not agent_is_connected(agent):
                 self.message_user(request, f"Agent {agent} is not connected: {self._state_text(agent)}. Start it on "
                                            "its build host with `python manage.py agent --server URL --token-file "
                                            "FILE`.", messages.WARNING)
@@ -91,7 +92,7 @@ class AgentAdmin(admin.ModelAdmin):
 
     @admin.display(description="connected")
     def state(self, obj):
-        if agents.agent_is_connected(obj):
+        if agent_is_connected(obj):
             return mark_safe('<span style="color:var(--message-success-bg,#070)">connected</span>')
         return format_html('<span style="color:#ba2121">not connected</span> ({})', self._state_text(obj))
 

@@ -21,6 +21,7 @@ from agent import protocol
 
 from ..models import Agent, AgentJob, Build
 from ..polling import wait_until
+from .selectors import connected_since
 
 JOB_NOTICE_KEY = "dockersupport:agent-jobs:{}"
 
@@ -144,16 +145,6 @@ def agent_heartbeat(*, agent: Agent, beat: protocol.HeartbeatRequest) -> protoco
 
 def agent_seen(agent: Agent) -> None:
     Agent.objects.filter(pk=agent.pk).update(last_seen_at=timezone.now())
-
-
-def connected_since(now=None):
-    """An agent last heard from at or after this moment is taken as running (DOCKERSUPPORT_AGENT_TIMEOUT)."""
-    return (now or timezone.now()) - timedelta(seconds=settings.DOCKERSUPPORT_AGENT_TIMEOUT)
-
-
-def agent_is_connected(agent: Agent) -> bool:
-    """Heard from recently enough to be taken as running."""
-    return agent.last_seen_at is not None and agent.last_seen_at >= connected_since()
 
 
 @transaction.atomic

@@ -13,6 +13,7 @@ from agent import protocol
 from agent.cleanup import CleanupError, human, parse_size
 
 from ..agents import services as agents
+from ..agents.selectors import agent_is_connected
 from ..models import Agent, AgentCleanup, AgentImage, AgentJob
 
 AgentCleanupError = CleanupError
@@ -27,7 +28,7 @@ def free_disk_space_request(agent: Agent, required: int, *, dry_run: bool = Fals
 
     Raises AgentCleanupError when the agent is not connected, does not answer in time, or cannot run it.
     """
-    if not agents.agent_is_connected(agent):
+    if not agent_is_connected(agent):
         raise AgentCleanupError(_not_connected(agent))
     job = agents.job_create(agent=agent, kind=AgentJob.Kind.FREE_DISK_SPACE, payload={
         "required_bytes": required, "dry_run": dry_run, "reason": reason or "free_disk_space"})

@@ -19,6 +19,7 @@ from connections.models import Connection
 from connections.registries import RegistryError, credentials_for, docker_server
 
 from ..agents import services as agents
+from ..agents.selectors import agent_is_connected
 from ..models import Agent, AgentJob, Build, BuildConfiguration, LoginConnection
 from ..operations.selectors import docker_info_summary
 from ..operations.services import event_batches_wait
@@ -161,7 +162,7 @@ def build_start_remote(*, configuration: BuildConfiguration, agent: Agent, numbe
     error at once, and its agent erases whatever it wrote for it. Raises BuildStartError (nothing made).
     """
     build, job = build_start_api(configuration=configuration, agent=agent, number=number)
-    if not agents.agent_is_connected(agent):
+    if not agent_is_connected(agent):
         agents.job_withdraw(job)
         build_abandon(build=build, reason=f"agent {agent} is not connected", status=Build.Status.ERROR)
         return build, AgentAnswer(unanswered="it is not connected")
@@ -184,7 +185,7 @@ def build_finish_remote(*, build: Build, exit_code: int, timeout: float) -> Agen
     Without an answer in time the logout stays queued: the agent does it when it takes it.
     """
     job = build_finish_api(build=build, exit_code=exit_code)
-    if not agents.agent_is_connected(build.agent):
+    if not agent_is_connected(build.agent):
         return AgentAnswer(unanswered="it is not connected; the logout waits for it")
     done = agents.job_wait(job, timeout)
     if done is None:

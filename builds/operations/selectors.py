@@ -41,9 +41,9 @@ def docker_info_summary(build: Build) -> dict:
     for image, tag in sorted(pulls):
         registry, _ = registry_and_repository(image)
         if registry not in logged_in:
-            warnings.append(f"{_reference(image, tag)} was pulled anonymously: the build was not logged in to {registry}"
-                            + (" (anonymous pulls get Docker Hub's lower rate limit)" if registry == "docker.io"
-                               else ""))
+            hub = " (anonymous pulls get Docker Hub's lower rate limit)" if registry == "docker.io" else ""
+            warnings.append(f"{_reference(image, tag)} was pulled anonymously: the build was not logged in to "
+                            f"{registry}{hub}")
     return {
         "operation_count": sum(counts.values()),
         "counts": counts,

@@ -51,7 +51,8 @@ def event_batches_stale(now=None) -> list[int]:
     Their clock starts again: they are queued again by the caller.
     """
     limit = (now or timezone.now()) - REQUEUE_AFTER
-    stale = list(EventBatch.objects.filter(ingested_at__isnull=True, received_at__lt=limit).values_list("pk", flat=True))
+    waiting = EventBatch.objects.filter(ingested_at__isnull=True, received_at__lt=limit)
+    stale = list(waiting.values_list("pk", flat=True))
     EventBatch.objects.filter(pk__in=stale).update(received_at=timezone.now())
     return stale
 

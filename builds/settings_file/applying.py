@@ -26,6 +26,7 @@ from .format import (
     TOP_KEYS,
     TYPE_KEYS,
     SettingsFileError,
+    ShapeChecks,
     join_path,
 )
 
@@ -49,61 +50,15 @@ class ApplyReport:
         return "; ".join(parts) or "nothing to apply"
 
 
-
-class _Applier:
+class _Applier(ShapeChecks):
     def __init__(self):
-        self.errors: list[str] = []
+        super().__init__()
         self.report = ApplyReport()
         self.seen_projects: dict[str, str] = {}
         self.seen_configurations: dict[str, str] = {}
         self.seen_connections: dict[tuple, str] = {}
         self.invalid_connections: set[tuple] = set()
         self.seen_agents: dict[str, str] = {}
-
-    # Structure helpers ------------------------------------------------------------------------
-    def mapping(self, value, path, allowed, required=()):
-        if not isinstance(value, dict):
-            self.errors.append(f"{path}: expected a mapping, got {_kind(value)}")
-            return None
-        ok = True
-        for key in value:
-            if key not in allowed:
-                # Reported, then ignored, so that the rest of the entry is still checked.
-                self.errors.append(f"{join_path(path, str(key))}: unknown key (allowed: {', '.join(sorted(allowed))})")
-        for key in required:
-            if value.get(key) in (None, ""):
-                self.errors.append(f"{join_path(path, key)}: required")
-                ok = False
-        return value if ok else None
-
-    def sequence(self, value, path):
-        if value is None:
-            return []
-        if not isinstance(value, list):
-            self.errors.append(f"{path}: expected a list, got {_kind(value)}")
-            return []
-        return value
-
-    def scalar(self, value, path, types=(str,), default=""):
-        if value is None:
-            return default
-        if isinstance(value, bool) and bool not in types:
-            self.errors.append(f"{path}: expected {_type_names(types)}, got a boolean")
-            return default
-        if not isinstance(value, types):
-            if str in types and isinstance(value, (int, float)):
-                return str(value)  # YAML reads 5000 or 123456789012 as numbers
-            self.errors.append(f"{path}: expected {_type_names(types)}, got {_kind(value)}")
-            return default
-        return value
-
-    def unique(self, seen: dict, ident, path, what, key="id"):
-        if ident in seen:
-            name = ident[-1] if isinstance(ident, tuple) else ident
-            self.errors.append(f"{path}.{key}: {what} '{name}' is already defined at {seen[ident]}")
-            return False
-        seen[ident] = path
-        return True
 
     def save(self, obj, path, kind, exclude=()):
         """Validates and saves `obj`; reports model errors under the file's keys."""
@@ -297,15 +252,6 @@ class _Applier:
             if self.report.unchanged["agent"]:
                 self.report.unchanged["agent"] -= 1
                 self.report.count("agent", "updated")
-
-
-def _kind(value) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-            float: "a number", type(None): "nothing"}.get(type(value), type(value).__name__)
-
-
-def _type_names(types) -> str:
-    return " or ".join({str: "a string", bool: "true or false", int: "a whole number"}[t] for t in types)
 
 
 def _remember(obj) -> None:

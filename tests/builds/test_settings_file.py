@@ -87,11 +87,11 @@ def test_the_spec_example_applies():
                                                                              "AKIAIOSFODNN7EXAMPLE")
     assert Connection.objects.get(ident="local").password == "reg-pass-1"
     app = BuildConfiguration.objects.get(ident="app")
-    assert [(l.connection.ident, l.optional) for l in app.logins.all()] == [("local", False), ("ecr", True)]
+    assert [(login.connection.ident, login.optional) for login in app.logins.all()] == [("local", False), ("ecr", True)]
     assert (app.keep_last, app.keep_days, app.cleanup_pushed_images) == (10, 30, True)
     web = BuildConfiguration.objects.get(ident="web")
     assert web.project.parent.ident == "acme"
-    assert [l.connection.project.ident for l in web.logins.all()] == ["acme"]  # the parent's connection
+    assert [login.connection.project.ident for login in web.logins.all()] == ["acme"]  # the parent's connection
     agent = Agent.objects.get(name="agent-1")
     assert agent.docker_data_path == "/var/lib/docker"
     assert [p.ident for p in agent.projects.all()] == ["acme"]
@@ -266,7 +266,7 @@ def test_removing_a_login_from_the_file_removes_it():
     report = apply_text(SPEC_EXAMPLE.replace("login: [local, {connection: ecr, optional: true}]", "login: [ecr]"))
     assert report.updated["build configuration"] == 1
     app = BuildConfiguration.objects.get(ident="app")
-    assert [(l.connection.ident, l.optional) for l in app.logins.all()] == [("ecr", False)]
+    assert [(login.connection.ident, login.optional) for login in app.logins.all()] == [("ecr", False)]
 
 
 def test_changing_a_secret_updates_it():

@@ -11,8 +11,8 @@ import pytest
 import requests
 from django.utils import timezone
 
-from builds.models import Build, CleanupRun, PushedImage
 from builds.cleanup.registry import pending_deletions_process
+from builds.models import Build, CleanupRun, PushedImage
 from tests.e2e.test_docker_events import registry_digest
 from tests.factories import ProjectFactory, RegistryConnectionFactory
 from tests.harness import Registry

@@ -13,8 +13,8 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from .service import free_port
 from .registry import Registry
+from .service import free_port
 
 ISSUER = "dockersupport-test-token-service"
 SERVICE = "dockersupport-test-registry"

@@ -4,6 +4,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
+from builds.agents.selectors import agent_get
 from builds.cleanup.agent import AgentCleanupError, free_disk_space_request, parse_size
 from builds.models import Agent
 
@@ -19,7 +20,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, agent, required, dry_run, **options):
         try:
-            target = Agent.objects.get(name=agent)
+            target = agent_get(agent)
         except Agent.DoesNotExist:
             raise CommandError(f"--agent {agent}: no such agent") from None
         try:

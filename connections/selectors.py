@@ -14,9 +14,9 @@ def connections_usable_by(project: Project) -> QuerySet[Connection]:
 
 def connection_nearest(project: Project, match: Callable[[Connection], bool]) -> Connection | None:
     """The connection `match` accepts that is nearest up the project's tree: the project's own, else its
-    parent's, and so on (within a project, by identifier); never another project's."""
+    parent's, and so on (within a project, in the database's order); never another project's."""
     depth = {p.pk: i for i, p in enumerate(project.lineage())}
-    usable = sorted(connections_usable_by(project), key=lambda c: (depth[c.project_id], c.ident))
+    usable = sorted(connections_usable_by(project), key=lambda c: depth[c.project_id])  # a stable sort
     return next((connection for connection in usable if match(connection)), None)
 
 

@@ -38,7 +38,7 @@ def free_disk_space_request(agent: Agent, required: int, *, dry_run: bool = Fals
         agents.job_withdraw(job)
         raise AgentCleanupError(f"agent {agent} did not answer within {timeout} s")
     if done.status == AgentJob.Status.FAILED:
-        raise AgentCleanupError(done.error)
+        raise AgentCleanupError(done.error or f"agent {agent} could not free disk space and did not say why")
     return done.result
 
 

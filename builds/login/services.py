@@ -129,6 +129,10 @@ class AgentAnswer:
     error: str = ""
     unanswered: str = ""
 
+    @classmethod
+    def failed(cls, job: AgentJob) -> "AgentAnswer":
+        return cls(error=job.error or f"the agent's {job.kind} job failed without saying why")
+
     @property
     def done(self) -> bool:
         return not (self.error or self.unanswered)
@@ -174,8 +178,9 @@ def build_start_remote(*, configuration: BuildConfiguration, agent: Agent, numbe
         build_abandon(build=build, reason=reason, status=Build.Status.ERROR)
         return build, AgentAnswer(unanswered="login")
     if done.status == AgentJob.Status.FAILED:
-        build_abandon(build=build, reason=done.error, status=Build.Status.ERROR)
-        return build, AgentAnswer(error=done.error)
+        answer = AgentAnswer.failed(done)
+        build_abandon(build=build, reason=answer.error, status=Build.Status.ERROR)
+        return build, answer
     return build, AgentAnswer(result=done.result)
 
 
@@ -191,7 +196,7 @@ def build_finish_remote(*, build: Build, exit_code: int, timeout: float) -> Agen
     if done is None:
         return AgentAnswer(unanswered="the logout is queued and runs when the agent takes it")
     if done.status == AgentJob.Status.FAILED:
-        return AgentAnswer(error=done.error)
+        return AgentAnswer.failed(done)
     build.refresh_from_db()
     return AgentAnswer(result=done.result)
 

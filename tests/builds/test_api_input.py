@@ -1,6 +1,8 @@
 """Bad input to the REST API is a 4xx that names the field and changes nothing, never a 500."""
 
 import json
+import threading
+import time
 
 import pytest
 from rest_framework.authtoken.models import Token
@@ -145,3 +147,53 @@ def test_the_next_number_after_the_highest_one_is_a_clear_error(db):
     highest = BuildFactory(number=2_147_483_647)
     with pytest.raises(BuildStartError, match="has used the highest build number"):
         build_start(configuration=highest.configuration, agent=AgentFactory())
+
+
+def _agent_fails_its_next_job(agent_pk: int, error: str) -> threading.Thread:
+    """An agent that takes its next job and reports it failed with `error` (an agent may say nothing)."""
+    from django.db import connection
+
+    from agent import protocol
+    from builds.agents import services as agent_services
+    from builds.models import Agent
+
+    def run():
+        try:
+            agent = Agent.objects.get(pk=agent_pk)
+            for _ in range(400):
+                jobs = agent_services.jobs_claim(agent=agent)
+                if jobs:
+                    agent_services.job_complete(agent=agent, job_id=jobs[0].id,
+                                                outcome=protocol.JobResult(ok=False, error=error))
+                    return
+                time.sleep(0.05)
+        finally:
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("error", ["", "daemon refused the login"])
+def test_a_login_or_logout_the_agent_reports_failed_is_a_502_even_without_a_reason(api, configuration, error,
+                                                                                     settings):
+    from django.utils import timezone
+
+    settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT = 30
+    agent = AgentFactory(name="agent-1", last_seen_at=timezone.now())
+    failing = _agent_fails_its_next_job(agent.pk, error)
+    response = api("post", "/api/v1/builds/", {"configuration": "app", "agent": "agent-1"})
+    failing.join()
+    assert response.status_code == 502, response.content
+    assert response.json()["detail"] == (error or "the agent's login job failed without saying why")
+    assert Build.objects.get(pk=response.json()["id"]).status == Build.Status.ERROR
+    AgentJob.objects.all().delete()  # the failed build's own logout, which the agent would do next
+
+    build = services.build_start(configuration=configuration, agent=agent, started_by=Build.StartedBy.API)
+    failing = _agent_fails_its_next_job(agent.pk, error)
+    response = api("post", f"/api/v1/builds/{build.pk}/finish/", {"exit_code": 0})
+    failing.join()
+    assert response.status_code == 502, response.content
+    assert response.json()["detail"] == (error or "the agent's logout job failed without saying why")

@@ -6,6 +6,7 @@ class BuildsConfig(AppConfig):
     verbose_name = "Builds"
 
     def ready(self):
-        from . import metrics
+        from . import metrics, permissions
 
         metrics.register()
+        permissions.register()

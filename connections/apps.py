@@ -6,4 +6,9 @@ class ConnectionsConfig(AppConfig):
     verbose_name = "Projects and connections"
 
     def ready(self):
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import (
+            checks,  # noqa: F401  (registers the system checks)
+            permissions,
+        )
+
+        permissions.register()

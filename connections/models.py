@@ -1,10 +1,11 @@
-"""Projects (a tree) and the registry connections defined on them."""
+"""Projects (a tree), their members' roles, the registry connections defined on them, and API tokens."""
 
 from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
 
 from . import validators
 from .fields import EncryptedTextField
@@ -236,3 +237,59 @@ class Connection(models.Model):
                 if getattr(self, field):
                     errors[field] = "only temporary credentials (AssumeRole) use this field"
         return errors
+
+
+class Membership(models.Model):
+    """A user's role on a project, which holds on its subprojects too (connections/roles.py)."""
+
+    class Role(models.TextChoices):
+        VIEWER = "viewer", "Viewer"
+        DEVELOPER = "developer", "Developer"
+        ADMIN = "admin", "Admin"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=10, choices=Role.choices, help_text=(
+        "Viewer: sees configurations, builds, Docker Info and clean-up records. Developer: also starts, "
+        "finishes and pins builds and tests connections. Admin: also edits the project, its connections, "
+        "configurations, subprojects and members, and runs its clean-up."))
+
+    class Meta:
+        ordering = ["project__ident", "user__username"]
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="one_role_per_project")]
+
+    def __str__(self):
+        return f"{self.user} is {self.role} of {self.project.ident}"
+
+
+class ApiToken(models.Model):
+    """A user's token for the REST API. Stored as its SHA-256 digest: the token is shown once, when made.
+
+    It acts for its user, narrowed to `projects` (and their subprojects) when any are given, and to
+    reading when `read_only`; it stops at `expires_at` or when revoked.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, help_text="What uses it, e.g. the CI system's name.")
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=12, editable=False, help_text="Its first characters, to recognise it.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: it does not expire.")
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    read_only = models.BooleanField(default=False, help_text="It reads only: it starts, finishes and changes nothing.")
+    projects = models.ManyToManyField(
+        Project, blank=True, related_name="+",
+        help_text="Only these projects and their subprojects. Empty: every project its user has a role on.",
+    )
+
+    class Meta:
+        ordering = ["user__username", "-created_at"]
+        verbose_name = "API token"
+
+    def __str__(self):
+        return f"{self.name} ({self.prefix}…) of {self.user}"
+
+    @property
+    def is_usable(self) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > timezone.now())

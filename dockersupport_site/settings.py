@@ -24,9 +24,8 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 DATA_DIR = Path(env.str("DOCKERSUPPORT_DATA_DIR", default=str(BASE_DIR / "var")))
 
 INSTALLED_APPS = [
-    # SimpleAdminConfig: admin modules load with the URLs (urls.py), not in every process:
-    # run_build starts once per CI build step and must start fast.
-    "django.contrib.admin.apps.SimpleAdminConfig",
+    # The admin of members and staff; its modules load with the URLs (urls.py), not in every process.
+    "dockersupport_site.admin_config.AdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -37,9 +36,17 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "django_celery_beat",
     "django_prometheus",
+    "rules",
     "dockersupport_site",  # site-wide commands and templates
     "connections",
     "builds",
+]
+
+# Rights come from project roles (rules' predicates); passwords are checked by Django's backend,
+# which grants nothing else (dockersupport_site/admin_site.py).
+AUTHENTICATION_BACKENDS = [
+    "rules.permissions.ObjectPermissionBackend",
+    "dockersupport_site.admin_site.AuthenticationOnlyBackend",
 ]
 
 MIDDLEWARE = [

@@ -4,10 +4,7 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
-admin.autodiscover()
-admin.site.site_header = "dockersupport"
-admin.site.site_title = "dockersupport"
-admin.site.index_title = "Docker support for CI builds"
+admin.autodiscover()  # admin.site is dockersupport_site.admin_site.AdminSite
 
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),

@@ -6,13 +6,18 @@ waits for the agent's answer up to DOCKERSUPPORT_AGENT_TASK_TIMEOUT seconds.
 
 import logging
 
+import rules
 from django.conf import settings
 from django.db.backends.base.operations import BaseDatabaseOperations
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
+
+from connections import roles
+from connections.permissions import refusal
 
 from .login import services as login
 from .models import Agent, Build, BuildConfiguration, DockerOperation, PushedImage
@@ -135,9 +140,16 @@ class DockerInfoFilterSerializer(serializers.Serializer):
 
 
 class BuildStartSerializer(serializers.Serializer):
-    configuration = _IdentRelatedField(slug_field="ident", queryset=BuildConfiguration.objects.all())
+    # A configuration of a project the caller cannot see does not exist for them.
+    configuration = _IdentRelatedField(slug_field="ident", queryset=BuildConfiguration.objects.none())
     agent = _IdentRelatedField(slug_field="name", queryset=Agent.objects.all())
     number = _whole_number("a build number", 1, BUILD_NUMBER_MAX, required=False)
+
+    def __init__(self, *args, user=None, **kwargs):  # no user: the schema's description
+        super().__init__(*args, **kwargs)
+        if user is not None:
+            self.fields["configuration"].queryset = BuildConfiguration.objects.select_related("project").filter(
+                project__in=roles.projects_with(user))
 
 
 class BuildStartedSerializer(serializers.Serializer):
@@ -181,6 +193,15 @@ NOT_RUNNING = OpenApiResponse(BuildErrorSerializer, description="The build is no
 NO_WORKER = OpenApiResponse(BuildErrorSerializer, description="The build's agent did not answer in time.")
 
 
+def _require(request, perm: str, obj, project, doing: str) -> None:
+    """A 403 naming the caller's role unless `perm` allows it on `obj` (the caller can see its project).
+
+    rules' own has_perm, not the user's: a superuser's token narrowed to some projects or to reading
+    is narrowed here too."""
+    if not rules.has_perm(perm, request.user, obj):
+        raise PermissionDenied(refusal(request.user, project, doing))
+
+
 def _failed_on_agent(build: Build, answer: login.AgentAnswer) -> Response:
     """The agent's failure (502), or its silence (504) with what to do about it."""
     if answer.error:
@@ -206,7 +227,8 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     queryset = Build.objects.select_related("configuration", "agent").order_by("-started_at", "-pk")
 
     def get_queryset(self):
-        queryset = super().get_queryset()
+        # Builds of projects the caller cannot see do not exist for them (404).
+        queryset = super().get_queryset().filter(configuration__project__in=roles.projects_with(self.request.user))
         if self.action != "list":  # the filters are the list's; a build is found by its id alone
             return queryset
         filters = BuildFilterSerializer(data=self.request.query_params)
@@ -235,8 +257,10 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     })
     def create(self, request):
         """Starts a build: its agent logs it in to its registries; answers its DOCKER_CONFIG."""
-        start = BuildStartSerializer(data=request.data)
+        start = BuildStartSerializer(data=request.data, user=request.user)
         start.is_valid(raise_exception=True)
+        configuration = start.validated_data["configuration"]
+        _require(request, "builds.start_build", configuration, configuration.project, "start builds")
         try:
             build, answer = login.build_start_remote(**start.validated_data,
                                                      timeout=settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT)
@@ -259,6 +283,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         build = self.get_object()
         finish = BuildFinishSerializer(data=request.data)
         finish.is_valid(raise_exception=True)
+        _require(request, "builds.finish_build", build, build.configuration.project, "finish builds")
         if not build.is_running:
             return Response({"id": build.pk, "detail": f"build {build} is already {build.status}"},
                             status=status.HTTP_409_CONFLICT)
@@ -273,6 +298,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def heartbeat(self, request, pk=None):
         """Tells that the build's process is alive (run_build does this by itself)."""
         build = self.get_object()
+        _require(request, "builds.finish_build", build, build.configuration.project, "keep builds alive")
         if not build.is_running:
             return Response({"id": build.pk, "detail": f"build {build} is already {build.status}"},
                             status=status.HTTP_409_CONFLICT)

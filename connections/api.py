@@ -1,12 +1,15 @@
 """REST API for connections: the connection test."""
 
+import rules
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from . import roles
 from .models import Connection
+from .permissions import refusal
 from .selectors import connection_get
 from .services import connection_test
 
@@ -44,5 +47,9 @@ class ConnectionTestView(APIView):
             target = connection_get(path.validated_data["project"], path.validated_data["connection"])
         except Connection.DoesNotExist as exc:
             raise NotFound(str(exc)) from None
+        if roles.role_on(request.user, target.project) is None:  # a project the caller cannot see
+            raise NotFound(f"no connection '{target.ident}' in project '{target.project.ident}'")
+        if not rules.has_perm("connections.test_connection", request.user, target):
+            raise PermissionDenied(refusal(request.user, target.project, "test connections"))
         result = connection_test(target)
         return Response({"ok": result.ok, "verified": result.verified, "error": result.error})

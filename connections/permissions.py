@@ -57,3 +57,13 @@ def register() -> None:
     # API tokens: each user their own; a superuser any (to revoke).
     for action in ("view", "add", "change", "delete"):
         rules.set_perm(f"connections.{action}_apitoken", is_superuser | (rules.is_authenticated & owns_token))
+
+
+def refusal(user, project, doing: str) -> str:
+    """Why `user` may not do `doing` in `project`, for an API's 403: their role there, and the token's limits."""
+    role = roles.role_on(user, project)
+    text = f"you may not {doing} in project '{project.ident}': your role there is {role or 'none'}"
+    token = roles.token_of(user)
+    if token is not None and token.read_only:
+        text += " (this API token is read-only)"
+    return text

@@ -38,14 +38,105 @@ class Project(models.Model):
             node = node.parent
         return chain
 
+    # The settings file moves projects and replaces login lists in one apply: it asks `tree_problems` once it
+    # has done both, instead of each save refusing a move that a later entry of the file makes right.
+    defer_tree_check = False
+
     def clean(self):
-        if self.parent_id is None:
-            return
-        node = self.parent
-        while node is not None:
-            if self.pk is not None and node.pk == self.pk:
-                raise ValidationError({"parent": "a project cannot be its own ancestor"})
-            node = node.parent
+        if self.parent_id is not None:
+            node = self.parent
+            while node is not None:
+                if self.pk is not None and node.pk == self.pk:
+                    raise ValidationError({"parent": "a project cannot be its own ancestor"})
+                node = node.parent
+        if not self.defer_tree_check:
+            problems = self._move_problems()
+            if problems:
+                raise ValidationError({"parent": [*_bounded(problems), TREE_FIX]})
+
+    def _move_problems(self) -> list[str]:
+        """The login lists that moving this project (and so its subtree) under its new parent would break."""
+        if self.pk is None:
+            return []
+        stored = type(self).objects.filter(pk=self.pk).values("parent_id").first()
+        if stored is None or stored["parent_id"] == self.parent_id:
+            return []
+        before = _project_parents()
+        after = {**before, self.pk: self.parent_id}
+        subtree = _subtree(self.pk, before)
+        return [
+            _tree_problem(login) for login in _login_rows(
+                models.Q(configuration__project_id__in=subtree) | models.Q(connection__project_id__in=subtree))
+            if login["connection__project_id"] in _ancestry(login["configuration__project_id"], before)
+            and login["connection__project_id"] not in _ancestry(login["configuration__project_id"], after)
+        ]
+
+    def tree_problems(self) -> list[str]:
+        """The logins of configurations in this project's subtree (or with its connections) that use a connection
+        outside their configuration's project and its ancestors, as stored now; at most TREE_PROBLEMS_SHOWN."""
+        parents = _project_parents()
+        subtree = _subtree(self.pk, parents)
+        return _bounded([
+            _tree_problem(login) for login in _login_rows(
+                models.Q(configuration__project_id__in=subtree) | models.Q(connection__project_id__in=subtree))
+            if login["connection__project_id"] not in _ancestry(login["configuration__project_id"], parents)
+        ])
+
+
+# A configuration's login list uses connections of its project and its ancestors only (LoginConnection.clean).
+# Moving a project or a connection must keep it so: these helpers find the login lists a move would break.
+# connections does not import builds: the logins are reached through Connection's reverse relation.
+TREE_PROBLEMS_SHOWN = 20
+TREE_FIX = ("remove those logins from the configurations first and add connections of the new tree after the move "
+            "(a settings file can do both in one apply)")
+
+
+def _project_parents() -> dict:
+    """Each project's parent id, as stored: one query, however deep the tree."""
+    return dict(Project.objects.values_list("pk", "parent_id"))
+
+
+def _ancestry(pk, parents: dict) -> set:
+    """The project's id and its ancestors' in the tree that `parents` describes."""
+    chain = set()
+    while pk is not None and pk not in chain:
+        chain.add(pk)
+        pk = parents.get(pk)
+    return chain
+
+
+def _subtree(pk, parents: dict) -> set:
+    """The project's id and its descendants' in the tree that `parents` describes."""
+    children: dict = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    found, todo = set(), [pk]
+    while todo:
+        node = todo.pop()
+        if node not in found:
+            found.add(node)
+            todo.extend(children.get(node, ()))
+    return found
+
+
+def _login_rows(condition):
+    logins = Connection.logins.field.model.objects  # builds.LoginConnection
+    return logins.filter(condition).order_by("configuration__ident", "position", "pk").values(
+        "configuration__ident", "configuration__project_id", "configuration__project__ident",
+        "connection__ident", "connection__project_id", "connection__project__ident",
+    )
+
+
+def _tree_problem(login: dict) -> str:
+    return (f"configuration '{login['configuration__ident']}' (project '{login['configuration__project__ident']}') "
+            f"logs in with connection '{login['connection__ident']}' of project "
+            f"'{login['connection__project__ident']}', which would no longer be its project or an ancestor")
+
+
+def _bounded(problems: list[str]) -> list[str]:
+    if len(problems) <= TREE_PROBLEMS_SHOWN:
+        return problems
+    return [*problems[:TREE_PROBLEMS_SHOWN], f"and {len(problems) - TREE_PROBLEMS_SHOWN} more"]
 
 
 class Connection(models.Model):
@@ -170,6 +261,9 @@ class Connection(models.Model):
 
     def clean(self):
         errors = self._clean_destination()
+        moves = self._move_problems()
+        if moves:
+            errors["project"] = [*_bounded(moves), TREE_FIX]
         if self.type == self.Type.DOCKER_REGISTRY:
             if not self.username:
                 errors["username"] = "a Docker registry connection needs a username"
@@ -183,6 +277,23 @@ class Connection(models.Model):
             errors.update(self._clean_ecr())
         if errors:
             raise ValidationError(errors)
+
+    def _move_problems(self) -> list[str]:
+        """The login lists that moving this connection to another project would break."""
+        if self.pk is None or self.project_id is None:
+            return []
+        stored = type(self).objects.filter(pk=self.pk).values("project_id").first()
+        if stored is None or stored["project_id"] == self.project_id:
+            return []
+        parents = _project_parents()
+        return [
+            f"configuration '{login['configuration__ident']}' (project '{login['configuration__project__ident']}') "
+            f"logs in with connection '{self.ident}', whose new project '{self.project.ident}' would not be its "
+            "project or an ancestor"
+            for login in _login_rows(models.Q(connection_id=self.pk))
+            if stored["project_id"] in _ancestry(login["configuration__project_id"], parents)
+            and self.project_id not in _ancestry(login["configuration__project_id"], parents)
+        ]
 
     def default_chain_problems(self) -> dict:
         """The default credential chain is the server's own AWS identity: its tokens go to AWS's hosts only.

@@ -17,6 +17,7 @@ from django.utils import timezone
 from agent import protocol
 from connections.models import Connection
 from connections.registries import RegistryError, credentials_for, docker_server
+from connections.selectors import connections_usable_by
 
 from ..agents import services as agents
 from ..agents.selectors import agent_is_connected
@@ -207,13 +208,27 @@ def build_credentials(build: Build) -> list:
     """The registry logins of a running build, with their credentials (obtained here, on the server).
 
     A connection whose credentials cannot be obtained comes back with its error instead: the agent
-    treats it as a failed login (a warning when the login is optional).
+    treats it as a failed login (a warning when the login is optional). So does a connection that is no
+    longer of the configuration's project or its ancestors (the tree changed by a path that did not check
+    it): its credentials are never obtained.
     """
+    configuration = build.configuration
+    project = configuration.project
+    usable = set(connections_usable_by(project).values_list("pk", flat=True))
     logins = []
-    for login in _logins_of(build.configuration):
+    for login in _logins_of(configuration):
         connection = login.connection
         entry = protocol.RegistryLogin(connection=str(connection), registry=connection.registry_address,
                                        server=docker_server(connection), optional=login.optional)
+        if connection.pk not in usable:
+            entry.error = (
+                f"login with connection '{connection}' refused: it belongs to project '{connection.project.ident}', "
+                f"which is not project '{project.ident}' of configuration '{configuration.ident}' or one of its "
+                "ancestors (the project tree changed); give the configuration a connection of its project or its "
+                "ancestors"
+            )
+            logins.append(entry)
+            continue
         try:
             obtained = credentials_for(connection, session_name=_session_name(build))
         except RegistryError as exc:

@@ -4,7 +4,9 @@ Applying is idempotent and atomic: every error of the file is collected with its
 (`projects[0].connections[1].role_arn: not an IAM role ARN`) and any error changes nothing.
 `${VAR}` in a string is taken from the environment (`$$` is a literal `$`). Export writes no
 secret; applying an exported file keeps the secrets already stored. Objects that the file does
-not mention are left alone: apply adds and updates, it never deletes. A file may come from an
+not mention are left alone: apply adds and updates, it never deletes; the lists an entry gives
+replace what is stored (a configuration's logins, an agent's projects, a project's `members`, so
+roles are revoked as code). Users are not created by the file. A file may come from an
 untrusted hand: reading refuses, as errors, files over 1 MiB, alias bombs, self-referencing
 anchors, deep nesting, and `${VAR}` naming one of the server's own settings.
 """

@@ -1,14 +1,16 @@
 """Applying settings: idempotent and atomic; every error of the file with its path, and any error
 changes nothing. Objects the file does not mention are left alone: apply adds and updates, it never
-deletes (but a configuration's login list and an agent's project list are replaced by the file's)."""
+deletes (but a configuration's login list, an agent's project list and, when the file gives one, a
+project's members are replaced by the file's)."""
 
 from collections import Counter
 from dataclasses import dataclass, field
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from connections.models import Connection, Project
+from connections.models import Connection, Membership, Project
 from connections.selectors import connection_nearest
 
 from ..login.services import login_hosts_validate
@@ -21,6 +23,7 @@ from .format import (
     DOCKER_SUPPORT_KEYS,
     FIELD_KEYS,
     LOGIN_KEYS,
+    MEMBER_KEYS,
     PROJECT_KEYS,
     RETENTION_KEYS,
     TOP_KEYS,
@@ -36,16 +39,21 @@ class ApplyReport:
     created: Counter = field(default_factory=Counter)
     updated: Counter = field(default_factory=Counter)
     unchanged: Counter = field(default_factory=Counter)
+    removed: Counter = field(default_factory=Counter)  # members only: nothing else is ever deleted
 
     def count(self, kind: str, outcome: str) -> None:
         getattr(self, outcome)[kind] += 1
 
     def summary(self) -> str:
-        kinds = ("project", "connection", "build configuration", "agent")
+        kinds = ("project", "connection", "build configuration", "member", "agent")
         parts = []
         for kind in kinds:
-            c, u, n = self.created[kind], self.updated[kind], self.unchanged[kind]
-            if c or u or n:
+            c, u, n, r = self.created[kind], self.updated[kind], self.unchanged[kind], self.removed[kind]
+            if not (c or u or n or r):
+                continue
+            if kind == "member":
+                parts.append(f"members: {c} added, {u} with a new role, {n} unchanged, {r} removed")
+            else:
                 parts.append(f"{kind}s: {c} created, {u} updated, {n} unchanged")
         return "; ".join(parts) or "nothing to apply"
 
@@ -59,6 +67,7 @@ class _Applier(ShapeChecks):
         self.seen_connections: dict[tuple, str] = {}
         self.invalid_connections: set[tuple] = set()
         self.seen_agents: dict[str, str] = {}
+        self.moved_projects: list[tuple[Project, str]] = []
 
     def save(self, obj, path, kind, exclude=()):
         """Validates and saves `obj`; reports model errors under the file's keys."""
@@ -87,6 +96,7 @@ class _Applier(ShapeChecks):
             self.project(entry, f"projects[{i}]", parent=None)
         for i, entry in enumerate(self.sequence(data.get("agents"), "agents")):
             self.agent(entry, f"agents[{i}]")
+        self.check_moves()
 
     def project(self, entry, path, parent):
         entry = self.mapping(entry, path, PROJECT_KEYS, required=("id",))
@@ -100,12 +110,19 @@ class _Applier(ShapeChecks):
         project.name = self.scalar(entry.get("name"), f"{path}.name") or ident
         project.description = self.scalar(entry.get("description"), f"{path}.description")
         project.parent = parent
+        # The file may also replace the login lists that the move would break: check_moves looks at the end.
+        project.defer_tree_check = True
+        moved = project.pk is not None and project._loaded_values["parent_id"] != project.parent_id
         if not self.save(project, path, "project"):
             return
+        if moved:
+            self.moved_projects.append((project, path))
         for i, item in enumerate(self.sequence(entry.get("connections"), f"{path}.connections")):
             self.connection(item, f"{path}.connections[{i}]", project)
         for i, item in enumerate(self.sequence(entry.get("build_configurations"), f"{path}.build_configurations")):
             self.configuration(item, f"{path}.build_configurations[{i}]", project)
+        if "members" in entry:  # without the key, the project's members are left alone
+            self.members(entry["members"], f"{path}.members", project)
         for i, item in enumerate(self.sequence(entry.get("subprojects"), f"{path}.subprojects")):
             self.project(item, f"{path}.subprojects[{i}]", parent=project)
 
@@ -220,6 +237,63 @@ class _Applier(ShapeChecks):
             login.save()
             changed = True
         return changed
+
+    def members(self, value, path, project):
+        """Makes the project's members exactly the file's list, so that access is revoked as code too."""
+        user_model = get_user_model()
+        wanted, seen, ok = [], {}, True
+        for i, item in enumerate(self.sequence(value, path)):
+            where = f"{path}[{i}]"
+            item = self.mapping(item, where, MEMBER_KEYS, required=("user", "role"))
+            if item is None:
+                ok = False
+                continue
+            name = self.scalar(item["user"], f"{where}.user")
+            role = self.scalar(item["role"], f"{where}.role")
+            if role not in Membership.Role.values:
+                self.errors.append(f"{where}.role: '{role}' is not a role ({', '.join(Membership.Role.values)})")
+                ok = False
+            user = user_model._default_manager.filter(**{user_model.USERNAME_FIELD: name}).first() if name else None
+            if user is None:
+                self.errors.append(
+                    f"{where}.user: no user '{name}'; the settings file gives roles to existing users only: create "
+                    "the user first (manage.py createsuperuser, or Users in the admin)"
+                )
+                ok = False
+                continue
+            if user.pk in seen:
+                self.errors.append(f"{where}.user: user '{name}' is listed twice (also at {seen[user.pk]}); "
+                                   "a user has one role on a project")
+                ok = False
+                continue
+            seen[user.pk] = where
+            wanted.append((user, role, where))
+        if ok:
+            self._set_members(project, wanted)
+
+    def _set_members(self, project, wanted):
+        current = {membership.user_id: membership for membership in project.memberships.all()}
+        stale = [pk for pk in current if pk not in {user.pk for user, _, _ in wanted}]
+        if stale:
+            Membership.objects.filter(project=project, user_id__in=stale).delete()
+            self.report.removed["member"] += len(stale)
+        for user, role, where in wanted:
+            membership = current.get(user.pk) or Membership(project=project, user=user)
+            _remember(membership)
+            membership.role = role
+            self.save(membership, where, "member")
+
+    def check_moves(self):
+        """A project the file moved must leave every login list in its subtree inside the tree. Checked once
+        the whole file is applied, since the file may replace those login lists too."""
+        reported = set()
+        for project, path in self.moved_projects:
+            where = f"under '{project.parent.ident}'" if project.parent_id else "to the top level"
+            for problem in project.tree_problems():
+                if problem not in reported:
+                    reported.add(problem)
+                    hint = "" if problem.startswith("and ") else "; give it a login list of its new tree in this file"
+                    self.errors.append(f"{path}: project '{project.ident}' moved {where}: {problem}{hint}")
 
     def agent(self, entry, path):
         entry = self.mapping(entry, path, AGENT_KEYS, required=("name",))

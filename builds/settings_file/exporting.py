@@ -1,8 +1,10 @@
-"""Exporting settings: the database as a settings file, without any secret (applying it keeps them)."""
+"""Exporting settings: the database as a settings file, without any secret (applying it keeps them).
+
+Each project's members are written out (sorted by user name): applying the file gives the same roles."""
 
 import yaml
 
-from connections.models import Connection, Project
+from connections.models import Connection, Membership, Project
 
 from ..models import Agent, BuildConfiguration
 from .format import TYPE_KEYS
@@ -20,6 +22,10 @@ def export_settings() -> dict:
     configurations: dict = {}
     for configuration in BuildConfiguration.objects.order_by("ident").prefetch_related("logins__connection"):
         configurations.setdefault(configuration.project_id, []).append(configuration)
+    members: dict = {}
+    for membership in Membership.objects.select_related("user"):
+        members.setdefault(membership.project_id, []).append(
+            {"user": _escape(membership.user.get_username()), "role": membership.role})
 
     def project_entry(project):
         entry = {"id": project.ident, "name": project.name}
@@ -29,6 +35,8 @@ def export_settings() -> dict:
             entry["connections"] = [_connection_entry(c) for c in connections[project.pk]]
         if project.pk in configurations:
             entry["build_configurations"] = [_configuration_entry(c) for c in configurations[project.pk]]
+        if project.pk in members:
+            entry["members"] = sorted(members[project.pk], key=lambda m: m["user"])
         if project.pk in children:
             entry["subprojects"] = [project_entry(p) for p in sorted(children[project.pk], key=lambda p: p.ident)]
         return entry

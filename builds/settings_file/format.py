@@ -7,13 +7,14 @@ ECR_KEYS = ("registry", "region", "credentials", "access_key_id", "secret_access
             "registry_id", "endpoint_url")
 TYPE_KEYS = {Connection.Type.DOCKER_REGISTRY: DOCKER_REGISTRY_KEYS, Connection.Type.AMAZON_ECR: ECR_KEYS}
 
-PROJECT_KEYS = {"id", "name", "description", "connections", "build_configurations", "subprojects"}
+PROJECT_KEYS = {"id", "name", "description", "connections", "build_configurations", "members", "subprojects"}
 CONNECTION_KEYS = {"id", "name", "type", *DOCKER_REGISTRY_KEYS, *ECR_KEYS}
 ALL_TYPE_KEYS = tuple(dict.fromkeys((*DOCKER_REGISTRY_KEYS, *ECR_KEYS)))
 CONFIGURATION_KEYS = {"id", "name", "docker_support", "retention"}
 DOCKER_SUPPORT_KEYS = {"login", "cleanup_pushed_images"}
 RETENTION_KEYS = {"keep_last", "keep_days"}
 LOGIN_KEYS = {"connection", "optional"}
+MEMBER_KEYS = {"user", "role"}
 AGENT_KEYS = {"name", "os", "docker_host", "docker_data_path", "projects"}
 TOP_KEYS = {"projects", "agents"}
 

@@ -9,7 +9,8 @@ from django.core.management import CommandError, call_command
 
 from builds.models import Agent, BuildConfiguration, LoginConnection
 from builds.settings_file import SettingsFileError, apply_settings, export_settings, parse_settings
-from connections.models import Connection, Project
+from connections.models import Connection, Membership, Project
+from connections.roles import has_role
 
 pytestmark = pytest.mark.django_db
 
@@ -183,7 +184,7 @@ def test_the_command_reports_every_error_with_its_path(tmp_path):
 def test_unknown_key_is_reported_even_when_the_rest_is_valid():
     errors = errors_of("projects:\n  - id: acme\n    conections: []\n")
     assert errors == ["projects[0].conections: unknown key (allowed: build_configurations, connections, "
-                      "description, id, name, subprojects)"]
+                      "description, id, members, name, subprojects)"]
 
 
 def test_retention_must_be_positive():
@@ -285,3 +286,167 @@ def test_an_agents_project_list_replaces_its_projects_and_an_unknown_one_is_name
     assert errors_of(SPEC_EXAMPLE.replace("projects: [acme]", "projects: [acme, nowhere]")) == [
         "agents[0].projects[1]: no project 'nowhere'"]
     assert not Agent.objects.get(name="agent-1").projects.exists()  # the bad file changed nothing
+
+
+# Members: roles as code -------------------------------------------------------------------------------------
+
+MEMBERS = textwrap.dedent("""
+    projects:
+      - id: acme
+        members:
+          - {user: alice, role: admin}
+          - {user: bob, role: developer}
+        subprojects:
+          - id: acme-web
+""")
+
+
+@pytest.fixture
+def users(django_user_model):
+    return {name: django_user_model.objects.create_user(username=name) for name in ("alice", "bob", "carol")}
+
+
+def roles():
+    return sorted(Membership.objects.values_list("project__ident", "user__username", "role"))
+
+
+def test_members_get_their_roles_inherited_by_subprojects(users):
+    report = apply_text(MEMBERS)
+    assert roles() == [("acme", "alice", "admin"), ("acme", "bob", "developer")]
+    assert report.created["member"] == 2
+    assert "members: 2 added, 0 with a new role, 0 unchanged, 0 removed" in report.summary()
+    web = Project.objects.get(ident="acme-web")
+    assert has_role(users["bob"], web, Membership.Role.DEVELOPER)
+    assert not has_role(users["bob"], web, Membership.Role.ADMIN)
+    again = apply_text(MEMBERS)
+    assert again.unchanged["member"] == 2 and not again.created and not again.updated and not again.removed
+
+
+def test_the_files_members_replace_the_projects_so_access_is_revoked_as_code(users):
+    apply_text(MEMBERS)
+    Membership.objects.create(project=Project.objects.get(ident="acme"), user=users["carol"], role="viewer")
+    report = apply_text(MEMBERS.replace("{user: alice, role: admin}", "{user: alice, role: viewer}")
+                        .replace("      - {user: bob, role: developer}\n", ""))
+    assert roles() == [("acme", "alice", "viewer")]
+    assert (report.updated["member"], report.removed["member"]) == (1, 2)
+    assert not has_role(users["bob"], Project.objects.get(ident="acme"), Membership.Role.VIEWER)
+    apply_text("projects:\n  - id: acme\n    members: []\n")
+    assert roles() == []
+
+
+def test_a_project_entry_without_members_leaves_its_members_alone(users):
+    apply_text(MEMBERS)
+    report = apply_text("projects:\n  - {id: acme}\n")
+    assert roles() == [("acme", "alice", "admin"), ("acme", "bob", "developer")]
+    assert not report.removed
+
+
+def test_member_errors_name_their_path_and_change_nothing(users):
+    apply_text(MEMBERS)
+    errors = errors_of(textwrap.dedent("""
+        projects:
+          - id: acme
+            members:
+              - {user: alice, role: viewer}
+              - {user: zed, role: viewer}
+              - {user: bob, role: owner}
+              - {user: alice, role: developer}
+              - {user: carol, role: viewer, until: 2030-01-01}
+              - {user: carol}
+    """))
+    assert errors == [
+        "projects[0].members[1].user: no user 'zed'; the settings file gives roles to existing users only: create "
+        "the user first (manage.py createsuperuser, or Users in the admin)",
+        "projects[0].members[2].role: 'owner' is not a role (viewer, developer, admin)",
+        "projects[0].members[3].user: user 'alice' is listed twice (also at projects[0].members[0]); a user has one "
+        "role on a project",
+        "projects[0].members[4].until: unknown key (allowed: role, user)",
+        "projects[0].members[5].role: required",
+    ]
+    assert roles() == [("acme", "alice", "admin"), ("acme", "bob", "developer")]
+
+
+def test_export_writes_members_sorted_by_user_and_the_round_trip_changes_nothing(users):
+    apply_text(MEMBERS.replace("{user: alice, role: admin}", "{user: carol, role: viewer}")
+               .replace("- id: acme-web\n", "- id: acme-web\n        members: [{user: alice, role: admin}]\n"))
+    exported = export_settings()
+    assert exported["projects"][0]["members"] == [{"user": "bob", "role": "developer"},
+                                                  {"user": "carol", "role": "viewer"}]
+    assert exported["projects"][0]["subprojects"][0]["members"] == [{"user": "alice", "role": "admin"}]
+    before = roles()
+    report = apply_text(yaml.safe_dump(exported), environ={})
+    assert not report.created and not report.updated and not report.removed
+    assert report.unchanged["member"] == 3
+    assert roles() == before
+
+
+def test_the_command_reports_members_in_its_summary(users, tmp_path):
+    path = tmp_path / "members.yaml"
+    path.write_text(MEMBERS)
+    out = io.StringIO()
+    call_command("apply_settings", str(path), stdout=out)
+    assert "members: 2 added, 0 with a new role, 0 unchanged, 0 removed" in out.getvalue()
+
+
+# Moving projects: login lists stay inside their tree ---------------------------------------------------------
+
+TREE = textwrap.dedent("""
+    projects:
+      - id: acme
+        connections:
+          - {id: reg, type: docker-registry, registry: r.acme.test, username: u, password: p}
+        subprojects:
+          - id: team-a
+            build_configurations:
+              - {id: app, docker_support: {login: [reg]}}
+            subprojects:
+              - id: team-a-web
+                build_configurations:
+                  - {id: web, docker_support: {login: [reg]}}
+      - id: other
+        connections:
+          - {id: other-reg, type: docker-registry, registry: r.other.test, username: u, password: p}
+""")
+
+
+def test_a_file_moving_a_project_away_from_its_logins_connections_is_refused_and_changes_nothing():
+    apply_text(TREE)
+    before = snapshot()
+    moved = textwrap.dedent("""
+        projects:
+          - id: acme
+          - id: other
+            subprojects:
+              - id: team-a
+    """)
+    assert errors_of(moved) == [
+        f"projects[1].subprojects[0]: project 'team-a' moved under 'other': configuration '{ident}' (project "
+        f"'{project}') logs in with connection 'reg' of project 'acme', which would no longer be its project or an "
+        "ancestor; give it a login list of its new tree in this file"
+        for ident, project in (("app", "team-a"), ("web", "team-a-web"))
+    ]
+    assert snapshot() == before
+    # Listed at the top level, a subproject moves there: the same refusal.
+    assert errors_of("projects:\n  - id: team-a\n")[0].startswith(
+        "projects[0]: project 'team-a' moved to the top level: configuration 'app' (project 'team-a')")
+    assert snapshot() == before
+
+
+def test_a_file_may_move_a_project_and_give_its_configurations_login_lists_of_the_new_tree():
+    apply_text(TREE)
+    report = apply_text(textwrap.dedent("""
+        projects:
+          - id: other
+            subprojects:
+              - id: team-a
+                build_configurations:
+                  - {id: app, docker_support: {login: [other-reg]}}
+                subprojects:
+                  - id: team-a-web
+                    build_configurations:
+                      - {id: web, docker_support: {login: [other-reg]}}
+    """), environ={})
+    assert report.updated["project"] == 1 and report.updated["build configuration"] == 2
+    assert Project.objects.get(ident="team-a").parent.ident == "other"
+    assert list(LoginConnection.objects.values_list("configuration__ident", "connection__project__ident")
+                .order_by("configuration__ident")) == [("app", "other"), ("web", "other")]

@@ -38,6 +38,26 @@ class BuildConfiguration(models.Model):
     def __str__(self):
         return self.name if self.name == self.ident else f"{self.name} ({self.ident})"
 
+    # Set by a writer that gives the configuration a new login list in the same change (the settings
+    # file, which checks the new list against the new project): a move then keeps no old login.
+    logins_replaced = False
+
+    def clean(self):
+        # Moved to another project: its login list must stay within the new project's tree.
+        if self.pk is None or self.project_id is None or self.logins_replaced:
+            return
+        stored = type(self).objects.filter(pk=self.pk).values_list("project_id", flat=True).first()
+        if stored is None or stored == self.project_id:
+            return
+        allowed = {p.pk for p in self.project.lineage()}
+        outside = [login.connection for login in self.logins.select_related("connection__project")
+                   if login.connection.project_id not in allowed]
+        if outside:
+            names = ", ".join(f"'{c.ident}' of project '{c.project.ident}'" for c in outside)
+            raise ValidationError({"project": (
+                f"configuration '{self.ident}' logs in with connection {names}, which would not be "
+                f"'{self.project.ident}' or one of its ancestors; remove those logins first")})
+
 
 class LoginConnection(models.Model):
     """A registry that builds of a configuration log in to before they run."""

@@ -176,6 +176,7 @@ class _Applier(ShapeChecks):
         for key in ("keep_last", "keep_days"):
             setattr(configuration, key, self.scalar(retention.get(key), f"{path}.retention.{key}", (int,), None))
         logins = self.logins(support.get("login"), f"{path}.docker_support.login", project)
+        configuration.logins_replaced = True  # the file's list, checked against `project`, replaces the old
         if not self.save(configuration, path, "build configuration") or logins is None:
             return
         if self._set_logins(configuration, logins) and self.report.unchanged["build configuration"]:

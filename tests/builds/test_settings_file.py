@@ -450,3 +450,27 @@ def test_a_file_may_move_a_project_and_give_its_configurations_login_lists_of_th
     assert Project.objects.get(ident="team-a").parent.ident == "other"
     assert list(LoginConnection.objects.values_list("configuration__ident", "connection__project__ident")
                 .order_by("configuration__ident")) == [("app", "other"), ("web", "other")]
+
+
+def test_a_configuration_moves_to_another_project_with_its_new_login_list():
+    from builds.models import BuildConfiguration
+    from builds.settings_file import apply_settings
+
+    def settings(project_of_app, login):
+        return {"projects": [
+            {"id": "home", "name": "Home", "connections": [
+                {"id": "reg", "type": "docker-registry", "registry": "reg.example.test", "username": "u",
+                 "password": "p"}],
+             "build_configurations": [{"id": "app", "docker_support": {"login": [login]}}]
+             if project_of_app == "home" else []},
+            {"id": "elsewhere", "name": "Elsewhere", "connections": [
+                {"id": "other", "type": "docker-registry", "registry": "other.example.test", "username": "u",
+                 "password": "p"}],
+             "build_configurations": [{"id": "app", "docker_support": {"login": [login]}}]
+             if project_of_app == "elsewhere" else []},
+        ]}
+
+    apply_settings(settings("home", "reg"))
+    apply_settings(settings("elsewhere", "other"))
+    app = BuildConfiguration.objects.get(ident="app")
+    assert (app.project.ident, [login.connection.ident for login in app.logins.all()]) == ("elsewhere", ["other"])

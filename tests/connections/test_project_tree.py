@@ -126,3 +126,22 @@ def test_moving_a_connection_within_the_tree_of_its_configurations_is_allowed(tr
     unused = RegistryConnectionFactory(project=tree["acme"], ident="unused")
     unused.project = tree["other"]
     unused.full_clean()
+
+
+def test_moving_a_configuration_to_another_project_keeps_its_logins_within_the_new_tree():
+    from builds.models import BuildConfiguration
+    from tests.factories import BuildConfigurationFactory, LoginConnectionFactory, ProjectFactory
+
+    home, elsewhere = ProjectFactory(ident="home"), ProjectFactory(ident="elsewhere")
+    configuration = BuildConfigurationFactory(ident="app", project=home)
+    LoginConnectionFactory(configuration=configuration, connection__project=home, connection__ident="reg")
+    configuration.project = elsewhere
+    with pytest.raises(ValidationError) as refused:
+        configuration.full_clean()
+    assert refused.value.message_dict["project"] == [
+        "configuration 'app' logs in with connection 'reg' of project 'home', which would not be 'elsewhere' "
+        "or one of its ancestors; remove those logins first"]
+    assert BuildConfiguration.objects.get(pk=configuration.pk).project == home
+    child = ProjectFactory(ident="home-child", parent=home)
+    configuration.project = child  # the parent's connection stays usable by a subproject
+    configuration.full_clean()

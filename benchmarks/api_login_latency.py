@@ -51,7 +51,7 @@ def main():
         token = manage("agent_token", "bench-agent")
         manage("shell", "-c", "from django.contrib.auth.models import User; "
                               "User.objects.create_superuser('bench', password='bench-password-1')")
-        user_token = manage("drf_create_token", "bench").split()[2]
+        user_token = manage("drf_create_token", "bench")  # the token alone on stdout
         with ServerProcess(database, asgi=True, DOCKERSUPPORT_ENCRYPTION_KEY=KEY, SECRET_KEY="benchmark") as server, \
                 AgentProcess(server.url, token, daemon.host):
             session = requests.Session()

@@ -2,15 +2,41 @@
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.shortcuts import get_object_or_404, redirect
+from django.http import Http404
+from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.views.decorators.http import require_POST
 
-from .models import Connection, Project
+from . import roles
+from .admin_roles import ProjectRolesAdmin, ProjectRolesTabularInline, choices_for, sees_everything
+from .models import Connection, Membership, Project
+from .selectors import connections_usable_by_any
 from .services import connection_test
+
+Role = roles.Role
+
+
+@choices_for(Connection, "project")
+@choices_for(Project, "parent")
+def administered_projects(request):
+    """Where a member may put a connection, a configuration or a subproject: the projects they administer."""
+    return Project.objects.filter(pk__in=roles.projects_with(request.user, Role.ADMIN))
+
+
+def usable_connections(request):
+    """The connections that builds of the projects a member administers may log in with: those projects' own
+    and their ancestors', never another team's."""
+    return connections_usable_by_any(roles.projects_with(request.user, Role.ADMIN))
+
+
+@choices_for(Membership, "user")
+def member_candidates(request):
+    user_model = get_user_model()
+    return user_model.objects.filter(is_active=True).order_by(user_model.USERNAME_FIELD)
 
 
 class ConnectionForm(forms.ModelForm):
@@ -25,6 +51,8 @@ class ConnectionForm(forms.ModelForm):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         for name in Connection.SECRET_FIELDS:
+            if name not in self.fields:  # a read-only page has no form fields
+                continue
             field = self.fields[name]
             field.required = False
             self.initial.pop(name, None)  # the plaintext never travels to the browser
@@ -51,7 +79,17 @@ class ConnectionForm(forms.ModelForm):
         super()._post_clean()
 
 
-class ConnectionInline(admin.TabularInline):
+class MembershipInline(ProjectRolesTabularInline):
+    """The project's own members (roles inherited from its ancestors are not listed); its admins edit them."""
+
+    model = Membership
+    fields = ("user", "role")
+    extra = 0
+    verbose_name = "member"
+    verbose_name_plural = "members (each role holds on the subprojects too)"
+
+
+class ConnectionInline(ProjectRolesTabularInline):
     """Read-only list of a project's connections, each linking to its own page."""
 
     model = Connection
@@ -66,16 +104,40 @@ class ConnectionInline(admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
+class ProjectAdmin(ProjectRolesAdmin):
+    project_path = "pk"
     list_display = ("ident", "name", "parent", "connection_count")
     list_select_related = ("parent",)
     search_fields = ("ident", "name", "description")
     list_filter = (("parent", admin.RelatedOnlyFieldListFilter),)
     autocomplete_fields = ("parent",)
-    inlines = [ConnectionInline]
+    inlines = [MembershipInline, ConnectionInline]
+    parent_required = "Choose the parent project (one you administer): only a superuser adds a top-level project."
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(_connection_count=Count("connections", distinct=True))
+        # A GROUP BY query drops Meta.ordering: ordered again for the autocomplete's pagination.
+        return super().get_queryset(request).annotate(
+            _connection_count=Count("connections", distinct=True)).order_by("ident")
+
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        form = super().get_form(request, obj, change, **kwargs)
+        parent = form.base_fields.get("parent")
+        if parent is not None and not sees_everything(request):
+            parent.required = True
+            parent.error_messages["required"] = self.parent_required
+        return form
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = super().get_readonly_fields(request, obj)
+        # A member moves a project only between projects they administer; a top-level one stays so.
+        if obj is not None and not sees_everything(request) and (
+                obj.parent_id is None or not roles.has_role(request.user, obj.parent_id, Role.ADMIN)):
+            return (*fields, "parent")
+        return fields
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        roles.forget(request.user)  # the members inline may have changed the user's own role
 
     @admin.display(description="connections", ordering="_connection_count")
     def connection_count(self, obj):
@@ -83,7 +145,7 @@ class ProjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(Connection)
-class ConnectionAdmin(admin.ModelAdmin):
+class ConnectionAdmin(ProjectRolesAdmin):
     form = ConnectionForm
     list_display = ("__str__", "name", "type", "registry_address", "account", "updated_at")
     list_select_related = ("project",)
@@ -104,6 +166,27 @@ class ConnectionAdmin(admin.ModelAdmin):
         }),
         ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),
     )
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        # A read-only page prints each field's value: a secret shows only whether one is stored.
+        return [(title, {**options, "fields": tuple(f"{name}_state" if name in Connection.SECRET_FIELDS else name
+                                                    for name in options["fields"])})
+                for title, options in fieldsets]
+
+    def _secret_state(name):  # noqa: N805 - builds a display method while the class body runs
+        @admin.display(description=Connection._meta.get_field(name).verbose_name)
+        def state(self, obj):
+            return "stored (write-only)" if getattr(obj, name) else "—"
+
+        return state
+
+    password_state = _secret_state("password")
+    secret_access_key_state = _secret_state("secret_access_key")
+    external_id_state = _secret_state("external_id")
+    del _secret_state
 
     def construct_change_message(self, request, form, formsets, add=False):
         """The history names where the connection used to send its secrets and where it sends them now."""
@@ -127,9 +210,18 @@ class ConnectionAdmin(admin.ModelAdmin):
         test = self.admin_site.admin_view(require_POST(self.test_connection_view))
         return [path("<int:pk>/test/", test, name="connections_connection_test"), *super().get_urls()]
 
+    def get_queryset(self, request):
+        return super().get_queryset(request).select_related("project")
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        context["may_test_connection"] = obj is not None and request.user.has_perm("connections.test_connection", obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     def test_connection_view(self, request, pk):
-        connection = get_object_or_404(Connection, pk=pk)
-        if not self.has_view_permission(request, connection):
+        connection = self.get_object(request, str(pk))
+        if connection is None:
+            raise Http404("No such connection.")
+        if not request.user.has_perm("connections.test_connection", connection):
             raise PermissionDenied
         result = connection_test(connection)
         details = format_html_join("", "<br>✓ {}", ((line,) for line in result.verified))
@@ -144,3 +236,6 @@ class ConnectionAdmin(admin.ModelAdmin):
         if obj.type == Connection.Type.AMAZON_ECR:
             return obj.role_arn or obj.access_key_id or "default chain"
         return obj.username
+
+
+from . import admin_tokens  # noqa: E402,F401

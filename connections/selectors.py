@@ -12,6 +12,17 @@ def connections_usable_by(project: Project) -> QuerySet[Connection]:
     return Connection.objects.filter(project__in=[p.pk for p in project.lineage()]).select_related("project")
 
 
+def connections_usable_by_any(project_ids) -> QuerySet[Connection]:
+    """Connections that builds of any of these projects may use: theirs and their ancestors'."""
+    tree = dict(Project.objects.values_list("pk", "parent_id"))
+    lineages = set()
+    for pk in project_ids:
+        while pk is not None and pk not in lineages:
+            lineages.add(pk)
+            pk = tree.get(pk)
+    return Connection.objects.filter(project__in=lineages).select_related("project")
+
+
 def connection_nearest(project: Project, match: Callable[[Connection], bool]) -> Connection | None:
     """The connection `match` accepts that is nearest up the project's tree: the project's own, else its
     parent's, and so on (within a project, in the database's order); never another project's."""

@@ -1,11 +1,24 @@
-"""Actions on connections: re-encrypting secrets, testing a connection against its registry."""
+"""Actions on connections (re-encrypting secrets, testing a connection against its registry) and on
+users' API tokens (issuing, revoking, authenticating)."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
+from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
 
-from .models import Connection
+from . import roles
+from .models import ApiToken, Connection, Project
 from .registries import RegistryError, open_registry
+from .tokens import USER_TOKEN_PREFIX, new_token, token_digest
+
+# last_used_at is a hint for people ("is this token still used?"): written at most this often, so
+# that a busy CI does not turn every API request into a write.
+LAST_USED_PRECISION = timedelta(minutes=1)
+MAKE_ONE = "make a new one in the admin (API tokens) or with `python manage.py drf_create_token USER`"
 
 
 @transaction.atomic
@@ -49,3 +62,73 @@ def connection_test(connection: Connection) -> ConnectionTestResult:
         return result
     result.ok = True
     return result
+
+
+# --- API tokens ------------------------------------------------------------------------------------
+
+
+class ApiTokenRefused(Exception):
+    """The token exists but may not be used; the message says why (revoked, expired), never whose it is."""
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+@transaction.atomic
+def api_token_issue(*, user, name: str, expires_at: datetime | None = None, projects: Iterable[Project] = (),
+                    read_only: bool = False, replace: bool = False) -> tuple[ApiToken, str]:
+    """A new API token of `user`: (the row, the token). Only its digest is stored: show the token once.
+
+    `projects` limits it to those projects and their subprojects (each must be one where the user has a
+    role), `read_only` to reading; `replace` revokes the user's other tokens.
+    """
+    projects = list(projects)
+    allowed = set(roles.projects_with(user))
+    foreign = [project.ident for project in projects if project.pk not in allowed]
+    if foreign:
+        raise ValidationError({"projects": f"{user} has no role on project {', '.join(foreign)}: a token can be "
+                                           "limited only to projects where its user has a role"})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": "the expiry must be in the future (or empty: it does not expire)"})
+    token, digest = new_token(USER_TOKEN_PREFIX)
+    row = ApiToken(user=user, name=name, digest=digest, prefix=token[:12], expires_at=expires_at,
+                   read_only=read_only)
+    row.full_clean()
+    if replace:
+        ApiToken.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    row.save()
+    row.projects.set(projects)
+    return row, token
+
+
+def api_token_revoke(*, token: ApiToken) -> bool:
+    """The token stops working at once. False when it was already revoked."""
+    now = timezone.now()
+    revoked = ApiToken.objects.filter(pk=token.pk, revoked_at__isnull=True).update(revoked_at=now)
+    if revoked:
+        token.revoked_at = now
+    return bool(revoked)
+
+
+def api_token_authenticate(key: str) -> ApiToken | None:
+    """The usable token `key` (with its user), found by its digest; None when there is no such token.
+
+    Raises ApiTokenRefused for a revoked or expired token, or one whose user is inactive. Notes when it
+    was last used, at most once a LAST_USED_PRECISION, so that most requests only read.
+    """
+    token = ApiToken.objects.select_related("user").filter(digest=token_digest(key)).first()
+    if token is None:
+        return None
+    now = timezone.now()
+    if token.revoked_at is not None:
+        raise ApiTokenRefused(f"this API token was revoked at {_utc(token.revoked_at)}; {MAKE_ONE}")
+    if token.expires_at is not None and token.expires_at <= now:
+        raise ApiTokenRefused(f"this API token expired at {_utc(token.expires_at)}; {MAKE_ONE}")
+    if not token.user.is_active:
+        raise ApiTokenRefused("this API token's user is inactive")
+    if token.last_used_at is None or now - token.last_used_at >= LAST_USED_PRECISION:
+        stale = Q(last_used_at__isnull=True) | Q(last_used_at__lte=now - LAST_USED_PRECISION)
+        ApiToken.objects.filter(stale, pk=token.pk).update(last_used_at=now)
+        token.last_used_at = now
+    return token

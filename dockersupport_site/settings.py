@@ -31,8 +31,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
-    "rest_framework",
-    "rest_framework.authtoken",
+    "rest_framework",  # not rest_framework.authtoken: it stores tokens in clear (ours: connections.ApiToken)
     "drf_spectacular",
     "django_celery_beat",
     "django_prometheus",
@@ -177,7 +176,8 @@ CELERY_TIMEZONE = TIME_ZONE
 # --- REST API ----------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        # Users' API tokens (`Authorization: Token dsu_...`), stored hashed (connections/tokens.py).
+        "connections.authentication.ApiTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

@@ -88,3 +88,10 @@ def ingest(build, records):
                                       records=len(records), data=[{**r, "builds": [build.pk]} for r in records],
                                       received_at=timezone.now())
     return ingestion.batch_ingest(batch_id=batch.pk)
+
+
+def api_token_for(user, **limits) -> str:
+    """A new API token of `user`, as a client sends it after `Token `; limits: projects, read_only, expires_at."""
+    from connections.services import api_token_issue
+
+    return api_token_issue(user=user, name=limits.pop("name", "test"), **limits)[1]

@@ -17,7 +17,6 @@ from django.db import close_old_connections, transaction
 from django.utils import timezone
 from hypothesis import HealthCheck
 from hypothesis import strategies as st
-from rest_framework.authtoken.models import Token
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -28,8 +27,15 @@ from schemathesis.specs.openapi.checks import (
 from agent import protocol
 from builds.agents import services as agent_services
 from builds.models import Build, DockerOperation, PushedImage
+from connections.models import Membership
 from dockersupport_site.wsgi import application
-from tests.factories import AgentFactory, BuildConfigurationFactory, BuildFactory, RegistryConnectionFactory
+from tests.factories import (
+    AgentFactory,
+    BuildConfigurationFactory,
+    BuildFactory,
+    RegistryConnectionFactory,
+    api_token_for,
+)
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
@@ -100,7 +106,7 @@ def in_test_transaction(db):
 
 
 @pytest.fixture
-def seeded(in_test_transaction, admin_user, settings, tmp_path):
+def seeded(in_test_transaction, admin_user, django_user_model, settings, tmp_path):
     """A superuser's token, and a project with a connection, a configuration, an agent, and builds
     (one finished) with Docker operations and a pushed image.
 
@@ -140,8 +146,11 @@ def seeded(in_test_transaction, admin_user, settings, tmp_path):
     )
     _, agent_token, _ = agent_services.agent_token_issue(name="agent-1")
     protocol_header = {protocol.PROTOCOL_HEADER: str(protocol.PROTOCOL_VERSION)}
+    viewer = django_user_model.objects.create_user("viewer", password="pw-viewer")
+    Membership.objects.create(project=configuration.project, user=viewer, role=Membership.Role.VIEWER)
     yield {
-        "user": {"Authorization": f"Token {Token.objects.create(user=admin_user).key}"},
+        "user": {"Authorization": f"Token {api_token_for(admin_user)}"},
+        "viewer": {"Authorization": f"Token {api_token_for(viewer)}"},
         "agent": {"Authorization": f"Bearer {agent_token}", **protocol_header},
         "build": {"Authorization": f"Bearer {agent_services.build_token_issue(running)}", **protocol_header},
     }
@@ -167,4 +176,15 @@ def test_no_input_is_a_server_error_and_every_answer_is_declared(case, seeded):
     # database error in one cannot spoil the next.
     with transaction.atomic():
         case.call_and_validate(headers=credentials_for(case.operation.path, seeded), checks=CHECKS)
+        transaction.set_rollback(True)
+
+
+# The same, as a viewer of the seeded project: its builds are visible, every action on them is refused.
+@schema.include(path_regex="^/api/v1/(builds|projects)/").parametrize()
+@hypothesis.settings(max_examples=25, deadline=None, derandomize=True, database=None,
+                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                            HealthCheck.filter_too_much])
+def test_a_viewer_meets_no_server_error_and_only_declared_answers(case, seeded):
+    with transaction.atomic():
+        case.call_and_validate(headers=seeded["viewer"], checks=CHECKS)
         transaction.set_rollback(True)

@@ -5,13 +5,15 @@ from django.db.models import Count, Q
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
+from connections.admin_roles import ProjectRolesAdmin, ProjectRolesTabularInline, sees_everything
+
 from ..agents import services as agents
 from ..agents.selectors import agent_is_connected
 from ..cleanup.agent import free_space_history, human
 from ..models import Agent, AgentCleanup, Build
 
 
-class AgentCleanupInline(admin.TabularInline):
+class AgentCleanupInline(ProjectRolesTabularInline):
     model = AgentCleanup
     fields = ("at", "reason", "required", "before", "after", "reclaimed", "removed_images", "met")
     readonly_fields = fields
@@ -45,7 +47,10 @@ class AgentCleanupInline(admin.TabularInline):
 
 
 @admin.register(Agent)
-class AgentAdmin(admin.ModelAdmin):
+class AgentAdmin(ProjectRolesAdmin):
+    """Superusers only (builds/permissions.py): agents serve many projects and their tokens run builds."""
+
+    project_path = None
     list_display = ("name", "os", "serves", "state", "daemon", "running_builds", "free_space", "last_seen_at")
     list_filter = ("os", "daemon_ok")
     search_fields = ("name", "hostname", "docker_host")
@@ -78,6 +83,9 @@ class AgentAdmin(admin.ModelAdmin):
                 self.message_user(request, f"The Docker daemon of agent {agent} does not answer: {agent.daemon_error}",
                                   messages.ERROR)
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def has_superuser_permission(self, request):
+        return sees_everything(request)
 
     @staticmethod
     def _state_text(agent) -> str:
@@ -118,7 +126,7 @@ class AgentAdmin(admin.ModelAdmin):
     def running_builds(self, obj):
         return obj._running
 
-    @admin.action(description="Replace token (the new one is shown once)")
+    @admin.action(description="Replace token (the new one is shown once)", permissions=("superuser",))
     def replace_token(self, request, queryset):
         for agent in queryset:
             _, token, _ = agents.agent_token_issue(name=agent.name)
@@ -126,7 +134,7 @@ class AgentAdmin(admin.ModelAdmin):
                 "New token of agent {} (shown only now; the old one no longer works): <code>{}</code>", agent, token),
                 messages.WARNING)
 
-    @admin.action(description="Revoke token (the agent stops at its next request)")
+    @admin.action(description="Revoke token (the agent stops at its next request)", permissions=("superuser",))
     def revoke_token(self, request, queryset):
         for agent in queryset:
             agents.agent_token_revoke(agent=agent)

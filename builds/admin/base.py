@@ -1,10 +1,10 @@
-"""What the admin pages of builds share."""
+"""What the admin pages of builds share: rows shown by project role (connections.admin_roles), some read-only."""
 
-from django.contrib import admin
+from connections.admin_roles import ProjectRolesAdmin
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Rows written by the service only; the admin reads them."""
+class ReadOnlyAdmin(ProjectRolesAdmin):
+    """Rows written by the service only; the admin reads them (their viewers do; superusers may delete)."""
 
     def has_add_permission(self, request):
         return False

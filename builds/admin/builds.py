@@ -10,6 +10,9 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
+from connections import roles
+from connections.admin_roles import ProjectRolesAdmin, refuse_unless_each, sees_everything
+
 from ..cleanup.registry import deletions_waiting
 from ..login.services import builds_set_pinned
 from ..models import Build, DockerOperation, PushedImage
@@ -18,7 +21,10 @@ from .base import ReadOnlyAdmin
 
 
 @admin.register(Build)
-class BuildAdmin(admin.ModelAdmin):
+class BuildAdmin(ProjectRolesAdmin):
+    """Read-only but for `pinned`, which developers change (builds.change_build); viewers read it all."""
+
+    project_path = "configuration__project"
     change_form_template = "admin/builds/build/change_form.html"
     docker_info_page_size = 50
     docker_info_list_size = 50
@@ -43,8 +49,9 @@ class BuildAdmin(admin.ModelAdmin):
 
     def docker_info_view(self, request, object_id):
         """The Docker Info tab: summary, containers, pushed images and the paginated operations."""
-        build = get_object_or_404(Build.objects.select_related("configuration__project", "agent"), pk=object_id)
-        if not self.has_view_permission(request, build):
+        build = get_object_or_404(self.get_queryset(request).select_related("configuration__project", "agent"),
+                                  pk=object_id)
+        if not request.user.has_perm("builds.view_build", build):
             raise PermissionDenied
         action, search = request.GET.get("action", ""), request.GET.get("q", "").strip()
         if action not in DockerOperation.Action.values:
@@ -68,7 +75,8 @@ class BuildAdmin(admin.ModelAdmin):
 
     def changelist_view(self, request, extra_context=None):
         # Images of deleted builds still waiting for (or refused) registry deletion, at a glance.
-        waiting = deletions_waiting()
+        waiting = deletions_waiting(None if sees_everything(request)
+                                    else roles.projects_with(request.user, roles.Role.VIEWER))
         pending, failed = waiting[PushedImage.CleanupStatus.PENDING], waiting[PushedImage.CleanupStatus.FAILED]
         if pending or failed:
             url = reverse("admin:builds_pushedimage_changelist") + "?build__isempty=1"
@@ -91,19 +99,26 @@ class BuildAdmin(admin.ModelAdmin):
         seconds = int((obj.finished_at - obj.started_at).total_seconds())
         return f"{seconds // 60}m {seconds % 60:02d}s"
 
-    @admin.action(description="Pin: never delete by retention")
+    @admin.action(description="Pin: never delete by retention", permissions=("change",))
     def pin(self, request, queryset):
+        queryset = queryset.select_related("configuration")
+        if not refuse_unless_each(self, request, "builds.change_build", queryset, "pin"):
+            return
         count = builds_set_pinned(queryset, True)
         self.message_user(request, f"Pinned {count} build(s).", messages.SUCCESS)
 
-    @admin.action(description="Unpin: retention rules apply again")
+    @admin.action(description="Unpin: retention rules apply again", permissions=("change",))
     def unpin(self, request, queryset):
+        queryset = queryset.select_related("configuration")
+        if not refuse_unless_each(self, request, "builds.change_build", queryset, "unpin"):
+            return
         count = builds_set_pinned(queryset, False)
         self.message_user(request, f"Unpinned {count} build(s).", messages.SUCCESS)
 
 
 @admin.register(DockerOperation)
 class DockerOperationAdmin(ReadOnlyAdmin):
+    project_path = "build__configuration__project"
     list_display = ("time", "build", "agent", "action", "image", "tag", "container_name", "exit_code")
     list_select_related = ("build__configuration", "agent")
     list_filter = ("action", ("agent", admin.RelatedOnlyFieldListFilter))

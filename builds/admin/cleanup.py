@@ -4,6 +4,8 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.utils.html import format_html_join
 
+from connections.admin_roles import refuse_unless_each
+
 from ..cleanup.registry import pushed_images_retry
 from ..models import CleanupRun, PushedImage
 from ..tasks import retry_pending_deletions
@@ -19,8 +21,13 @@ class PushedImageAdmin(ReadOnlyAdmin):
     search_fields = ("repository", "tag", "digest", "configuration_ident")
     actions = ("retry_deletion",)
 
-    @admin.action(description="Retry deletion from the registry")
+    def has_retry_permission(self, request):
+        return request.user.has_perm("builds.change_pushedimage")  # admin of some project
+
+    @admin.action(description="Retry deletion from the registry", permissions=("retry",))
     def retry_deletion(self, request, queryset):
+        if not refuse_unless_each(self, request, "builds.change_pushedimage", queryset, "retry the deletion of"):
+            return
         count = pushed_images_retry(queryset)
         if count:
             transaction.on_commit(retry_pending_deletions.delay)
@@ -30,6 +37,7 @@ class PushedImageAdmin(ReadOnlyAdmin):
 
 @admin.register(CleanupRun)
 class CleanupRunAdmin(ReadOnlyAdmin):
+    project_path = None  # site-wide runs: superusers only
     list_display = ("started_at", "trigger", "finished_at", "builds_deleted", "images_deleted", "images_kept",
                     "images_failed", "images_retrying")
     list_filter = ("trigger",)

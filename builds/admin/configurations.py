@@ -6,10 +6,16 @@ from django.core.exceptions import ValidationError
 from django.db.models import Count
 
 from connections.admin import ProjectAdmin as BaseProjectAdmin
+from connections.admin import administered_projects, usable_connections
+from connections.admin_roles import ProjectRolesAdmin, ProjectRolesTabularInline, choices_for
 from connections.models import Project
 
 from ..login.services import login_hosts_validate
 from ..models import BuildConfiguration, LoginConnection
+
+# A member puts configurations in the projects they administer, and their logins use those projects' connections.
+choices_for(BuildConfiguration, "project")(administered_projects)
+choices_for(LoginConnection, "connection")(usable_connections)
 
 
 class LoginConnectionFormSet(forms.BaseInlineFormSet):
@@ -26,7 +32,7 @@ class LoginConnectionFormSet(forms.BaseInlineFormSet):
             raise ValidationError(exc.messages) from None
 
 
-class LoginConnectionInline(admin.TabularInline):
+class LoginConnectionInline(ProjectRolesTabularInline):
     model = LoginConnection
     formset = LoginConnectionFormSet
     fields = ("connection", "optional", "position")
@@ -37,7 +43,7 @@ class LoginConnectionInline(admin.TabularInline):
 
 
 @admin.register(BuildConfiguration)
-class BuildConfigurationAdmin(admin.ModelAdmin):
+class BuildConfigurationAdmin(ProjectRolesAdmin):
     list_display = ("ident", "name", "project", "login_count", "cleanup_pushed_images", "keep_last", "keep_days")
     list_select_related = ("project",)
     list_filter = ("cleanup_pushed_images", ("project", admin.RelatedOnlyFieldListFilter))
@@ -58,7 +64,7 @@ class BuildConfigurationAdmin(admin.ModelAdmin):
         return obj._login_count
 
 
-class BuildConfigurationInline(admin.TabularInline):
+class BuildConfigurationInline(ProjectRolesTabularInline):
     model = BuildConfiguration
     fields = ("ident", "name", "cleanup_pushed_images", "keep_last", "keep_days")
     extra = 0

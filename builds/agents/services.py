@@ -3,12 +3,9 @@ jobs they pull.
 
 Agents pull everything: the server never connects to a build host. A job is a row an agent
 claims with a conditional UPDATE; whoever waits for it (the build API, `free_disk_space`) polls
-the row. Tokens are stored as SHA-256 digests: they are long random strings, so a fast hash is
-enough, and a stolen database yields no usable token.
+the row. Tokens are stored as SHA-256 digests (connections/tokens.py).
 """
 
-import hashlib
-import secrets
 from datetime import timedelta
 
 from django.conf import settings
@@ -18,22 +15,13 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from agent import protocol
+from connections.tokens import new_token, token_digest
 
 from ..models import Agent, AgentJob, Build
 from ..polling import wait_until
 from .selectors import connected_since
 
 JOB_NOTICE_KEY = "dockersupport:agent-jobs:{}"
-
-
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token(prefix: str) -> tuple[str, str]:
-    """(token, its digest): the token is shown once, the digest is stored."""
-    token = prefix + secrets.token_urlsafe(32)
-    return token, token_digest(token)
 
 
 # --- Tokens ------------------------------------------------------------------------------------------

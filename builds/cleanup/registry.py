@@ -356,9 +356,12 @@ def deletions_retry_due(now=None) -> dict:
     return tally
 
 
-def deletions_waiting() -> dict[str, int]:
-    """Images of deleted builds pending deletion or whose deletion failed: how many of each."""
+def deletions_waiting(projects: list[int] | None = None) -> dict[str, int]:
+    """Images of deleted builds pending deletion or whose deletion failed: how many of each (of `projects` only,
+    when given)."""
     status = PushedImage.CleanupStatus
-    counts = dict(PushedImage.objects.filter(build__isnull=True, cleanup_status__in=[status.PENDING, status.FAILED])
-                  .values_list("cleanup_status").annotate(n=Count("pk")).order_by())
+    waiting = PushedImage.objects.filter(build__isnull=True, cleanup_status__in=[status.PENDING, status.FAILED])
+    if projects is not None:
+        waiting = waiting.filter(project__in=projects)
+    counts = dict(waiting.values_list("cleanup_status").annotate(n=Count("pk")).order_by())
     return {status.PENDING: counts.get(status.PENDING, 0), status.FAILED: counts.get(status.FAILED, 0)}

@@ -19,6 +19,7 @@ from tests.factories import (
     BuildConfigurationFactory,
     LoginConnectionFactory,
     ProjectFactory,
+    api_token_for,
 )
 
 pytestmark = pytest.mark.django_db
@@ -85,9 +86,7 @@ def test_another_protocol_version_is_refused_with_what_the_server_speaks(call):
 
 
 def test_a_user_token_opens_no_agent_endpoint(call, admin_user):
-    from rest_framework.authtoken.models import Token
-
-    user_token = Token.objects.create(user=admin_user).key
+    user_token = api_token_for(admin_user)
     assert call("post", "/api/v1/agent/connect/", user_token, hello()).status_code in (401, 403)
 
 

@@ -5,22 +5,27 @@ import threading
 import time
 
 import pytest
-from rest_framework.authtoken.models import Token
 
 from builds.login import services
 from builds.models import AgentJob, Build
-from tests.factories import AgentFactory, BuildConfigurationFactory, BuildFactory, RegistryConnectionFactory
+from tests.factories import (
+    AgentFactory,
+    BuildConfigurationFactory,
+    BuildFactory,
+    RegistryConnectionFactory,
+    api_token_for,
+)
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def api(client, admin_user):
-    token = Token.objects.create(user=admin_user)
+    token = api_token_for(admin_user)
 
     def call(method, url, data=None):
         return getattr(client, method)(url, data=json.dumps(data) if data is not None else None,
-                                       content_type="application/json", HTTP_AUTHORIZATION=f"Token {token.key}")
+                                       content_type="application/json", HTTP_AUTHORIZATION=f"Token {token}")
 
     return call
 

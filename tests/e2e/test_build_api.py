@@ -14,21 +14,21 @@ from pathlib import Path
 
 import pytest
 import requests
-from rest_framework.authtoken.models import Token
 
 from builds.models import Build
 from tests.e2e.conftest import command_env, database_url
+from tests.factories import api_token_for
 
 pytestmark = [pytest.mark.e2e]
 
 
 @pytest.fixture
 def api(client, admin_user):
-    token = Token.objects.create(user=admin_user)
+    token = api_token_for(admin_user)
 
     def call(method, url, data=None):
         return getattr(client, method)(url, data=json.dumps(data) if data is not None else None,
-                                       content_type="application/json", HTTP_AUTHORIZATION=f"Token {token.key}")
+                                       content_type="application/json", HTTP_AUTHORIZATION=f"Token {token}")
 
     return call
 
@@ -158,7 +158,7 @@ def broker_stack(redis_url, docker_daemon, home, admin_user, processes, transact
     _, token, _ = agent_token_issue(name=name)
     agent = start(AgentProcess(server.url, token, docker_daemon.host))
     session = requests.Session()
-    session.headers["Authorization"] = f"Token {Token.objects.create(user=admin_user).key}"
+    session.headers["Authorization"] = f"Token {api_token_for(admin_user)}"
     session.base = f"{server.url}/api/v1"
     yield session, agent, name, broker
     agent.stop()

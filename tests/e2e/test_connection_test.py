@@ -2,9 +2,8 @@
 
 import pytest
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
 
-from tests.factories import EcrConnectionFactory, RegistryConnectionFactory
+from tests.factories import EcrConnectionFactory, RegistryConnectionFactory, api_token_for
 from tests.harness import Registry
 
 pytestmark = [pytest.mark.e2e]
@@ -60,15 +59,15 @@ def test_admin_button_reports_the_result(admin_client, connection):
 
 
 def test_api_tests_a_connection(client, admin_user, connection):
-    token = Token.objects.create(user=admin_user)
+    token = api_token_for(admin_user)
     url = f"/api/v1/projects/{connection.project.ident}/connections/{connection.ident}/test/"
     assert client.post(url).status_code == 401  # token auth required
-    response = client.post(url, HTTP_AUTHORIZATION=f"Token {token.key}")
+    response = client.post(url, HTTP_AUTHORIZATION=f"Token {token}")
     assert response.status_code == 200
     assert response.json()["ok"] is True
     assert any("accepted" in line for line in response.json()["verified"])
     missing = client.post(f"/api/v1/projects/{connection.project.ident}/connections/nope/test/",
-                          HTTP_AUTHORIZATION=f"Token {token.key}")
+                          HTTP_AUTHORIZATION=f"Token {token}")
     assert missing.status_code == 404
 
 

@@ -10,6 +10,7 @@ import requests
 
 from builds.models import Build, DockerOperation, PushedImage
 from tests.e2e.conftest import ROOT, command_env
+from tests.factories import api_token_for
 from tests.harness import DockerDaemon
 
 pytestmark = [pytest.mark.e2e]
@@ -116,9 +117,7 @@ def test_the_agent_records_the_operations_of_api_driven_builds(agent, registry_c
     """No run_build here: the agent's one event stream gives each event to the build running at its time."""
     import json
 
-    from rest_framework.authtoken.models import Token
-
-    headers = {"HTTP_AUTHORIZATION": f"Token {Token.objects.create(user=admin_user).key}"}
+    headers = {"HTTP_AUTHORIZATION": f"Token {api_token_for(admin_user)}"}
     docker_client.images.get(busybox_image).tag("watched/outside", "0")  # no build runs: not recorded
     started = client.post("/api/v1/builds/", json.dumps({"configuration": registry_configuration.ident,
                                                          "agent": agent.name}), content_type="application/json",
@@ -136,16 +135,14 @@ def test_the_agent_records_the_operations_of_api_driven_builds(agent, registry_c
 def test_the_api_and_the_docker_info_tab_show_the_same(manage, agent, registry_configuration, private_image,
                                                        registry, busybox_image, admin_client, admin_user):
     from django.urls import reverse
-    from rest_framework.authtoken.models import Token
-
     pushed = f"{registry.address}/team/same:1"
     script = (f"docker pull {private_image} && docker tag {private_image} {pushed} && docker push {pushed} && "
               f"docker run --rm --network none {busybox_image} sh -c 'exit 3'; true")
     assert manage("run_build", registry_configuration.ident, "--agent", agent.name, "--", "sh", "-c",
                   script).returncode == 0
     build = Build.objects.get(configuration=registry_configuration)
-    token = Token.objects.create(user=admin_user)
-    info = admin_client.get(f"/api/v1/builds/{build.pk}/docker-info/", HTTP_AUTHORIZATION=f"Token {token.key}").json()
+    token = api_token_for(admin_user)
+    info = admin_client.get(f"/api/v1/builds/{build.pk}/docker-info/", HTTP_AUTHORIZATION=f"Token {token}").json()
     summary = info["summary"]
     assert summary["operation_count"] == len(info["operations"]) == build.operations.count()
     assert {"time", "action", "image", "tag", "digest", "container", "exit_code"} <= set(info["operations"][0])

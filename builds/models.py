@@ -118,6 +118,10 @@ class Agent(models.Model):
         help_text="The projects whose builds it runs (and their subprojects). None: a shared agent that runs "
                   "every project's builds.",
     )
+    shared = models.BooleanField(
+        default=True, editable=False,
+        help_text="Serves every project. Set when its projects are given: none makes it shared.",
+    )
     docker_host = models.CharField(
         "Docker endpoint", max_length=255, blank=True,
         help_text="e.g. unix:///var/run/docker.sock or tcp://host:2376; the agent's own DOCKER_HOST wins.",
@@ -150,13 +154,19 @@ class Agent(models.Model):
         return self.name
 
     def serves(self, project: Project) -> bool:
-        """A shared agent (no projects) serves every project; else its projects and their subprojects."""
+        """A shared agent serves every project; else its projects and their subprojects (none, once its
+        projects were all deleted: it never becomes shared by itself)."""
+        if self.shared:
+            return True
         assigned = set(self.projects.values_list("pk", flat=True))
-        return not assigned or any(p.pk in assigned for p in project.lineage())
+        return any(p.pk in assigned for p in project.lineage())
 
-    @property
-    def shared(self) -> bool:
-        return not self.projects.exists()
+    def projects_assign(self, projects) -> None:
+        """Its projects, as a person gives them (admin, settings file): none makes it shared."""
+        projects = list(projects)
+        self.projects.set(projects)
+        self.shared = not projects
+        type(self).objects.filter(pk=self.pk).update(shared=self.shared)
 
 
 class Build(models.Model):

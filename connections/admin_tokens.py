@@ -1,7 +1,7 @@
 """Admin of API tokens: each user makes, sees and revokes their own; a superuser sees and revokes anyone's.
 
-A token is shown once, in a message right after it is made (only its digest is stored), and is never
-edited afterwards: revoking it is the one change.
+A token is shown once, on the page that answers its making (only its digest is stored; it travels in
+no cookie or message), and is never edited afterwards: revoking it is the one change.
 """
 
 from django import forms
@@ -9,9 +9,9 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from . import roles
@@ -104,9 +104,13 @@ class ApiTokenAdmin(admin.ModelAdmin):
         for field in ApiToken._meta.concrete_fields:
             setattr(obj, field.attname, getattr(issued, field.attname))
         obj._state.adding, obj._state.db = False, issued._state.db
-        self.message_user(request, format_html(
-            "Your new API token: <code>{}</code><br>Copy it now: it is shown only this once (it is stored "
-            "hashed). Clients send it as <code>Authorization: Token &lt;token&gt;</code>.", token), messages.WARNING)
+        request.api_token_made = token  # for response_add's page, and nothing else
+
+    def response_add(self, request, obj, post_url_continue=None):
+        return token_shown_once(
+            request, self.admin_site, title=f"API token {obj.name}", tokens=[(obj.name, request.api_token_made)],
+            explanation="Your new API token. Clients send it as “Authorization: Token <token>”.",
+            back_url=reverse("admin:connections_apitoken_change", args=[obj.pk]))
 
     def save_related(self, request, form, formsets, change):
         pass  # api_token_issue set the projects; there is nothing else to save
@@ -142,3 +146,14 @@ class ApiTokenAdmin(admin.ModelAdmin):
     def limits(self, obj):
         projects = ", ".join(project.ident for project in obj.projects.all()) or "every project of its user"
         return f"{projects}; read-only" if obj.read_only else projects
+
+
+def token_shown_once(request, admin_site, *, title: str, tokens: list[tuple[str, str]], explanation: str,
+                     back_url: str) -> TemplateResponse:
+    """A page that shows new tokens once: never cached, never in a cookie or message."""
+    response = TemplateResponse(request, "admin/token_shown_once.html", {
+        **admin_site.each_context(request), "title": title, "tokens": tokens, "explanation": explanation,
+        "back_url": back_url})
+    response["Cache-Control"] = "no-store"
+    return response
+

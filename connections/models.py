@@ -393,6 +393,8 @@ class ApiToken(models.Model):
         Project, blank=True, related_name="+",
         help_text="Only these projects and their subprojects. Empty: every project its user has a role on.",
     )
+    # Made limited to projects: it stays limited to what is left of them, none once all are deleted.
+    limited = models.BooleanField(default=False, editable=False)
 
     class Meta:
         ordering = ["user__username", "-created_at"]

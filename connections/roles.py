@@ -29,7 +29,7 @@ def is_superuser(user) -> bool:
     if not (user.is_active and user.is_superuser):
         return False
     token = token_of(user)
-    return token is None or not (token.read_only or token.projects.exists())
+    return token is None or not (token.read_only or token.limited)
 
 
 def project_roles(user) -> dict[int, str]:
@@ -46,9 +46,8 @@ def project_roles(user) -> dict[int, str]:
         roles = _inherited(dict(Membership.objects.filter(user=user).values_list("project_id", "role")), tree)
     token = token_of(user)
     if token is not None:
-        limit = set(token.projects.values_list("pk", flat=True))
-        if limit:
-            within = _subtrees(limit, tree)
+        if token.limited:  # to what is left of its projects: nothing once they were all deleted
+            within = _subtrees(set(token.projects.values_list("pk", flat=True)), tree)
             roles = {pk: role for pk, role in roles.items() if pk in within}
         if token.read_only:
             roles = dict.fromkeys(roles, Role.VIEWER)

@@ -93,7 +93,7 @@ def api_token_issue(*, user, name: str, expires_at: datetime | None = None, proj
         raise ValidationError({"expires_at": "the expiry must be in the future (or empty: it does not expire)"})
     token, digest = new_token(USER_TOKEN_PREFIX)
     row = ApiToken(user=user, name=name, digest=digest, prefix=token[:12], expires_at=expires_at,
-                   read_only=read_only)
+                   read_only=read_only, limited=bool(projects))
     row.full_clean()
     if replace:
         ApiToken.objects.filter(user=user, revoked_at__isnull=True).update(revoked_at=timezone.now())

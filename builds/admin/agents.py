@@ -2,10 +2,12 @@
 
 from django.contrib import admin, messages
 from django.db.models import Count, Q
+from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import mark_safe
 
 from connections.admin_roles import ProjectRolesAdmin, ProjectRolesTabularInline, sees_everything
+from connections.admin_tokens import token_shown_once
 
 from ..agents import services as agents
 from ..agents.selectors import agent_is_connected
@@ -95,8 +97,13 @@ class AgentAdmin(ProjectRolesAdmin):
 
     @admin.display(description="serves")
     def serves(self, obj):
-        projects = [p.ident for p in obj.projects.all()]
-        return ", ".join(projects) if projects else "every project (shared)"
+        if obj.shared:
+            return "every project (shared)"
+        return ", ".join(p.ident for p in obj.projects.all()) or "no project (its projects were deleted)"
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        form.instance.projects_assign(form.instance.projects.all())  # none: shared
 
     @admin.display(description="connected")
     def state(self, obj):
@@ -128,11 +135,11 @@ class AgentAdmin(ProjectRolesAdmin):
 
     @admin.action(description="Replace token (the new one is shown once)", permissions=("superuser",))
     def replace_token(self, request, queryset):
-        for agent in queryset:
-            _, token, _ = agents.agent_token_issue(name=agent.name)
-            self.message_user(request, format_html(
-                "New token of agent {} (shown only now; the old one no longer works): <code>{}</code>", agent, token),
-                messages.WARNING)
+        tokens = [(agent.name, agents.agent_token_issue(name=agent.name)[1]) for agent in queryset]
+        return token_shown_once(
+            request, self.admin_site, title="New agent tokens", tokens=tokens,
+            explanation="The new tokens (the old ones no longer work): put each in its agent's token file.",
+            back_url=reverse("admin:builds_agent_changelist"))
 
     @admin.action(description="Revoke token (the agent stops at its next request)", permissions=("superuser",))
     def revoke_token(self, request, queryset):

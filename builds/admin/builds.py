@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import Count
-from django.shortcuts import get_object_or_404
+from django.http import Http404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -49,8 +49,9 @@ class BuildAdmin(ProjectRolesAdmin):
 
     def docker_info_view(self, request, object_id):
         """The Docker Info tab: summary, containers, pushed images and the paginated operations."""
-        build = get_object_or_404(self.get_queryset(request).select_related("configuration__project", "agent"),
-                                  pk=object_id)
+        build = self.get_object(request, object_id)  # None for an id that is malformed or not visible
+        if build is None:
+            raise Http404(f"no build with id {object_id!r}")
         if not request.user.has_perm("builds.view_build", build):
             raise PermissionDenied
         action, search = request.GET.get("action", ""), request.GET.get("q", "").strip()

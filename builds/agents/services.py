@@ -99,7 +99,7 @@ def agent_connect(*, agent: Agent, hello: protocol.ConnectRequest) -> protocol.A
     projects = sorted(agent.projects.values_list("ident", flat=True))
     return protocol.AgentSettings(
         name=agent.name, heartbeat_interval=settings.DOCKERSUPPORT_AGENT_HEARTBEAT_INTERVAL,
-        job_wait=settings.DOCKERSUPPORT_AGENT_JOB_WAIT, shared=not projects, projects=projects,
+        job_wait=settings.DOCKERSUPPORT_AGENT_JOB_WAIT, shared=agent.shared, projects=projects,
         docker_data_path=agent.docker_data_path, docker_host=agent.docker_host, session=session,
     )
 

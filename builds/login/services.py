@@ -103,10 +103,10 @@ def build_abandon(*, build: Build, reason: str, status: str = Build.Status.LOST)
 
 def _check_startable(agent: Agent, configuration: BuildConfiguration) -> None:
     if not agent.serves(configuration.project):
-        served = ", ".join(agent.projects.values_list("ident", flat=True))
+        # Not which projects it serves: the caller may not see them.
         raise BuildStartError(
-            f"agent {agent} does not run builds of project '{configuration.project.ident}' (it serves: {served}); "
-            "assign the project to the agent or run the build on another agent", field="agent",
+            f"agent {agent} does not run builds of project '{configuration.project.ident}'; "
+            "assign the project to the agent (a superuser does) or run the build on another agent", field="agent",
         )
     try:
         login_hosts_validate(login.connection for login in _logins_of(configuration))

@@ -322,8 +322,9 @@ class _Applier(ShapeChecks):
         if not self.save(agent, path, "agent"):
             return
         # The file's list replaces the agent's projects (none: a shared agent that serves every project).
-        if {p.pk for p in projects} != set(agent.projects.values_list("pk", flat=True)):
-            agent.projects.set(projects)
+        if {p.pk for p in projects} != set(agent.projects.values_list("pk", flat=True)) or agent.shared != (
+                not projects):
+            agent.projects_assign(projects)
             if self.report.unchanged["agent"]:
                 self.report.unchanged["agent"] -= 1
                 self.report.count("agent", "updated")

@@ -85,9 +85,15 @@ def test_the_admin_replaces_and_revokes_agent_tokens(admin_client):
 
     agent, old, _ = agent_token_issue(name="host-1")
     url = reverse("admin:builds_agent_changelist")
-    response = admin_client.post(url, {"action": "replace_token", "_selected_action": [agent.pk]}, follow=True)
-    [message] = [str(m) for m in response.context["messages"]]
-    new = message.split("<code>")[1].split("</code>")[0]
+    response = admin_client.post(url, {"action": "replace_token", "_selected_action": [agent.pk]})
+    new = response.content.decode().split('<code class="shown-once-token">')[1].split("</code>")[0]
     assert new.startswith("dsa_") and agent_authenticate(new) == agent and agent_authenticate(old) is None
+    # Shown on the page alone: in no cookie (the messages cookie is signed, not encrypted), never cached.
+    assert "no-store" in response["Cache-Control"]
+    assert all(new not in cookie.value for cookie in response.cookies.values())
     admin_client.post(url, {"action": "revoke_token", "_selected_action": [agent.pk]})
     assert agent_authenticate(new) is None
+
+
+def test_a_malformed_build_id_in_the_docker_info_tab_is_a_404(admin_client):
+    assert admin_client.get("/admin/builds/build/abc/docker-info/").status_code == 404

@@ -92,7 +92,7 @@ def test_a_user_token_opens_no_agent_endpoint(call, admin_user):
 
 def test_connect_keeps_what_the_agent_says_and_answers_its_settings(call):
     agent, token = issue()
-    agent.projects.add(ProjectFactory(ident="acme"))
+    agent.projects_assign([ProjectFactory(ident="acme")])
     response = call("post", "/api/v1/agent/connect/", token, hello())
     assert response.status_code == 200
     assert response.json()["name"] == "agent-1" and response.json()["projects"] == ["acme"]
@@ -115,7 +115,7 @@ def test_a_build_starts_with_its_own_token_and_its_credentials(call, configurati
 
 def test_an_agent_refuses_builds_of_projects_not_assigned_to_it(call, configuration):
     agent, token = issue()
-    agent.projects.add(ProjectFactory(ident="other"))
+    agent.projects_assign([ProjectFactory(ident="other")])
     response = start(call, token)
     assert response.status_code == 400
     assert "does not run builds of project" in response.json()["configuration"][0]
@@ -126,7 +126,7 @@ def test_an_agent_serves_the_subprojects_of_its_projects(call):
     parent = ProjectFactory(ident="parent")
     BuildConfigurationFactory(ident="child-app", project=ProjectFactory(ident="child", parent=parent))
     agent, token = issue()
-    agent.projects.add(parent)
+    agent.projects_assign([parent])
     assert start(call, token, configuration="child-app").status_code == 201
 
 
@@ -408,3 +408,18 @@ def test_finishing_an_api_build_again_reuses_its_waiting_logout(configuration):
     first = services.build_finish_api(build=build, exit_code=0)
     assert services.build_finish_api(build=build, exit_code=0) == first
     assert AgentJob.objects.filter(kind=AgentJob.Kind.LOGOUT).count() == 1
+
+
+def test_an_agent_whose_projects_were_all_deleted_serves_none_not_every_project(call, configuration):
+    """A project's admin may delete it; its dedicated agent must not become a shared one."""
+    agent, token = issue()
+    gone = ProjectFactory(ident="gone")
+    agent.projects_assign([gone])
+    gone.delete()
+    agent.refresh_from_db()
+    assert not agent.shared and not agent.serves(configuration.project)
+    response = start(call, token)
+    assert response.status_code == 400
+    assert "does not run builds of project" in response.json()["configuration"][0]
+    agent.projects_assign([])  # made shared on purpose (admin, settings file): every project
+    assert agent.serves(configuration.project)

@@ -281,9 +281,12 @@ def test_the_admin_shows_a_new_token_once_and_offers_only_the_users_projects(wor
     refused = client.post(add, {"name": "ci", "projects": [world["team-a"].pk]})
     assert refused.status_code == 200 and "projects" in refused.context["adminform"].form.errors
     response = client.post(add, {"name": "ci", "projects": [world["team-b"].pk], "read_only": "on",
-                                 "expires_at_0": "", "expires_at_1": ""}, follow=True)
+                                 "expires_at_0": "", "expires_at_1": ""})
     [token] = TOKEN.findall(response.content.decode())
     assert "shown only this once" in response.content.decode()
+    # On the page alone: in no cookie (the messages cookie is signed, not encrypted), never cached.
+    assert "no-store" in response["Cache-Control"]
+    assert all(token not in cookie.value for cookie in client.cookies.values())
     row = ApiToken.objects.get(user=world["bob"])
     assert (row.name, row.read_only, [p.ident for p in row.projects.all()]) == ("ci", True, ["team-b"])
     assert token not in database_text()
@@ -350,3 +353,19 @@ def test_drf_tokens_of_an_earlier_release_are_carried_over_hashed_and_keep_worki
     assert token.digest != key and key not in str(list(ApiToken.objects.values()))
     response = client.get("/api/v1/builds/", HTTP_AUTHORIZATION=f"Token {key}")
     assert response.status_code == 200
+
+
+def test_a_token_limited_to_projects_that_were_all_deleted_reaches_nothing(world, admin_user):
+    """Deleting its projects must not widen a token (an empty list is no limit only when made so)."""
+    sandbox = ProjectFactory(ident="sandbox")
+    for user in (admin_user, world["alice"]):
+        Membership.objects.get_or_create(project=sandbox, user=user, defaults={"role": Membership.Role.ADMIN})
+    tokens = {user: api_token_issue(user=user, name="ci", projects=[sandbox])[0]
+              for user in (admin_user, world["alice"])}
+    sandbox.delete()
+    for user, token in tokens.items():
+        token.refresh_from_db()
+        user = type(user).objects.get(pk=user.pk)
+        user.api_token = token
+        assert roles.project_roles(user) == {}
+        assert not roles.is_superuser(user)

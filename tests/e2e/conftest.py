@@ -68,7 +68,7 @@ def start_agent(server, docker_daemon, transactional_db):
     def run(name=None, docker_host=None, projects=(), **env):
         name = name or f"agent-{uuid.uuid4().hex[:6]}"
         model, token, _ = agent_token_issue(name=name)
-        model.projects.set(projects)
+        model.projects_assign(projects)
         process = AgentProcess(server.url, token, docker_host or docker_daemon.host, **env)
         started.append(process)
         start(process)

@@ -31,6 +31,11 @@ class BuildConfiguration(models.Model):
         "keep builds younger than D days", null=True, blank=True, validators=[_AT_LEAST_ONE],
         help_text="A build is kept while either rule keeps it. With neither rule, builds are kept.",
     )
+    protected_tags = models.CharField(
+        max_length=1000, blank=True,
+        help_text="Tag patterns clean-up never deletes nor lets go by deleting their digest, e.g. `latest v* "
+                  "release-*` (shell-style, separated by spaces or commas), besides DOCKERSUPPORT_PROTECTED_TAGS.",
+    )
 
     class Meta:
         ordering = ["ident"]
@@ -125,6 +130,19 @@ class Agent(models.Model):
     docker_host = models.CharField(
         "Docker endpoint", max_length=255, blank=True,
         help_text="e.g. unix:///var/run/docker.sock or tcp://host:2376; the agent's own DOCKER_HOST wins.",
+    )
+    keep_patterns = models.TextField(
+        blank=True, help_text="Images whose reference matches one of these regular expressions (one per line) "
+                              "are never removed by Free Disk Space on this agent.",
+    )
+    min_image_age = models.PositiveIntegerField(
+        "minimum image age", default=600,
+        help_text="Seconds: Free Disk Space leaves images younger than this (a running build may use them).",
+    )
+    keep_free_bytes = models.BigIntegerField(
+        "keep free", null=True, blank=True, validators=[MinValueValidator(1, message="must be at least 1 byte")],
+        help_text="Bytes the agent keeps free on its own between builds (Free Disk Space runs when there is "
+                  "less); empty: only when a build or an admin asks.",
     )
     docker_data_path = models.CharField(
         "Docker data path", max_length=500, blank=True,
@@ -298,6 +316,14 @@ class PushedImage(models.Model):
     tag = models.CharField(max_length=128, blank=True)
     digest = models.CharField(max_length=100, blank=True)
     pushed_at = models.DateTimeField()
+    # The connection the build logged in with for this registry: deletion tries it first.
+    connection = models.ForeignKey(Connection, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    owner_uncertain = models.BooleanField(
+        default=False, help_text="Pushed while other builds ran on the same daemon: which one pushed it is not "
+                                 "known, so it is never deleted automatically until an admin settles its owner.",
+    )
+    owner_note = models.CharField(max_length=500, blank=True,
+                                  help_text="Why its owner is uncertain, or who settled it and when.")
     cleanup_status = models.CharField(
         max_length=10, choices=CleanupStatus.choices, default=CleanupStatus.KEPT, db_index=True,
     )

@@ -179,11 +179,12 @@ class Agent(models.Model):
         assigned = set(self.projects.values_list("pk", flat=True))
         return any(p.pk in assigned for p in project.lineage())
 
-    def projects_assign(self, projects) -> None:
-        """Its projects, as a person gives them (admin, settings file): none makes it shared."""
+    def projects_assign(self, projects, *, shared: bool | None = None) -> None:
+        """Its projects, as a person gives them (admin, settings file): none makes it shared unless
+        `shared=False` says it serves none."""
         projects = list(projects)
         self.projects.set(projects)
-        self.shared = not projects
+        self.shared = not projects if shared is None else shared and not projects
         type(self).objects.filter(pk=self.pk).update(shared=self.shared)
 
 
@@ -276,6 +277,11 @@ class DockerOperation(models.Model):
     container_name = models.CharField(max_length=255, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     attributes = models.JSONField(default=dict, blank=True)
+    identity = models.CharField(
+        max_length=64, editable=False,
+        help_text="SHA-256 of the event's stored fields and attributes (operations/records.py): the same event "
+                  "sent again has the same one; two events of one clock tick (two tags of an image) do not.",
+    )
 
     class Meta:
         ordering = ["time_nano", "pk"]
@@ -283,10 +289,7 @@ class DockerOperation(models.Model):
             # The daemon replays events after a reconnect and agents resend unacknowledged batches: this
             # key makes both harmless. The build is part of it: builds that overlap on one daemon each
             # get their own row of an event.
-            models.UniqueConstraint(
-                fields=["build", "time_nano", "event_type", "raw_action", "actor_id"],
-                name="docker_operation_once_per_build",
-            ),
+            models.UniqueConstraint(fields=["build", "identity"], name="docker_operation_identity_once_per_build"),
         ]
         indexes = [
             models.Index(fields=["build", "time_nano"]),  # the Docker Info tab's pages
@@ -295,6 +298,26 @@ class DockerOperation(models.Model):
 
     def __str__(self):
         return f"{self.action} {self.image or self.container_name or self.actor_id}"
+
+
+class SetAsideRecord(models.Model):
+    """An event record of an agent's batch that could not be stored (or not wholly): kept with the error,
+    without secrets, for an admin to see; the rest of its batch was stored."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="set_aside_records")
+    first_seq = models.BigIntegerField(help_text="The first sequence number of the batch it came in.")
+    record = models.JSONField(null=True, blank=True,
+                              help_text="The record as the agent sent it, without the builds' secrets.")
+    error = models.TextField(help_text="Why it was not stored (the database's answer), without secrets.")
+    at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-at", "-pk"]
+        verbose_name = "set-aside event record"
+        indexes = [models.Index(fields=["agent", "first_seq"])]
+
+    def __str__(self):
+        return f"record of batch {self.first_seq} of {self.agent}, set aside at {self.at:%Y-%m-%d %H:%M}"
 
 
 class PushedImage(models.Model):

@@ -3,6 +3,7 @@ changes nothing. Objects the file does not mention are left alone: apply adds an
 deletes (but a configuration's login list, an agent's project list and, when the file gives one, a
 project's members are replaced by the file's)."""
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -10,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from agent.cleanup import CleanupError, parse_size
 from connections.models import Connection, Membership, Project
 from connections.selectors import connection_nearest
 
@@ -175,6 +177,8 @@ class _Applier(ShapeChecks):
         )
         for key in ("keep_last", "keep_days"):
             setattr(configuration, key, self.scalar(retention.get(key), f"{path}.retention.{key}", (int,), None))
+        configuration.protected_tags = " ".join(self.tag_patterns(support.get("protected_tags"),
+                                                                  f"{path}.docker_support.protected_tags"))
         logins = self.logins(support.get("login"), f"{path}.docker_support.login", project)
         configuration.logins_replaced = True  # the file's list, checked against `project`, replaces the old
         if not self.save(configuration, path, "build configuration") or logins is None:
@@ -221,6 +225,47 @@ class _Applier(ShapeChecks):
                 continue
             result.append((connection, optional))
         return result if ok else None
+
+    def tag_patterns(self, value, path) -> list[str]:
+        """Shell-style tag patterns: a list, or one text separated by spaces or commas."""
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        patterns = []
+        for i, item in enumerate(self.sequence(value, path)):
+            pattern = self.scalar(item, f"{path}[{i}]")
+            if not pattern or any(c.isspace() or c == "," for c in pattern):
+                self.errors.append(f"{path}[{i}]: '{pattern}' is not a tag pattern (like latest, v*, release-*)")
+            else:
+                patterns.append(pattern)
+        return patterns
+
+    def regexes(self, value, path) -> list[str]:
+        patterns = []
+        for i, item in enumerate(self.sequence(value, path)):
+            pattern = self.scalar(item, f"{path}[{i}]")
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                self.errors.append(f"{path}[{i}]: '{pattern}' is not a regular expression: {exc}")
+                continue
+            if "\n" in pattern or not pattern:
+                self.errors.append(f"{path}[{i}]: a pattern is one non-empty line")
+                continue
+            patterns.append(pattern)
+        return patterns
+
+    def size(self, value, path) -> int | None:
+        """Bytes, or a size like 20G (binary units); nothing: None."""
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool):
+            self.errors.append(f"{path}: expected a size like 20G or a number of bytes, got a boolean")
+            return None
+        try:
+            return parse_size(str(value))
+        except CleanupError as exc:
+            self.errors.append(f"{path}: {exc}")
+            return None
 
     def _set_logins(self, configuration, logins) -> bool:
         """Makes the configuration's login list exactly `logins`; True if anything changed."""
@@ -311,6 +356,9 @@ class _Applier(ShapeChecks):
             return
         agent.docker_host = self.scalar(entry.get("docker_host"), f"{path}.docker_host")
         agent.docker_data_path = self.scalar(entry.get("docker_data_path"), f"{path}.docker_data_path")
+        agent.keep_patterns = "\n".join(self.regexes(entry.get("keep_patterns"), f"{path}.keep_patterns"))
+        agent.min_image_age = self.scalar(entry.get("min_image_age"), f"{path}.min_image_age", (int,), 600)
+        agent.keep_free_bytes = self.size(entry.get("keep_free"), f"{path}.keep_free")
         projects = []
         for i, ident in enumerate(self.sequence(entry.get("projects"), f"{path}.projects")):
             ident = self.scalar(ident, f"{path}.projects[{i}]")
@@ -321,10 +369,14 @@ class _Applier(ShapeChecks):
                 projects.append(project)
         if not self.save(agent, path, "agent"):
             return
-        # The file's list replaces the agent's projects (none: a shared agent that serves every project).
-        if {p.pk for p in projects} != set(agent.projects.values_list("pk", flat=True)) or agent.shared != (
-                not projects):
-            agent.projects_assign(projects)
+        # The file's list replaces the agent's projects; none: a shared agent that serves every project,
+        # unless `shared: false` (what export writes for an agent whose projects were all deleted).
+        shared = self.scalar(entry.get("shared"), f"{path}.shared", (bool,), not projects)
+        if shared and projects:
+            self.errors.append(f"{path}.shared: a shared agent serves every project: list no projects")
+            return
+        if {p.pk for p in projects} != set(agent.projects.values_list("pk", flat=True)) or agent.shared != shared:
+            agent.projects_assign(projects, shared=shared)
             if self.report.unchanged["agent"]:
                 self.report.unchanged["agent"] -= 1
                 self.report.count("agent", "updated")

@@ -73,6 +73,8 @@ def _configuration_entry(configuration) -> dict:
         "name": _escape(configuration.name),
         "docker_support": {"login": logins, "cleanup_pushed_images": configuration.cleanup_pushed_images},
     }
+    if configuration.protected_tags.strip():
+        entry["docker_support"]["protected_tags"] = configuration.protected_tags.replace(",", " ").split()
     retention = {k: getattr(configuration, k) for k in ("keep_last", "keep_days") if getattr(configuration, k)}
     if retention:
         entry["retention"] = retention
@@ -88,6 +90,15 @@ def _agent_entry(agent) -> dict:
     projects = sorted(p.ident for p in agent.projects.all())
     if projects:
         entry["projects"] = projects
+    elif not agent.shared:  # its projects were all deleted: it serves none, and stays so
+        entry["shared"] = False
+    patterns = [line for line in agent.keep_patterns.splitlines() if line.strip()]
+    if patterns:
+        entry["keep_patterns"] = patterns
+    if agent.min_image_age != 600:
+        entry["min_image_age"] = agent.min_image_age
+    if agent.keep_free_bytes:
+        entry["keep_free"] = agent.keep_free_bytes
     return entry
 
 

@@ -11,11 +11,12 @@ PROJECT_KEYS = {"id", "name", "description", "connections", "build_configuration
 CONNECTION_KEYS = {"id", "name", "type", *DOCKER_REGISTRY_KEYS, *ECR_KEYS}
 ALL_TYPE_KEYS = tuple(dict.fromkeys((*DOCKER_REGISTRY_KEYS, *ECR_KEYS)))
 CONFIGURATION_KEYS = {"id", "name", "docker_support", "retention"}
-DOCKER_SUPPORT_KEYS = {"login", "cleanup_pushed_images"}
+DOCKER_SUPPORT_KEYS = {"login", "cleanup_pushed_images", "protected_tags"}
 RETENTION_KEYS = {"keep_last", "keep_days"}
 LOGIN_KEYS = {"connection", "optional"}
 MEMBER_KEYS = {"user", "role"}
-AGENT_KEYS = {"name", "os", "docker_host", "docker_data_path", "projects"}
+AGENT_KEYS = {"name", "os", "docker_host", "docker_data_path", "projects", "shared", "keep_patterns",
+              "min_image_age", "keep_free"}
 TOP_KEYS = {"projects", "agents"}
 
 # Model field names that differ from the file's keys.

@@ -474,3 +474,61 @@ def test_a_configuration_moves_to_another_project_with_its_new_login_list():
     apply_settings(settings("elsewhere", "other"))
     app = BuildConfiguration.objects.get(ident="app")
     assert (app.project.ident, [login.connection.ident for login in app.logins.all()]) == ("elsewhere", ["other"])
+
+
+# Clean-up settings: a configuration's protected tags, an agent's keep patterns, image age and free space --------
+
+CLEANUP = textwrap.dedent("""
+    projects:
+      - id: acme
+        build_configurations:
+          - id: app
+            docker_support: {protected_tags: [latest, "v*", release-*]}
+    agents:
+      - name: agent-1
+        keep_patterns: ['^registry\\.example\\.com/base/', 'ci-cache']
+        min_image_age: 1800
+        keep_free: 20G
+""")
+
+
+def test_protected_tags_and_an_agents_clean_up_settings_apply_and_export_back():
+    apply_text(CLEANUP)
+    app, agent = BuildConfiguration.objects.get(ident="app"), Agent.objects.get(name="agent-1")
+    assert app.protected_tags == "latest v* release-*"
+    assert (agent.keep_patterns.splitlines(), agent.min_image_age, agent.keep_free_bytes) == (
+        [r"^registry\.example\.com/base/", "ci-cache"], 1800, 20 * 1024**3)
+    exported = export_settings()
+    assert exported["projects"][0]["build_configurations"][0]["docker_support"]["protected_tags"] == [
+        "latest", "v*", "release-*"]
+    assert {k: exported["agents"][0][k] for k in ("keep_patterns", "min_image_age", "keep_free")} == {
+        "keep_patterns": [r"^registry\.example\.com/base/", "ci-cache"], "min_image_age": 1800,
+        "keep_free": 20 * 1024**3}
+    assert apply_settings(exported).updated == {}  # the round trip changes nothing
+
+
+def test_bad_clean_up_settings_are_named_and_change_nothing():
+    bad = (CLEANUP.replace("'ci-cache'", "'ci-(cache'").replace("keep_free: 20G", "keep_free: 20X")
+           .replace('"v*"', '"v *"'))
+    assert errors_of(bad) == [
+        "projects[0].build_configurations[0].docker_support.protected_tags[1]: 'v *' is not a tag pattern "
+        "(like latest, v*, release-*)",
+        "agents[0].keep_patterns[1]: 'ci-(cache' is not a regular expression: missing ), unterminated "
+        "subpattern at position 3",
+        "agents[0].keep_free: '20X' is not a size: use a number with K, M, G or T (like 500M, 20G, 1T)",
+    ]
+    assert not Agent.objects.exists() and not BuildConfiguration.objects.exists()
+
+
+def test_an_agent_whose_projects_were_deleted_is_exported_as_serving_none_and_stays_so():
+    apply_text(SPEC_EXAMPLE)
+    agent = Agent.objects.get(name="agent-1")
+    Project.objects.create(ident="gone", name="Gone")
+    agent.projects_assign([Project.objects.get(ident="gone")])
+    Project.objects.get(ident="gone").delete()
+    exported = export_settings()
+    assert exported["agents"][0]["shared"] is False and "projects" not in exported["agents"][0]
+    apply_settings(exported)
+    assert not Agent.objects.get(name="agent-1").shared
+    assert errors_of(SPEC_EXAMPLE.replace("projects: [acme]", "projects: [acme]\n    shared: true")) == [
+        "agents[0].shared: a shared agent serves every project: list no projects"]

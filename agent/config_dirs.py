@@ -9,13 +9,14 @@ runs the build (run_build), so that its command, and only it, can read it.
 """
 
 import base64
+import contextlib
 import json
 import os
 import re
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 CONFIG_FILE = "config.json"
@@ -63,10 +64,13 @@ def config_dir_create(root: Path, name: str, owner: int | None = None, source: P
 
 
 def config_write(path: Path, logins: Iterable[tuple[str, str, str]], settings: dict | None = None,
-                 owner: int | None = None) -> None:
+                 owner: int | None = None, ours: Collection[tuple[int, int]] = ()) -> tuple[int, int]:
     """Writes config.json atomically with mode 0600: a reader never sees a half-written file.
 
     `logins`: (server, username, password) of each registry; `settings`: the host's other settings.
+    Returns the new file's identity (device, inode). `ours`: the identities of the files written
+    for this build before: the config.json replaced (fresh tokens) is overwritten when it is one of
+    them, so that a hard link the build's command made to it reads no credentials.
     """
     auths = {
         server: {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
@@ -77,22 +81,34 @@ def config_write(path: Path, logins: Iterable[tuple[str, str, str]], settings: d
         os.fchmod(fd, 0o600)
         if owner is not None:
             os.fchown(fd, owner, -1)
+        info = os.fstat(fd)
         with os.fdopen(fd, "w") as handle:
             json.dump({**(settings or {}), "auths": auths}, handle)
-        os.replace(temporary, path / CONFIG_FILE)
+        previous = _open_config(path)
+        try:
+            os.replace(temporary, path / CONFIG_FILE)
+            if previous is not None:
+                with contextlib.suppress(OSError):  # the new config is in place: that is what counts
+                    _zero_fill(previous, ours, names=0)
+        finally:
+            if previous is not None:
+                os.close(previous)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return info.st_dev, info.st_ino
 
 
-def config_dir_remove(path: Path | str, root: Path) -> bool:
+def config_dir_remove(path: Path | str, root: Path, ours: Collection[tuple[int, int]] = ()) -> bool:
     """Erases a build's directory (a direct child of `root`, as config_dir_create makes them).
 
     Refuses, with ValueError naming the path, anything else: a path that leaves root through `..`
     or a symbolic link, a link named like a build directory, root itself. The build's command can
     write in its directory, so nothing inside is trusted: config.json is overwritten only if it
-    is a regular file with no other name (not a link to, nor a hard link of, a file elsewhere),
-    and the tree is removed without following links. True if something was removed.
+    is a regular file that the agent wrote for the build (`ours`: the identities config_write
+    returned; then through every hard link the command made to it) or that has no other name
+    (never a file elsewhere that the command linked in), and the tree is removed without
+    following links. True if something was removed.
     """
     path = Path(path)
     real_root = os.path.realpath(root)
@@ -106,28 +122,37 @@ def config_dir_remove(path: Path | str, root: Path) -> bool:
     if not stat.S_ISDIR(info.st_mode):
         kind = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a directory"
         raise ValueError(f"refusing to remove {path}: {kind}, not a build config directory below {root}")
-    _zero_fill_config(path)
+    _zero_fill_config(path, ours)
     shutil.rmtree(path)  # on Linux fd-based: never follows a link inside, refuses a link at the top
     return True
 
 
-def _zero_fill_config(path: Path) -> None:
+def _zero_fill_config(path: Path, ours: Collection[tuple[int, int]] = ()) -> None:
     """Overwrites config.json before it is unlinked, so the credentials do not linger in the file's
-    old blocks; only when it is safely the build's own file."""
+    old blocks nor in a hard link to it; only when it is safely the build's own file."""
     fd = _open_config(path)
     if fd is None:
         return  # missing, a link, a FIFO...: nothing of ours to overwrite
     try:
-        info = os.fstat(fd)
-        # A hard link shares its blocks with a file outside: zeroing it would destroy that file.
-        # The config we write is a few kilobytes; a huge file is not ours and not worth the time.
-        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1 and info.st_size <= _MAX_CONFIG_BYTES:
-            zeros = b"\0" * info.st_size
-            while zeros:
-                zeros = zeros[os.write(fd, zeros):]
-            os.fsync(fd)
+        _zero_fill(fd, ours)
     finally:
         os.close(fd)
+
+
+def _zero_fill(fd: int, ours: Collection[tuple[int, int]], names: int = 1) -> None:
+    """Zeroes the file of `fd` when it is ours: one config_write wrote, or one with no other name than
+    the `names` it has in the build's directory."""
+    info = os.fstat(fd)
+    # A file with another name may be a file outside that the command linked in: zeroing it would
+    # destroy that file. One the agent wrote is overwritten wherever the command linked it. The
+    # config we write is a few kilobytes; a huge file is not ours and not worth the time.
+    mine = (info.st_dev, info.st_ino) in ours or info.st_nlink == names
+    if stat.S_ISREG(info.st_mode) and mine and info.st_size <= _MAX_CONFIG_BYTES:
+        os.lseek(fd, 0, os.SEEK_SET)
+        zeros = b"\0" * info.st_size
+        while zeros:
+            zeros = zeros[os.write(fd, zeros):]
+        os.fsync(fd)
 
 
 def _open_config(path: Path) -> int | None:

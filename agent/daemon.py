@@ -1,8 +1,11 @@
 """The agent's one module that talks to its Docker daemon through the docker SDK."""
 
+import base64
 import hashlib
+import json
 import threading
 import time
+from urllib.parse import quote, quote_plus
 
 import docker
 from docker.errors import APIError, DockerException
@@ -32,7 +35,7 @@ def client(docker_host: str = "", timeout: int = 60, version: str | None = None)
             from None
 
 
-def _short(exc: Exception) -> str:
+def _short(exc: Exception | str) -> str:
     text = str(exc)
     return text if len(text) < 300 else text[:300] + "…"
 
@@ -127,18 +130,35 @@ class Daemon:
             answer = self.api.login(username=username, password=password, registry=server, reauth=True,
                                     dockercfg_path=self.login_config or None)
         except APIError as exc:
-            raise DaemonError(_explanation(exc).replace(password, "***")) from None
+            # Redacted whole, then cut: a cut through the password would leave part of it.
+            raise DaemonError(_short(secret_redact(_explanation(exc, whole=True), username, password))) from None
         except (DockerException, RequestException, OSError) as exc:
             self.reset()
-            raise DaemonError(f"the Docker daemon could not be asked: {_short(exc)}".replace(password, "***")) \
-                from None
+            raise DaemonError("the Docker daemon could not be asked: "
+                              + _short(secret_redact(str(exc), username, password))) from None
         with self._lock:
             self._verified[key] = time.monotonic()
         return (answer or {}).get("Status", "Login Succeeded")
 
 
-def _explanation(exc: APIError) -> str:
+def secret_redact(text: str, username: str, password: str) -> str:
+    """`text` without the password in any form a registry (which may repeat what it was sent) or the
+    daemon (which quotes the registry's answer) may give it back: as is, JSON- or Go-quoted,
+    URL-encoded, and as the Basic credentials the daemon sent (base64 of username:password)."""
+    if not password:
+        return text
+    basic = f"{username}:{password}".encode()
+    forms = {password, json.dumps(password)[1:-1], json.dumps(password, ensure_ascii=False)[1:-1],
+             quote(password, safe=""), quote_plus(password, safe=""), base64.b64encode(password.encode()).decode()}
+    for encoded in (base64.b64encode(basic).decode(), base64.urlsafe_b64encode(basic).decode()):
+        forms |= {encoded, encoded.rstrip("=")}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "***")
+    return text
+
+
+def _explanation(exc: APIError, whole: bool = False) -> str:
     explanation = exc.explanation or str(exc)
     if isinstance(explanation, bytes):
         explanation = explanation.decode(errors="replace")
-    return _short(str(explanation))
+    return str(explanation) if whole else _short(str(explanation))

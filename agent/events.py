@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from docker.errors import DockerException, ImageNotFound
 from requests.exceptions import RequestException
 
-from .references import split_reference
+from .references import registry_and_repository, split_reference
 
 log = logging.getLogger(__name__)
 
@@ -312,9 +312,10 @@ class EventStream:
         image = self._image(client, f"{record['image']}:{record['tag']}" if record["tag"] else record["image"])
         if image is None:
             return ""
+        pushed = registry_and_repository(record["image"])
         for repo_digest in image.attrs.get("RepoDigests") or []:
             name, _, digest = repo_digest.partition("@")
-            if name == record["image"]:
+            if registry_and_repository(name) == pushed:  # the same repository, however Docker spells it
                 return digest
         return ""
 

@@ -8,6 +8,7 @@ sender. The server is never connected to it; when the server is away, everything
 retries, and nothing is lost.
 """
 
+import contextlib
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ BATCH_BYTES = 1024 * 1024  # a batch's records in JSON, at most (the server take
 RECORD_BYTES = 64 * 1024  # a record larger than this loses its attributes (labels), not the record
 REFRESH_LEAD = timedelta(minutes=15)  # a running build's expiring token (ECR) is replaced this long before
 FINISH_EVENTS_TIMEOUT = 60  # how long a finish waits for the server to take the build's events
+KEEP_FREE_EVERY = 300  # seconds: the least time between two Free Disk Space runs of the keep-free threshold
 
 
 @dataclass
@@ -74,6 +76,12 @@ class Agent:
         self._send_limit = protocol.EVENT_BATCH_SIZE
         self._clients: set[int] = set()  # builds whose run_build is connected now
         self._clients_lock = threading.Lock()
+        self.uses = cleanup.ImageUses()  # what builds did with images (Free Disk Space keeps what running ones use)
+        self._adopted: set[int] = set()  # builds a previous run of the agent started: their early uses are unknown
+        self._cleanup_lock = threading.Lock()  # one Free Disk Space run at a time
+        self._keep_free_at: float | None = None  # when the keep-free threshold last started a run (monotonic)
+        # The config.json files written for each build, as (device, inode): erased through any hard link.
+        self._config_files: dict[int, set[tuple[int, int]]] = {}
 
     # Life ----------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -260,7 +268,8 @@ class Agent:
             build.servers.append(login.server)
             if login.expires_at is not None:
                 expiries.append(login.expires_at)
-        config_write(path, written, host_settings(), owner=build.uid)
+        identity = config_write(path, written, host_settings(), owner=build.uid)
+        self._config_files.setdefault(build.id, set()).add(identity)
         expires_at = min(expiries) if expiries else None
         build.expires_at = expires_at.isoformat() if expires_at else ""
         build.window_start = self.daemon.now_nano()
@@ -339,7 +348,7 @@ class Agent:
     def _erase(self, build: RunningBuild) -> None:
         if build.docker_config:
             try:
-                config_dir_remove(build.docker_config, self.config_root)
+                config_dir_remove(build.docker_config, self.config_root, ours=self._config_files.pop(build.id, ()))
             except (ValueError, OSError) as exc:
                 self._warn(f"build {build.label()}: erasing {build.docker_config} failed: {exc}")
             build.docker_config = ""
@@ -380,11 +389,13 @@ class Agent:
                 continue
             if build.window_start:
                 self.windows.open(build.id, build.window_start)
+                self._adopted.add(build.id)
             if build.started_by == "run_build":
                 self.client_gone(build)  # lost if its run_build dies before it reconnects
 
     # Events ---------------------------------------------------------------------------------------------
     def _spool_record(self, record: dict) -> None:
+        self.uses.record(record)
         if len(json.dumps(record)) > RECORD_BYTES:
             record = {**record, "attributes": {"dockersupport": "attributes dropped: larger than 64 KiB"}}
         self.spool.append(record)
@@ -432,6 +443,8 @@ class Agent:
             except ServerUnavailable as exc:
                 self._warn(f"heartbeat: {exc}")
                 continue
+            if answer.cleanup is not None:
+                self.settings.cleanup = answer.cleanup  # an admin may have changed them
             for build_id in answer.ended_builds:
                 build = self.book.get(build_id)
                 if build is not None and build.finishing is None:
@@ -444,6 +457,8 @@ class Agent:
                     self._send_finish(build, wait_for_server=5)
                 elif build.expires_at and datetime.fromisoformat(build.expires_at) - REFRESH_LEAD < _now():
                     self._refresh(build)
+            self.uses.forget_builds_except(build.id for build in self.book.all())
+            self._keep_free_check(free)
 
     def _refresh(self, build: RunningBuild) -> None:
         """Fresh tokens (ECR) in a running build's config, before its expiring ones run out."""
@@ -455,8 +470,9 @@ class Agent:
         fresh = [login for login in logins if login.server in build.servers and not login.error]
         if not build.docker_config or not fresh:
             return
-        config_write(Path(build.docker_config), [(x.server, x.username, x.password) for x in fresh], host_settings(),
-                     owner=build.uid)
+        identity = config_write(Path(build.docker_config), [(x.server, x.username, x.password) for x in fresh],
+                                host_settings(), owner=build.uid, ours=self._config_files.get(build.id, ()))
+        self._config_files.setdefault(build.id, set()).add(identity)
         expiries = [login.expires_at for login in fresh if login.expires_at is not None]
         build.expires_at = min(expiries).isoformat() if expiries else ""
         self.book.save(build)
@@ -521,7 +537,7 @@ class Agent:
                 return protocol.JobResult(ok=False, error=str(exc))
             return protocol.JobResult(ok=True, result={
                 "met": result.met, "free_before": result.free_before, "free_after": result.free_after,
-                "removed": len(result.removed), "shortfall": result.shortfall,
+                "removed": len(result.removed), "kept": len(result.kept), "shortfall": result.shortfall,
                 "text": cleanup.result_text(result, job.dry_run)})
         return protocol.JobResult(ok=False, error=f"this agent does not know jobs of kind {job.kind}")
 
@@ -532,6 +548,7 @@ class Agent:
     def free_disk_space_run(self, required: int, *, reason: str, dry_run: bool = False,
                             progress=None) -> cleanup.Result:
         path, origin = self._data_path()
+        policy = self._cleanup_policy()
         try:
             tracked = self.api.tracked_images()
         except ServerError as exc:
@@ -541,8 +558,9 @@ class Agent:
         except DaemonError as exc:
             raise cleanup.CleanupError(str(exc)) from None
         try:
-            result = cleanup.images_remove_until_free(client, tracked, required, path, origin, dry_run=dry_run,
-                                                      progress=progress)
+            with contextlib.nullcontext() if dry_run else self._cleanup_lock:
+                result = cleanup.images_remove_until_free(client, tracked, required, path, origin, dry_run=dry_run,
+                                                          progress=progress, policy=policy)
         except DaemonError as exc:
             raise cleanup.CleanupError(str(exc)) from None
         finally:
@@ -551,10 +569,68 @@ class Agent:
             try:
                 self.api.cleanup(protocol.CleanupReport(
                     reason=reason[:300], data_path=path, required_bytes=required, free_before=result.free_before,
-                    free_after=result.free_after, removed=result.removed, met=result.met))
+                    free_after=result.free_after, removed=result.removed, met=result.met, kept=result.kept))
             except ServerError as exc:
                 self._warn(f"the server did not take the Free Disk Space record: {exc}")
         return result
+
+    def _cleanup_policy(self) -> cleanup.Policy:
+        """The agent's settings and its running builds, for what keeps an image; CleanupError for a bad keep pattern."""
+        settings = self.settings.cleanup
+        return cleanup.Policy(keep_patterns=cleanup.keep_patterns_parse(settings.keep_patterns),
+                              min_age=max(settings.min_image_age, 0), now=self._daemon_now,
+                              build_use=self._image_build_use, refresh=self._events_read, last_use=self.uses.last_used)
+
+    def _daemon_now(self) -> datetime:
+        return datetime.fromtimestamp(self._daemon_now_or_clock() / 1e9, timezone.utc)
+
+    def _events_read(self) -> bool:
+        """Every event of the daemon up to now has gone through the stream (and so into self.uses)."""
+        try:
+            until = self.daemon.now_nano()
+        except DaemonError:
+            return False
+        return self.stream is not None and self.stream.sync(until)
+
+    def _image_build_use(self, names: set[str], last_used: datetime | None) -> str:
+        """Why a build running on this agent may be using the image known by `names`, or ''."""
+        running = {build.id: build for build in self.book.all() if build.finishing is None}
+        for build_id in self.uses.builds_using(names, sorted(running)):
+            return f"build {running[build_id].label()}, running on this agent, used it"
+        if last_used is not None:
+            # What an adopted build did before this agent started is not known here: any use of the
+            # image by a build since it started may be its.
+            for build_id in sorted(self._adopted & running.keys()):
+                build = running[build_id]
+                if build.window_start and last_used.timestamp() * 1e9 >= build.window_start:
+                    return (f"used by a build since build {build.label()} started, which runs on this agent "
+                            "(started before the agent's restart: what it used before is not known)")
+        return ""
+
+    def _keep_free_check(self, free: int | None) -> None:
+        """Free Disk Space on the agent's own when less than its keep-free threshold is free, as docuum does:
+        at most every KEEP_FREE_EVERY seconds, builds running or not (the checks keep what they use)."""
+        keep = self.settings.cleanup.keep_free_bytes
+        if not keep or free is None or free >= keep or self._cleanup_lock.locked():
+            return
+        if self._keep_free_at is not None and time.monotonic() - self._keep_free_at < KEEP_FREE_EVERY:
+            return
+        self._keep_free_at = time.monotonic()
+        threading.Thread(target=self._keep_free_run, args=(keep, free), name="keep-free", daemon=True).start()
+
+    def _keep_free_run(self, keep: int, free: int) -> None:
+        try:
+            result = self.free_disk_space_run(keep, reason=f"keep free threshold: {cleanup.human(free)} free, "
+                                                           f"{cleanup.human(keep)} to keep")
+        except cleanup.CleanupError as exc:
+            self._warn(f"keep free threshold: {exc}")
+            return
+        except Exception:  # noqa: BLE001 - the agent goes on; the next beat tries again later
+            log.exception("keep free threshold: Free Disk Space failed")
+            return
+        if not result.met:
+            self._warn(f"keep free threshold: {cleanup.human(keep)} to keep free on {result.path}, "
+                       f"{cleanup.human(result.free_after)} free after removing what could go")
 
 
 def _within(batch: list[dict], limit: int) -> list[dict]:

@@ -58,6 +58,15 @@ class ConnectRequest:
 
 
 @dataclass
+class CleanupSettings:
+    """How Free Disk Space treats the agent's images (agent/cleanup.py); set per agent in the admin."""
+
+    keep_patterns: list[str] = field(default_factory=list)  # regexes: an image with a reference they search stays
+    min_image_age: int = 600  # seconds: images created or last used by a build more recently stay
+    keep_free_bytes: int | None = None  # the agent frees space by itself when less is free (None: only when asked)
+
+
+@dataclass
 class AgentSettings:
     """What the server tells a connecting agent."""
 
@@ -69,6 +78,7 @@ class AgentSettings:
     docker_data_path: str = ""  # set in the admin; empty: the agent's own setting or the OS default
     docker_host: str = ""  # set in the admin; the agent's own DOCKER_HOST wins
     session: int = 0  # this run of the agent: its job polls name it
+    cleanup: CleanupSettings = field(default_factory=CleanupSettings)
 
 
 @dataclass
@@ -81,6 +91,7 @@ class HeartbeatRequest:
 @dataclass
 class HeartbeatAnswer:
     ended_builds: list[int]  # of those the agent called running, the ones the server has closed
+    cleanup: CleanupSettings | None = None  # the agent's clean-up settings now (an admin may have changed them)
 
 
 # --- Builds --------------------------------------------------------------------------------------
@@ -214,8 +225,9 @@ class CleanupReport:
     required_bytes: int
     free_before: int
     free_after: int
-    removed: list[dict]  # {"image", "references", "size", "freed"}
+    removed: list[dict]  # {"image", "references", "size", "freed", "reason"}; BuildKit's cache: "kind": "build cache"
     met: bool
+    kept: list[dict] = field(default_factory=list)  # {"image", "references", "size", "reason"}: what stayed, and why
 
 
 # --- Encoding --------------------------------------------------------------------------------------

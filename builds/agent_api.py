@@ -37,6 +37,7 @@ from .agents import services as agents
 from .cleanup.agent import agent_cleanup_record, agent_images_tracked
 from .login import services as login
 from .models import Agent, Build, DockerOperation
+from .operations import records
 from .operations.services import events_receive
 
 REVOKED = ("this agent token is not valid: it was revoked or replaced; make a new one on the server with "
@@ -266,26 +267,23 @@ class BuildFinishView(BuildView):
 
 
 # Records are checked here, quickly, rather than field by field through a serializer: batches of
-# hundreds arrive all the time. Too long a text is cut to its column, so one odd event (a long
-# `exec_start: <command line>`) cannot make the database refuse the whole batch.
-_TEXT_LIMITS = {name: DockerOperation._meta.get_field(name).max_length for name in (
-    "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest", "container_id", "container_name")}
+# hundreds arrive all the time. Too long a text is cut to its column, so one odd event cannot make
+# the database refuse the whole batch — but for the raw action: Docker's `exec_start: <the whole
+# command line>` is kept (up to RAW_ACTION_RECEIVED) until ingestion has masked the build's secrets
+# in it, then cut (operations/records.py); a secret cut in two here would show its first half.
+RAW_ACTION_RECEIVED = 65_536
+_TEXT_LIMITS = {**records.TEXT_LIMITS, "raw_action": RAW_ACTION_RECEIVED}
 
 
 def _without_nul(value):
-    """NUL characters out of every text of the attributes (labels are anyone's): PostgreSQL refuses them."""
-    if isinstance(value, str):
-        return value.replace("\x00", "")
-    if isinstance(value, dict):
-        return {_without_nul(str(k)): _without_nul(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_without_nul(v) for v in value]
-    return value
+    """NUL characters and lone surrogates out of every text of the attributes (labels are anyone's):
+    PostgreSQL refuses them."""
+    return records.value_clean(value)
 
 
-def _checked_records(records: list) -> list[dict]:
+def _checked_records(records_sent: list) -> list[dict]:
     checked = []
-    for i, record in enumerate(records):
+    for i, record in enumerate(records_sent):
         def wrong(what):
             return serializers.ValidationError({"records": [f"records[{i}].{what}"]})
 
@@ -296,13 +294,14 @@ def _checked_records(records: list) -> list[dict]:
             value = record.get(name, "")
             if not isinstance(value, str) or "\x00" in value:
                 raise wrong(f"{name}: expected a text without NUL characters")
-            clean[name] = value[:limit]
+            clean[name] = records.text_clean(value[:limit])
         if clean["action"] not in DockerOperation.Action.values:
             raise wrong(f"action: '{clean['action']}' is not an operation")
         time_nano, exit_code = record.get("time_nano"), record.get("exit_code")
         if not isinstance(time_nano, int) or isinstance(time_nano, bool) or not 0 < time_nano < 2 ** 63:
             raise wrong("time_nano: expected nanoseconds since the epoch")
-        if exit_code is not None and (not isinstance(exit_code, int) or not -2 ** 31 <= exit_code < 2 ** 31):
+        if exit_code is not None and (not isinstance(exit_code, int) or isinstance(exit_code, bool)
+                                      or not -2 ** 31 <= exit_code < 2 ** 31):
             raise wrong("exit_code: expected a whole number or null")
         builds, attributes = record.get("builds"), _without_nul(record.get("attributes", {}))
         if not isinstance(builds, list) or not all(

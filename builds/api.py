@@ -86,7 +86,7 @@ class PushedImageSerializer(serializers.ModelSerializer):
     class Meta:
         model = PushedImage
         fields = ("registry", "repository", "tag", "digest", "reference", "pushed_at", "cleanup_status",
-                  "cleanup_reason")
+                  "cleanup_reason", "owner_uncertain", "owner_note")
 
 
 # The two below only describe, in the schema, the dict that selectors.docker_info_summary answers.

@@ -171,6 +171,14 @@ class Agent(models.Model):
     def __str__(self):
         return self.name
 
+    def clean(self):
+        from agent.cleanup import CleanupError, keep_patterns_parse
+
+        try:
+            keep_patterns_parse(self.keep_patterns)  # the agent refuses to clean up with a pattern it cannot use
+        except CleanupError as exc:
+            raise ValidationError({"keep_patterns": str(exc).removeprefix("keep patterns: ")}) from None
+
     def serves(self, project: Project) -> bool:
         """A shared agent serves every project; else its projects and their subprojects (none, once its
         projects were all deleted: it never becomes shared by itself)."""
@@ -298,6 +306,14 @@ class DockerOperation(models.Model):
 
     def __str__(self):
         return f"{self.action} {self.image or self.container_name or self.actor_id}"
+
+    def save(self, *args, **kwargs):
+        # Ingestion computes it for its bulk rows; a row saved alone (the shell, a fixture) gets it here.
+        if not self.identity:
+            from .operations.records import IDENTITY_FIELDS, operation_identity
+
+            self.identity = operation_identity({name: getattr(self, name) for name in IDENTITY_FIELDS})
+        super().save(*args, **kwargs)
 
 
 class SetAsideRecord(models.Model):

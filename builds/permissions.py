@@ -26,6 +26,6 @@ def register() -> None:
     rules.set_perm("builds.view_dockeroperation", on_project(Role.VIEWER, lambda op: op.build.configuration.project_id))
     rules.set_perm("builds.view_pushedimage", on_project(Role.VIEWER, lambda image: image.project_id))
     rules.set_perm("builds.change_pushedimage", on_project(Role.ADMIN, lambda image: image.project_id))  # retry
-    for model in ("agent", "agentcleanup", "cleanuprun"):
+    for model in ("agent", "agentcleanup", "cleanuprun", "setasiderecord"):
         for action in ("view", "add", "change", "delete"):
             rules.set_perm(f"builds.{action}_{model}", is_superuser)

@@ -23,12 +23,16 @@ def connections_usable_by_any(project_ids) -> QuerySet[Connection]:
     return Connection.objects.filter(project__in=lineages).select_related("project")
 
 
-def connection_nearest(project: Project, match: Callable[[Connection], bool]) -> Connection | None:
-    """The connection `match` accepts that is nearest up the project's tree: the project's own, else its
-    parent's, and so on (within a project, in the database's order); never another project's."""
+def connections_nearest_first(project: Project) -> list[Connection]:
+    """The connections the project's builds may use: its own, then its parent's, and so on (within a project,
+    in the database's order); never another project's."""
     depth = {p.pk: i for i, p in enumerate(project.lineage())}
-    usable = sorted(connections_usable_by(project), key=lambda c: depth[c.project_id])  # a stable sort
-    return next((connection for connection in usable if match(connection)), None)
+    return sorted(connections_usable_by(project), key=lambda c: depth[c.project_id])  # a stable sort
+
+
+def connection_nearest(project: Project, match: Callable[[Connection], bool]) -> Connection | None:
+    """The connection `match` accepts that is nearest up the project's tree (connections_nearest_first)."""
+    return next((connection for connection in connections_nearest_first(project) if match(connection)), None)
 
 
 def connection_get(project_ident: str, connection_ident: str) -> Connection:

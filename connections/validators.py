@@ -8,6 +8,8 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from agent.references import registry_identity
+
 _HOST_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _HOST = rf"(?:{_HOST_LABEL}(?:\.{_HOST_LABEL})*|\[[0-9A-Fa-f:.]+\])"
 _HOST_PORT_RE = re.compile(rf"^{_HOST}(?::(?P<port>\d{{1,5}}))?$")
@@ -55,13 +57,9 @@ def forbidden_address_message(value: str, what: str) -> str:
 
 
 def registry_host(address: str) -> str:
-    """The `host[:port]` of a registry address: empty is Docker Hub, a URL loses scheme and path."""
-    address = address.strip()
-    if not address:
-        return "docker.io"
-    if "://" in address:
-        return urlsplit(address).netloc.lower()
-    return address.split("/", 1)[0].lower()
+    """The `host[:port]` of a registry address, as its identity (agent/references.py): empty and Docker
+    Hub's aliases are docker.io, a URL loses scheme and path, the host is in lower case."""
+    return registry_identity(address)
 
 
 def validate_registry_address(value: str) -> None:

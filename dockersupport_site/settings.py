@@ -139,6 +139,10 @@ DOCKERSUPPORT_ALLOW_LINK_LOCAL = env.bool("DOCKERSUPPORT_ALLOW_LINK_LOCAL", defa
 # ECR connections with the default credential chain use the server's own AWS identity: their
 # registry address and endpoint URL must be AWS host names (*.amazonaws.com) unless this is set.
 DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST = env.bool("DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST", default=False)
+# Tags that server clean-up never deletes, nor lets go by deleting the digest they point to, in every
+# configuration besides its own protected tags: shell-style patterns separated by spaces or commas
+# (`latest v* release-*`). Default: none.
+DOCKERSUPPORT_PROTECTED_TAGS = env.str("DOCKERSUPPORT_PROTECTED_TAGS", default="")
 # (The Docker daemon, its data path and the builds' Docker configs are the agents' business: their
 # settings are the agents' own, on the build hosts; see agent/.)
 

@@ -1,9 +1,10 @@
 """Admin of agents: their state, tokens, daemon and Free Disk Space runs (with a chart of free space)."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import mark_safe
 
 from connections.admin_roles import ProjectRolesAdmin, ProjectRolesTabularInline, sees_everything
@@ -11,13 +12,59 @@ from connections.admin_tokens import token_shown_once
 
 from ..agents import services as agents
 from ..agents.selectors import agent_is_connected
-from ..cleanup.agent import free_space_history, human
+from ..cleanup.agent import AgentCleanupError, free_space_history, human, kept_items, parse_size, removed_items
 from ..models import Agent, AgentCleanup, Build
+
+
+class SizeField(forms.CharField):
+    """A size as people write it (500M, 20G, 1T or bytes), stored in bytes; empty: none."""
+
+    def prepare_value(self, value):
+        if isinstance(value, int):
+            for unit, factor in (("T", 1024 ** 4), ("G", 1024 ** 3), ("M", 1024 ** 2), ("K", 1024)):
+                if value % factor == 0:
+                    return f"{value // factor}{unit}"
+        return value
+
+    def to_python(self, value):
+        value = super().to_python(value)
+        if not value:
+            return None
+        try:
+            return parse_size(value)
+        except AgentCleanupError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+class AgentForm(forms.ModelForm):
+    keep_free_bytes = SizeField(
+        label="keep free", required=False,
+        help_text="Like 20G: the agent runs Free Disk Space by itself when less is free on its Docker data volume "
+                  "(at most every 5 minutes); empty: only when a build or an admin asks.")
+
+    class Meta:
+        model = Agent
+        fields = "__all__"
+        widgets = {"keep_patterns": forms.Textarea(attrs={"rows": 3, "cols": 60,
+                                                          "placeholder": r"^registry\.example\.com/base/"})}
+
+
+def _items_html(items, empty="—"):
+    if not items:
+        return empty
+    return format_html_join(mark_safe("<br>"), "{}: {}", ((_item_name(item), item.get("reason") or "—")
+                                                           for item in items))
+
+
+def _item_name(item) -> str:
+    if item.get("kind") == "build cache":
+        return f"BuildKit's build cache ({human(item.get('size') or 0)})"
+    return ", ".join(item.get("references") or []) or item.get("image") or "?"
 
 
 class AgentCleanupInline(ProjectRolesTabularInline):
     model = AgentCleanup
-    fields = ("at", "reason", "required", "before", "after", "reclaimed", "removed_images", "met")
+    fields = ("at", "reason", "required", "before", "after", "reclaimed", "removed_images", "kept_images", "met")
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -43,9 +90,13 @@ class AgentCleanupInline(ProjectRolesTabularInline):
     def reclaimed(self, obj):
         return human(obj.bytes_reclaimed)
 
-    @admin.display(description="images removed")
+    @admin.display(description="removed, and why")
     def removed_images(self, obj):
-        return ", ".join(ref for item in obj.removed for ref in item["references"]) or "—"
+        return _items_html(removed_items(obj))
+
+    @admin.display(description="kept, and why")
+    def kept_images(self, obj):
+        return _items_html(kept_items(obj))
 
 
 @admin.register(Agent)
@@ -53,6 +104,7 @@ class AgentAdmin(ProjectRolesAdmin):
     """Superusers only (builds/permissions.py): agents serve many projects and their tokens run builds."""
 
     project_path = None
+    form = AgentForm
     list_display = ("name", "os", "serves", "state", "daemon", "running_builds", "free_space", "last_seen_at")
     list_filter = ("os", "daemon_ok")
     search_fields = ("name", "hostname", "docker_host")
@@ -63,6 +115,13 @@ class AgentAdmin(ProjectRolesAdmin):
         (None, {"fields": ("name", "os", "projects", "token")}),
         ("Its Docker daemon", {"fields": ("docker_host", "docker_data_path", "daemon", "reported_docker_host",
                                           "free_space", "free_space_chart")}),
+        ("Free Disk Space", {"fields": ("keep_patterns", "min_image_age", "keep_free_bytes"),
+                             "description": "Which images the agent's clean-up leaves, and the free space it keeps "
+                                            "by itself. Keep patterns are Python regular expressions, one per "
+                                            "line, searched in each reference of an image (unanchored: write "
+                                            "^ and $ to match a whole reference), as `docker images` shows it and "
+                                            "in full (docker.io/library/busybox:latest). The agent applies "
+                                            "changes at its next heartbeat."}),
         ("What it said of itself", {"fields": ("state", "hostname", "agent_version", "connected_at",
                                                "last_seen_at")}),
     )

@@ -6,7 +6,7 @@ from django.utils.html import format_html_join
 
 from connections.admin_roles import refuse_unless_each
 
-from ..cleanup.registry import pushed_images_retry
+from ..cleanup.registry import pushed_images_retry, pushed_images_settle_owner
 from ..models import CleanupRun, PushedImage
 from ..tasks import retry_pending_deletions
 from .base import ReadOnlyAdmin
@@ -15,14 +15,26 @@ from .base import ReadOnlyAdmin
 @admin.register(PushedImage)
 class PushedImageAdmin(ReadOnlyAdmin):
     list_display = ("reference", "tag", "configuration_ident", "build_number", "cleanup_status", "cleanup_reason",
-                    "cleanup_attempts", "next_attempt_at", "pushed_at")
-    list_select_related = ("build",)
-    list_filter = ("cleanup_status", "registry", ("build", admin.EmptyFieldListFilter))
+                    "owner_uncertain", "connection", "cleanup_attempts", "next_attempt_at", "pushed_at")
+    list_select_related = ("build", "connection__project")
+    list_filter = ("cleanup_status", "owner_uncertain", "registry", ("build", admin.EmptyFieldListFilter))
     search_fields = ("repository", "tag", "digest", "configuration_ident")
-    actions = ("retry_deletion",)
+    actions = ("retry_deletion", "settle_owner")
 
     def has_retry_permission(self, request):
         return request.user.has_perm("builds.change_pushedimage")  # admin of some project
+
+    def has_settle_permission(self, request):
+        return request.user.has_perm("builds.change_pushedimage")
+
+    @admin.action(description="Settle owner: this build pushed it", permissions=("settle",))
+    def settle_owner(self, request, queryset):
+        if not refuse_unless_each(self, request, "builds.change_pushedimage", queryset, "settle the owner of"):
+            return
+        count = pushed_images_settle_owner(queryset, user=request.user)
+        self.message_user(request, f"{count} image(s) settled as pushed by their build: no longer of uncertain owner; "
+                                   "those of deleted builds are deleted at the next clean-up run.",
+                          messages.SUCCESS if count else messages.WARNING)
 
     @admin.action(description="Retry deletion from the registry", permissions=("retry",))
     def retry_deletion(self, request, queryset):

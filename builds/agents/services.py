@@ -101,7 +101,15 @@ def agent_connect(*, agent: Agent, hello: protocol.ConnectRequest) -> protocol.A
         name=agent.name, heartbeat_interval=settings.DOCKERSUPPORT_AGENT_HEARTBEAT_INTERVAL,
         job_wait=settings.DOCKERSUPPORT_AGENT_JOB_WAIT, shared=agent.shared, projects=projects,
         docker_data_path=agent.docker_data_path, docker_host=agent.docker_host, session=session,
+        cleanup=agent_cleanup_settings(agent),
     )
+
+
+def agent_cleanup_settings(agent: Agent) -> protocol.CleanupSettings:
+    """How the agent's Free Disk Space treats its images: sent when it connects and with every heartbeat."""
+    return protocol.CleanupSettings(
+        keep_patterns=[line.strip() for line in agent.keep_patterns.splitlines() if line.strip()],
+        min_image_age=agent.min_image_age, keep_free_bytes=agent.keep_free_bytes)
 
 
 SILENCE = "was silent for more than"  # how agents_silent_mark_lost words the error it records
@@ -128,7 +136,8 @@ def agent_heartbeat(*, agent: Agent, beat: protocol.HeartbeatRequest) -> protoco
                          started_at__lt=grace).exclude(pk__in=beat.running_builds).update(
         status=Build.Status.LOST, finished_at=now, token_hash="",
         error="its agent does not know it (the answer to its start never reached the agent)")
-    return protocol.HeartbeatAnswer(ended_builds=sorted(set(beat.running_builds) - still))
+    return protocol.HeartbeatAnswer(ended_builds=sorted(set(beat.running_builds) - still),
+                                    cleanup=agent_cleanup_settings(agent))
 
 
 def agent_seen(agent: Agent) -> None:

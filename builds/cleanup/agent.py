@@ -19,7 +19,7 @@ from ..models import Agent, AgentCleanup, AgentImage, AgentJob
 AgentCleanupError = CleanupError
 
 __all__ = ["AgentCleanupError", "agent_cleanup_record", "agent_images_tracked", "free_disk_space_request",
-           "free_space_history", "human", "parse_size"]
+           "free_space_history", "human", "kept_items", "parse_size", "removed_items"]
 
 
 def free_disk_space_request(agent: Agent, required: int, *, dry_run: bool = False, reason: str = "",
@@ -55,15 +55,45 @@ def agent_images_tracked(agent: Agent) -> list[protocol.TrackedImage]:
 
 
 def agent_cleanup_record(*, agent: Agent, report: protocol.CleanupReport) -> AgentCleanup:
-    """Keeps a run the agent reports; the images it removed are no longer tracked (the report is checked)."""
+    """Keeps a run the agent reports, each removal with its reason, and what stayed and why (the items of
+    `removed` marked "kept": the record has one list); the images it removed are no longer tracked."""
+    removed = [_item(item) for item in report.removed]
+    kept = [{**_item(item), "kept": True} for item in report.kept[:KEPT_RECORDED]]
     run = AgentCleanup.objects.create(
         agent=agent, at=timezone.now(), reason=report.reason[:300], data_path=report.data_path[:500],
         required_bytes=report.required_bytes, free_before=report.free_before, free_after=report.free_after,
-        bytes_reclaimed=max(report.free_after - report.free_before, 0), removed=report.removed, met=report.met,
+        bytes_reclaimed=max(report.free_after - report.free_before, 0), removed=removed + kept, met=report.met,
     )
-    removed = [ref for item in report.removed for ref in item.get("references", []) if isinstance(ref, str)]
-    AgentImage.objects.filter(agent=agent, reference__in=removed).delete()
+    gone = [ref for item in removed for ref in item["references"]]
+    AgentImage.objects.filter(agent=agent, reference__in=gone).delete()
     return run
+
+
+KEPT_RECORDED = 200  # what stayed is recorded up to this many images a run
+
+
+def _item(item: dict) -> dict:
+    """An item of a report as recorded: known keys only, texts cut to their sense (the agent is trusted
+    with its own host, not with the server's database)."""
+    references = [ref[:500] for ref in item.get("references") or [] if isinstance(ref, str)][:50]
+    recorded = {"image": str(item.get("image") or "")[:100], "references": references,
+                "reason": str(item.get("reason") or "")[:1000]}
+    for key in ("size", "freed", "records"):
+        if isinstance(item.get(key), int) and not isinstance(item.get(key), bool):
+            recorded[key] = max(min(item[key], protocol.MAX_SIZE), 0)
+    if item.get("kind") == "build cache":
+        recorded["kind"] = "build cache"
+    return recorded
+
+
+def removed_items(run: AgentCleanup) -> list[dict]:
+    """What the run removed (images, BuildKit's cache), each with its reason."""
+    return [item for item in run.removed if not item.get("kept")]
+
+
+def kept_items(run: AgentCleanup) -> list[dict]:
+    """What the run left in place although it still needed space, each with why."""
+    return [item for item in run.removed if item.get("kept")]
 
 
 def free_space_history(agent: Agent, runs: int = 50) -> list[tuple]:

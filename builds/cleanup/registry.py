@@ -6,25 +6,36 @@ before any registry call, then end `deleted`, `kept` (with the reason it was not
 (with the registry's answer; retryable from the admin), or stay `pending` with their last error
 and a later `next_attempt_at` when the registry was unreachable, answered 5xx or 429.
 
-Deleting a manifest by digest deletes every tag on it, so before deleting a digest: a digest a
-retained build also pushed is kept; a digest that a tag not pushed by a deleted build points to
-(`latest` set by hand) is kept on a v2 registry, and on ECR only the deleted builds' own tags are
-removed. Manifest lists and OCI indexes are deleted as a whole by the digest that was pushed.
+Which connection deletes: the one the build logged in with for that registry (PushedImage.connection),
+while the image's project may still use it; then the project's and its ancestors' connections for that
+registry, nearest first. One that may not delete (401/403/405, AWS access denied) hands the image to
+the next; the record names the connection that answered, and every refusal before it.
+
+What is never deleted: an image whose owner is uncertain (pushed while other builds ran on its daemon)
+nor its digest; a tag matching a protected pattern (its configuration's and DOCKERSUPPORT_PROTECTED_TAGS)
+nor a digest such a tag points to; a digest a retained build also pushed; a digest that a tag not pushed
+by a deleted build points to (`latest` set by hand) — on ECR only the deleted builds' own tags are
+removed then. The registry's tags are read again just before deleting, once per repository and
+connection in a run. Manifest lists and OCI indexes are deleted as a whole by the digest that was pushed.
 """
 
+import fnmatch
 import logging
+import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
 from connections.models import Connection, Project
 from connections.registries import Deletion, DeletionResult, ImageRef, Registry, RegistryError, open_registry
-from connections.selectors import connection_nearest
+from connections.selectors import connections_nearest_first
+from connections.validators import registry_host
 
 from ..models import Build, BuildConfiguration, CleanupRun, PushedImage
 
@@ -37,6 +48,8 @@ DOCKER_HUB_REFUSES = (
     "Docker Hub refuses to delete manifests through the registry API (HTTP 405); delete the tag in Docker Hub "
     "itself (web UI or Hub API)"
 )
+OWNER_UNCERTAIN = "owner uncertain"  # how the reason of an image kept for that starts; settling looks for it
+_PATTERN_SEPARATORS = re.compile(r"[\s,]+")
 
 
 def retry_delay(attempts: int) -> timedelta:
@@ -44,13 +57,108 @@ def retry_delay(attempts: int) -> timedelta:
     return timedelta(minutes=min(2 ** max(attempts - 1, 0), 360))
 
 
+def registry_key(name: str) -> str:
+    """What images and connections are matched by: the registry's canonical host (Docker Hub's several
+    names as one, once registry_host gives the canonical identity). Every comparison of registries in
+    clean-up goes through this function, so the canonical-identity function is called here alone.
+    """
+    return registry_host(name)
+
+
+# --- Rules that hold whatever the registry holds -----------------------------------------------
+
+@dataclass(frozen=True)
+class TagProtection:
+    """The protected tag patterns of one configuration's images, each with where it is set."""
+
+    patterns: tuple[tuple[str, str], ...] = ()
+
+    def match(self, tag: str) -> str:
+        """Why `tag` is protected ("pattern 'v*' of configuration 'app'"), or "" when it is not."""
+        for pattern, origin in self.patterns:
+            if tag and fnmatch.fnmatchcase(tag, pattern):
+                return f"pattern '{pattern}' of {origin}"
+        return ""
+
+
+def tag_patterns(text) -> list[str]:
+    """Shell-style patterns separated by spaces or commas (a list of them is taken as it is)."""
+    if isinstance(text, (list, tuple)):
+        text = " ".join(text)
+    return [pattern for pattern in _PATTERN_SEPARATORS.split(text or "") if pattern]
+
+
+def protections_for(idents) -> dict[str, TagProtection]:
+    """Configuration ident → its protected patterns, then the site's (DOCKERSUPPORT_PROTECTED_TAGS).
+
+    A configuration deleted since keeps the site's alone."""
+    idents = set(idents)
+    site = [(pattern, "DOCKERSUPPORT_PROTECTED_TAGS")
+            for pattern in tag_patterns(getattr(settings, "DOCKERSUPPORT_PROTECTED_TAGS", ""))]
+    own = dict(BuildConfiguration.objects.filter(ident__in=idents).values_list("ident", "protected_tags"))
+    return {ident: TagProtection(tuple([(pattern, f"configuration '{ident}'")
+                                        for pattern in tag_patterns(own.get(ident, ""))] + site))
+            for ident in idents}
+
+
+def image_hold(image: PushedImage, protection: TagProtection) -> Deletion | None:
+    """Why an image is kept whatever its registry holds: its owner is uncertain, its tag is protected, or what
+    it pushed is not known. None when only the registry can tell."""
+    if image.owner_uncertain:
+        note = image.owner_note or "pushed while other builds ran on the same Docker daemon"
+        return Deletion.kept(f"{OWNER_UNCERTAIN}: {note}; never deleted automatically: an admin of its project "
+                             "can settle it (action 'Settle owner') and a later run deletes it")
+    why = protection.match(image.tag)
+    if why:
+        return Deletion.kept(f"tag '{image.tag}' is protected ({why})")
+    if not image.digest:
+        return Deletion.kept(f"its digest was not recorded at the push: what tag '{image.tag}' points to now may be "
+                             "another push; delete it by hand if it is this build's")
+    return None
+
+
+# --- Which connection ----------------------------------------------------------------------------
+
+@dataclass
+class Candidates:
+    """The connections that may delete an image, in the order they are tried."""
+
+    connections: list[Connection]
+    note: str = ""  # why the connection its build logged in with is not among them
+
+
+def deletion_candidates(image: PushedImage, usable: list[Connection]) -> Candidates:
+    """First the connection its build logged in with for that registry, while the image's project may still use
+    it; then the others of `usable` (the project's, nearest first) for that registry."""
+    registry = registry_key(image.registry)
+    matching = [c for c in usable if registry_key(c.registry_address) == registry]
+    recorded = next((c for c in matching if c.pk == image.connection_id), None)
+    if recorded is not None:
+        matching.remove(recorded)
+        return Candidates([recorded, *matching])
+    note = ""
+    if image.connection_id is not None:
+        note = (f"connection {image.connection} (its build's login) is not one of project "
+                f"'{image.project.ident}' or its ancestors for {registry}, so it is not used")
+    return Candidates(matching, note)
+
+
+def no_connection_message(project: Project, registry: str) -> str:
+    return f"no connection for {registry} in project '{project.ident}' or its ancestors"
+
+
 # --- Retention ---------------------------------------------------------------------------------
 
 @dataclass
 class PlannedImage:
     image: PushedImage
-    connection: Connection | None
-    problem: str = ""
+    connections: list[Connection] = field(default_factory=list)  # tried in this order
+    problem: str = ""  # why no connection can delete it
+    kept: str = ""  # why it is kept whatever the registry holds
+
+    @property
+    def connection(self) -> Connection | None:
+        return self.connections[0] if self.connections else None
 
 
 @dataclass
@@ -82,21 +190,27 @@ def retention_plan(now=None) -> list[PlannedBuild]:
             build.configuration = configuration
             entry = PlannedBuild(build=build, reason=" and ".join(rules))
             if configuration.cleanup_pushed_images:
-                for image in build.pushed_images.filter(cleanup_status=PushedImage.CleanupStatus.KEPT):
-                    connection = find_connection(configuration.project, image.registry)
-                    entry.images.append(PlannedImage(image=image, connection=connection, problem=(
-                        "" if connection else no_connection_message(configuration.project, image.registry))))
+                entry.images = _planned_images(build, configuration)
             plan.append(entry)
     return plan
 
 
-def find_connection(project: Project, registry: str) -> Connection | None:
-    """The connection for `registry` of the project or, nearest first, of its ancestors; never another's."""
-    return connection_nearest(project, lambda connection: connection.registry_address == registry)
-
-
-def no_connection_message(project: Project, registry: str) -> str:
-    return f"no connection for {registry} in project '{project.ident}' or its ancestors"
+def _planned_images(build: Build, configuration: BuildConfiguration) -> list[PlannedImage]:
+    protection = protections_for([configuration.ident])[configuration.ident]
+    usable = connections_nearest_first(configuration.project)
+    planned = []
+    images = build.pushed_images.filter(cleanup_status=PushedImage.CleanupStatus.KEPT).select_related(
+        "project", "connection__project")
+    for image in images:
+        hold = image_hold(image, protection)
+        if hold is not None:
+            planned.append(PlannedImage(image=image, kept=hold.reason))
+            continue
+        candidates = deletion_candidates(image, usable)
+        problem = "" if candidates.connections else no_connection_message(configuration.project, image.registry)
+        planned.append(PlannedImage(image=image, connections=candidates.connections,
+                                    problem="; ".join(filter(None, [problem, candidates.note]))))
+    return planned
 
 
 def plan_text(plan: list[PlannedBuild]) -> str:
@@ -104,9 +218,14 @@ def plan_text(plan: list[PlannedBuild]) -> str:
     for entry in plan:
         lines.append(f"build {entry.build} (started {entry.build.started_at:%Y-%m-%d %H:%M}): {entry.reason}")
         for planned in entry.images:
-            via = f"with connection {planned.connection}" if planned.connection else f"impossible: {planned.problem}"
-            lines.append(f"  delete {planned.image.reference} from {planned.image.registry} {via}")
-    images = sum(len(entry.images) for entry in plan)
+            image = planned.image
+            if planned.kept:
+                lines.append(f"  keep {image.reference} in {image.registry}: {planned.kept}")
+                continue
+            via = ("with connection " + ", else ".join(str(c) for c in planned.connections) if planned.connections
+                   else f"impossible: {planned.problem}")
+            lines.append(f"  delete {image.reference} from {image.registry} {via}")
+    images = sum(1 for entry in plan for planned in entry.images if not planned.kept)
     lines.append(f"{len(plan)} build(s) to delete, {images} pushed image(s) to delete from their registries")
     return "\n".join(lines)
 
@@ -150,36 +269,74 @@ _STATUS = {
     DeletionResult.GONE: PushedImage.CleanupStatus.DELETED,
     DeletionResult.KEPT: PushedImage.CleanupStatus.KEPT,
     DeletionResult.FAILED: PushedImage.CleanupStatus.FAILED,
+    DeletionResult.REFUSED: PushedImage.CleanupStatus.FAILED,
 }
+
+
+@dataclass
+class ImageOutcome:
+    """What became of one image in a run: the answer, the connection that gave it, the refusals before it."""
+
+    deletion: Deletion
+    connection: Connection | None = None
+    refused: list[tuple[Connection, str]] = field(default_factory=list)
+
+    @property
+    def result(self) -> DeletionResult:
+        return self.deletion.result
+
+    @property
+    def reason(self) -> str:
+        result, text = self.deletion.result, self.deletion.reason
+        refusals = "; ".join(f"connection {c}: {why}" for c, why in self.refused)
+        if self.connection is None:  # decided before any registry call, or no connection was allowed
+            return "; ".join(filter(None, [refusals and f"no connection may delete it: {refusals}", text]))
+        if result in (DeletionResult.DELETED, DeletionResult.GONE):
+            text = f"{text}, with connection {self.connection}"
+        elif result in (DeletionResult.FAILED, DeletionResult.RETRY):
+            text = f"connection {self.connection}: {text}"
+        return text + (f"; refused before: {refusals}" if refusals else "")
+
+    def detail(self, image: PushedImage, key: str) -> dict:
+        """The run's record of it (CleanupRun.details)."""
+        entry = {"image": image.reference, "outcome": key, "reason": self.reason}
+        if self.connection is not None:
+            entry["connection"] = str(self.connection)
+        if self.refused:
+            entry["refused"] = [{"connection": str(c), "answer": why} for c, why in self.refused]
+        return entry
 
 
 def pending_deletions_process(*, run: CleanupRun | None = None, progress=None, now=None) -> dict:
     """Deletes every pending image whose time has come, registry by registry, with bounded concurrency."""
     say = progress or (lambda text: None)
     images = _claim(now or timezone.now())
-    tally = defaultdict(int)
-    groups: dict[tuple, list[PushedImage]] = defaultdict(list)
+    protections = protections_for({image.configuration_ident for image in images})
+    outcomes: dict[int, ImageOutcome] = {}
+    groups: dict[str, list[PushedImage]] = defaultdict(list)
     for image in images:
-        groups[(image.project_id, image.registry)].append(image)
-    for (project_id, registry), group in groups.items():
-        project = Project.objects.get(pk=project_id)
-        connection = find_connection(project, registry)
-        say(f"deleting {len(group)} image(s) from {registry}"
-            + (f" with connection {connection}" if connection else ""))
-        outcomes = _delete_group(connection, project, registry, group)
-        for image in group:
-            outcome = outcomes[image.pk]
-            _record(image, outcome)
-            key = "retrying" if outcome.result == DeletionResult.RETRY else _STATUS[outcome.result]
-            tally[key] += 1
-            if run is not None:
-                run.details.append({"image": image.reference, "outcome": key, "reason": outcome.reason})
-            say(f"  {image.reference}: {key}" + (f" ({outcome.reason})" if outcome.reason else ""))
+        hold = image_hold(image, protections[image.configuration_ident])
+        if hold is not None:
+            outcomes[image.pk] = ImageOutcome(hold)
+        else:
+            groups[registry_key(image.registry)].append(image)
+    for registry, group in groups.items():
+        say(f"deleting {len(group)} image(s) from {registry}")
+        outcomes.update(registry_images_delete(registry, group, protections, say))
+    images_record(images, outcomes)
+    tally = defaultdict(int)
+    for image in images:
+        outcome = outcomes[image.pk]
+        key = "retrying" if outcome.result == DeletionResult.RETRY else _STATUS[outcome.result]
+        tally[key] += 1
+        if run is not None:
+            run.details.append(outcome.detail(image, key))
+        say(f"  {image.reference}: {key}" + (f" ({outcome.reason})" if outcome.reason else ""))
     if run is not None:
-        run.images_deleted += tally["deleted"]
-        run.images_kept += tally["kept"]
-        run.images_failed += tally["failed"]
-        run.images_retrying += tally["retrying"]
+        run.images_deleted += tally.get("deleted", 0)
+        run.images_kept += tally.get("kept", 0)
+        run.images_failed += tally.get("failed", 0)
+        run.images_retrying += tally.get("retrying", 0)
     return dict(tally)
 
 
@@ -191,11 +348,22 @@ def _claim(now) -> list[PushedImage]:
     PushedImage.objects.filter(pk__in=list(due.values_list("pk", flat=True))).filter(
         Q(claimed_until__isnull=True) | Q(claimed_until__lt=now)
     ).update(claim=token, claimed_until=now + CLAIM_FOR)
-    return list(PushedImage.objects.filter(claim=token, cleanup_status=PushedImage.CleanupStatus.PENDING))
+    return list(PushedImage.objects.filter(claim=token, cleanup_status=PushedImage.CleanupStatus.PENDING)
+                .select_related("project", "connection__project"))
 
 
-def _record(image: PushedImage, outcome: Deletion) -> None:
+def images_record(images, outcomes: dict[int, ImageOutcome]) -> None:
+    """Stores each outcome on its image, if the image is still this run's (its claim); alike ones in one UPDATE."""
     now = timezone.now()
+    batches: dict[tuple, list[int]] = defaultdict(list)
+    for image in images:
+        fields = _recorded_fields(image, outcomes[image.pk], now)
+        batches[(image.claim, tuple(sorted(fields.items())))].append(image.pk)
+    for (claim, fields), pks in batches.items():
+        PushedImage.objects.filter(pk__in=pks, claim=claim).update(**dict(fields))
+
+
+def _recorded_fields(image: PushedImage, outcome: ImageOutcome, now) -> dict:
     fields = {"claim": "", "claimed_until": None, "cleanup_updated_at": now, "cleanup_reason": outcome.reason}
     if outcome.result == DeletionResult.RETRY:
         attempts = image.cleanup_attempts + 1
@@ -206,42 +374,107 @@ def _record(image: PushedImage, outcome: Deletion) -> None:
             fields.update(cleanup_attempts=attempts, next_attempt_at=now + retry_delay(attempts))
     else:
         fields.update(cleanup_status=_STATUS[outcome.result], cleanup_attempts=image.cleanup_attempts + 1)
-    PushedImage.objects.filter(pk=image.pk, claim=image.claim).update(**fields)
+    return fields
 
 
-def _delete_group(connection, project, registry, images) -> dict[int, Deletion]:
-    if connection is None:
-        return {i.pk: Deletion.failed(no_connection_message(project, registry)) for i in images}
+def registry_images_delete(registry: str, images, protections, say) -> dict[int, ImageOutcome]:
+    """Each image with its first candidate connection; those it may not delete go to their next, and so on.
+
+    Images that share a connection are deleted in one session with it (one tag read per repository).
+    """
+    usable: dict[int, list[Connection]] = {}
+    candidates: dict[int, Candidates] = {}
+    for image in images:
+        if image.project_id not in usable:
+            usable[image.project_id] = connections_nearest_first(image.project)
+        candidates[image.pk] = deletion_candidates(image, usable[image.project_id])
+    refused: dict[int, list[tuple[Connection, str]]] = defaultdict(list)
+    outcomes: dict[int, ImageOutcome] = {}
+    waiting = list(images)
+    while waiting:
+        turns: dict[Connection, list[PushedImage]] = defaultdict(list)
+        for image in waiting:
+            left = candidates[image.pk].connections[len(refused[image.pk]):]
+            if left:
+                turns[left[0]].append(image)
+            else:
+                outcomes[image.pk] = _none_allowed(image, candidates[image.pk], refused[image.pk])
+        waiting = []
+        for connection, group in turns.items():
+            say(f"  {len(group)} image(s) with connection {connection}")
+            answers = connection_images_delete(connection, registry, group, protections)
+            for image in group:
+                answer = answers[image.pk]
+                if answer.result == DeletionResult.REFUSED:
+                    refused[image.pk].append((connection, answer.reason))
+                    waiting.append(image)
+                else:
+                    outcomes[image.pk] = ImageOutcome(answer, connection, list(refused[image.pk]))
+    return outcomes
+
+
+def _none_allowed(image: PushedImage, candidates: Candidates, refused) -> ImageOutcome:
+    if refused:
+        return ImageOutcome(Deletion.failed(candidates.note), refused=list(refused))
+    reason = no_connection_message(image.project, registry_key(image.registry))
+    return ImageOutcome(Deletion.failed("; ".join(filter(None, [reason, candidates.note]))))
+
+
+def connection_images_delete(connection: Connection, registry: str, images, protections) -> dict[int, Deletion]:
+    """Deletes what is safe to delete of `images` with one connection; `refused` ones it may not delete."""
     if connection.is_docker_hub:
-        return {i.pk: Deletion.failed(DOCKER_HUB_REFUSES) for i in images}
+        return {i.pk: Deletion.refused(DOCKER_HUB_REFUSES) for i in images}
     try:
         with open_registry(connection, session_name="dockersupport-cleanup", concurrency=CONCURRENCY) as session:
-            if session.deletes_by_tag:
-                return _delete_own_tags(session, images)
-            return _delete_digests(session, images)
-    except RegistryError as exc:  # credentials could not even be obtained, or (ECR) AWS refused a call
-        failure = Deletion.from_error(exc, about=f"connection '{connection}'")
-        return {i.pk: failure for i in images}
+            holders = digest_holders(registry, images, protections)
+            outcomes = {}
+            for repository, group in _by_repository(images).items():
+                outcomes.update(repository_images_delete(session, repository, group, holders))
+            return outcomes
+    except RegistryError as exc:  # credentials could not even be obtained
+        answer = Deletion.from_error(exc)
+        return {i.pk: answer for i in images}
 
 
-def _retained_digests(images) -> dict[tuple, str]:
-    """(registry, repository, digest) also pushed by a build that still exists → that build's name."""
-    digests = {i.digest for i in images if i.digest}
+@dataclass
+class DigestHolders:
+    """What else holds the digests of a registry's images, read from the database right before deleting."""
+
+    retained: dict[tuple[str, str], str]  # (repository, digest) → why it is kept: who else pushed it
+    owned: dict[tuple[str, str], set[str]]  # (repository, digest) → tags of deleted builds being cleaned up
+    protections: dict[str, TagProtection]
+
+
+def digest_holders(registry: str, images, protections) -> DigestHolders:
+    """A digest is held by a build that still exists or an image whose owner is uncertain; a tag belongs to the
+    deletion only when a deleted build pushed it, its owner is certain, it is not protected and its deletion is
+    wanted (pending or failed)."""
+    digests = {image.digest for image in images}
     retained = {}
-    rows = PushedImage.objects.filter(build__isnull=False, digest__in=digests).select_related("build__configuration")
-    for row in rows:
-        retained[(row.registry, row.repository, row.digest)] = str(row.build)
-    return retained
-
-
-def _owned_tags(images) -> dict[tuple, set[str]]:
-    """Tags pushed by deleted builds (tombstones), per (registry, repository, digest)."""
+    holders = PushedImage.objects.filter(digest__in=digests).filter(
+        Q(build__isnull=False) | Q(owner_uncertain=True)).select_related("build__configuration")
+    for row in holders:
+        if registry_key(row.registry) == registry:
+            retained.setdefault((row.repository, row.digest), _held_by(row))
+    status = PushedImage.CleanupStatus
+    tombstones = list(PushedImage.objects.filter(
+        build__isnull=True, owner_uncertain=False, digest__in=digests,
+        cleanup_status__in=[status.PENDING, status.FAILED],
+    ).only("registry", "repository", "digest", "tag", "configuration_ident"))
+    protections = {**protections_for({row.configuration_ident for row in tombstones} - set(protections)),
+                   **protections}
     owned = defaultdict(set)
-    digests = {i.digest for i in images if i.digest}
-    for row in PushedImage.objects.filter(build__isnull=True, digest__in=digests).values("registry", "repository",
-                                                                                             "digest", "tag"):
-        owned[(row["registry"], row["repository"], row["digest"])].add(row["tag"])
-    return owned
+    for row in tombstones:
+        if registry_key(row.registry) == registry and not protections[row.configuration_ident].match(row.tag):
+            owned[(row.repository, row.digest)].add(row.tag)
+    return DigestHolders(retained, owned, protections)
+
+
+def _held_by(row: PushedImage) -> str:
+    if row.build is not None:
+        return f"build {row.build}, which is kept, pushed the same digest"
+    return (f"an image whose owner is uncertain ({row.configuration_ident} #{row.build_number}, tag '{row.tag}') has "
+            "the same digest")
 
 
 def _by_repository(images) -> dict[str, list[PushedImage]]:
@@ -251,84 +484,64 @@ def _by_repository(images) -> dict[str, list[PushedImage]]:
     return groups
 
 
-def _kept_for(build_name: str) -> Deletion:
-    return Deletion.kept(f"build {build_name}, which is kept, pushed the same digest")
-
-
-def _delete_digests(registry: Registry, images) -> dict[int, Deletion]:
-    """A registry that deletes a digest with every tag on it (v2): a digest another tag points to is kept.
-
-    A registry's answer about one repository (or one image) decides for those images alone.
-    """
-    outcomes: dict[int, Deletion] = {}
-    for image in images:  # pushed without a known digest: the one its tag resolves to
-        if image.digest:
-            continue
-        try:
-            resolved = registry.digest_of(image.repository, image.tag)
-        except RegistryError as exc:
-            outcomes[image.pk] = Deletion.from_error(exc)
-            continue
-        if resolved is None:
-            outcomes[image.pk] = Deletion.gone("the tag is already gone from the registry")
-        else:
-            image.digest = resolved
-    todo = [i for i in images if i.pk not in outcomes]
-    retained, owned = _retained_digests(todo), _owned_tags(todo)
-    for repository, group in _by_repository(todo).items():
-        try:
-            tags_by_digest = registry.tags_by_digest(repository)
-        except RegistryError as exc:
-            outcomes.update({i.pk: Deletion.from_error(exc) for i in group})
-            continue
-        wanted: dict[ImageRef, list[PushedImage]] = defaultdict(list)
-        for image in group:
-            key = (image.registry, image.repository, image.digest)
-            if key in retained:
-                outcomes[image.pk] = _kept_for(retained[key])
-                continue
-            foreign = sorted(tags_by_digest.get(image.digest, set()) - owned[key])
-            if foreign:
-                outcomes[image.pk] = Deletion.kept(
-                    "tag " + ", ".join(f"'{t}'" for t in foreign) + " also points to this digest and was not pushed "
-                    "by a deleted build; deleting the digest would delete it too")
-                continue
-            wanted[ImageRef(digest=image.digest)].append(image)
-        for ref, outcome in registry.delete(repository, wanted).items():
-            outcomes.update({i.pk: outcome for i in wanted[ref]})
-    return outcomes
-
-
-def _delete_own_tags(registry: Registry, images) -> dict[int, Deletion]:
-    """A registry that removes one tag alone (ECR): where other tags point to the digest, only the deleted
-    builds' own tags go.
-
-    A RegistryError (AWS refused a call) is raised: it decides for every image of the registry.
-    """
-    outcomes: dict[int, Deletion] = {}
-    retained, owned = _retained_digests(images), _owned_tags(images)
-    for repository, group in _by_repository(images).items():
+def repository_images_delete(registry: Registry, repository: str, images, holders: DigestHolders
+                             ) -> dict[int, Deletion]:
+    """Reads the repository's tags again, then deletes what nothing else holds. The registry's answer about one
+    repository (or one image) decides for those images alone."""
+    try:
         tags_by_digest = registry.tags_by_digest(repository)
-        wanted: dict[ImageRef, list[tuple[PushedImage, str]]] = defaultdict(list)  # with the reason once deleted
-        for image in group:
-            key = (image.registry, image.repository, image.digest)
-            if key in retained:
-                outcomes[image.pk] = _kept_for(retained[key])
-                continue
-            foreign = ", ".join(sorted(tags_by_digest.get(image.digest, set()) - owned[key]))
-            if foreign and image.tag:
-                wanted[ImageRef(tag=image.tag)].append(
-                    (image, f"only tag '{image.tag}' was removed: tag(s) {foreign} still point to the digest"))
-            elif foreign:
-                outcomes[image.pk] = Deletion.kept(f"tag(s) {foreign} not pushed by a deleted build point to this "
-                                                   "digest")
-            else:
-                wanted[ImageRef(digest=image.digest)].append((image, ""))
-        for ref, outcome in registry.delete(repository, wanted).items():
-            for image, reason in wanted[ref]:
-                deleted = outcome.result == DeletionResult.DELETED
-                outcomes[image.pk] = replace(outcome, reason=reason) if deleted and reason else outcome
+    except RegistryError as exc:
+        return {image.pk: Deletion.from_error(exc) for image in images}
+    outcomes: dict[int, Deletion] = {}
+    wanted: dict[ImageRef, list[tuple[PushedImage, str]]] = defaultdict(list)  # with the reason once deleted
+    for image in images:
+        decision = image_decide(image, tags_by_digest, holders, by_tag=registry.deletes_by_tag)
+        if isinstance(decision, Deletion):
+            outcomes[image.pk] = decision
+        else:
+            wanted[decision[0]].append((image, decision[1]))
+    if not wanted:
+        return outcomes
+    try:
+        answers = registry.delete(repository, wanted)
+    except RegistryError as exc:  # ECR refused the call as a whole
+        answer = Deletion.from_error(exc)
+        answers = {ref: answer for ref in wanted}
+    for ref, answer in answers.items():
+        for image, reason in wanted[ref]:
+            deleted = answer.result == DeletionResult.DELETED
+            outcomes[image.pk] = replace(answer, reason=reason) if deleted and reason else answer
     return outcomes
+
+
+def image_decide(image: PushedImage, tags_by_digest: dict[str, set[str]], holders: DigestHolders, *,
+                 by_tag: bool) -> Deletion | tuple[ImageRef, str]:
+    """Kept (why), or what to delete: the digest when only tags of deleted builds point to it; on a registry that
+    removes one tag alone (ECR), the image's own tag while it still points to the digest."""
+    key = (image.repository, image.digest)
+    if key in holders.retained:
+        return Deletion.kept(holders.retained[key])
+    tags = tags_by_digest.get(image.digest, set())
+    protection = holders.protections[image.configuration_ident]
+    protected = {tag: why for tag in tags if (why := protection.match(tag))}
+    foreign = tags - holders.owned[key] - set(protected)
+    if not protected and not foreign:
+        return ImageRef(digest=image.digest), ""
+    if by_tag and image.tag in tags:
+        others = ", ".join(sorted(set(protected) | foreign))
+        return ImageRef(tag=image.tag), f"only tag '{image.tag}' was removed: tag(s) {others} still point to the digest"
+    return Deletion.kept(_kept_reason(protected, foreign))
+
+
+def _kept_reason(protected: dict[str, str], foreign: set[str]) -> str:
+    parts = []
+    if protected:
+        parts.append("protected tag " + ", ".join(f"'{tag}' ({why})" for tag, why in sorted(protected.items()))
+                     + " points to this digest")
+    if foreign:
+        parts.append("tag " + ", ".join(f"'{tag}'" for tag in sorted(foreign))
+                     + " also points to this digest and was not pushed by a deleted build")
+    return "; ".join(parts) + "; deleting the digest would delete it too"
 
 
 def pushed_images_retry(images) -> int:
@@ -338,6 +551,20 @@ def pushed_images_retry(images) -> int:
         pk__in=[i.pk for i in images],
         cleanup_status__in=[PushedImage.CleanupStatus.FAILED, PushedImage.CleanupStatus.PENDING],
     ).update(cleanup_status=PushedImage.CleanupStatus.PENDING, next_attempt_at=now, claim="", claimed_until=None)
+
+
+@transaction.atomic
+def pushed_images_settle_owner(images, *, user) -> int:
+    """Admin: "this build pushed it". The owner is no longer uncertain; a tombstone kept for that alone is
+    pending deletion again, for the next run. Returns how many were uncertain."""
+    now = timezone.now()
+    note = f"settled by {user.get_username()} at {now:%Y-%m-%d %H:%M:%S} UTC"[:500]
+    uncertain = PushedImage.objects.filter(pk__in=[i.pk for i in images], owner_uncertain=True)
+    uncertain.filter(
+        build__isnull=True, cleanup_status=PushedImage.CleanupStatus.KEPT, cleanup_reason__startswith=OWNER_UNCERTAIN,
+    ).update(cleanup_status=PushedImage.CleanupStatus.PENDING, next_attempt_at=now, cleanup_updated_at=now,
+             claim="", claimed_until=None, cleanup_reason=f"owner {note}; to be deleted at the next run")
+    return uncertain.update(owner_uncertain=False, owner_note=note)
 
 
 def deletions_retry_due(now=None) -> dict:

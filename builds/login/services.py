@@ -15,6 +15,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from agent import protocol
+from agent.references import registry_identity
 from connections.models import Connection
 from connections.registries import RegistryError, credentials_for, docker_server
 from connections.selectors import connections_usable_by
@@ -38,10 +39,11 @@ class BuildStartError(Exception):
 
 
 def login_hosts_validate(connections: Iterable[Connection]) -> None:
-    """A Docker config holds one credential per registry host: two logins to one host are an error."""
+    """A Docker config holds one credential per registry: two logins to one registry (under any of its
+    names, Docker Hub's aliases included) are an error."""
     seen: dict[str, Connection] = {}
     for connection in connections:
-        host = connection.registry_address
+        host = registry_identity(connection.registry_address)
         if host in seen:
             raise ValidationError(
                 f"connections '{seen[host].ident}' and '{connection.ident}' both log in to {host}; "

@@ -4,25 +4,59 @@ the agent's image tracking, with bulk statements.
 Rows travel as plain dicts, not model instances, and on PostgreSQL each table gets one statement
 a batch fed by one JSON document (`jsonb_to_recordset`): building and preparing a model instance
 per event was most of the ingestion's time (benchmarks/event_ingestion.py). Other databases take
-the same rows through `bulk_create`. A batch delivered twice changes nothing: operations are
-unique per build, time, type, action and actor.
+the same rows through `bulk_create`. A batch delivered twice changes nothing: an operation is
+unique per build and identity (records.py).
+
+No batch is lost for one record: records are made to fit their columns first (records.py), and
+when the database still refuses the batch, its records are stored one by one, each in a savepoint;
+a record it refuses is set aside with the error (SetAsideRecord, in the admin) and the rest stored.
 """
 
+import functools
 import json
+import logging
+import re
+from dataclasses import dataclass, field
 from datetime import datetime
 from datetime import timezone as dt_timezone
 
-from django.db import connections, router, transaction
+from django.db import DatabaseError, OperationalError, connections, router, transaction
 from django.utils import timezone
 
-from agent.references import registry_and_repository
+from agent.references import registry_and_repository, registry_identity
 
-from ..models import AgentImage, Build, DockerOperation, EventBatch, PushedImage
+from ..models import AgentImage, Build, DockerOperation, EventBatch, LoginConnection, PushedImage, SetAsideRecord
+from .records import RecordError, Secrets, logins_secrets, operation_fields, text_clean, value_clean
+
+log = logging.getLogger(__name__)
 
 OPERATION_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest",
                     "container_id", "container_name", "exit_code", "attributes")
 _Action = DockerOperation.Action
 IMAGE_CREATING_ACTIONS = {_Action.PULL, _Action.BUILD, _Action.IMPORT, _Action.LOAD, _Action.TAG}
+ERROR_LIMIT = 2_000  # characters of a database error kept with a set-aside record
+_PUSHED = {name: PushedImage._meta.get_field(name).max_length for name in ("registry", "repository", "tag", "digest")}
+_REFERENCE_LIMIT = AgentImage._meta.get_field("reference").max_length
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+@dataclass
+class _Entry:
+    """One record of the batch: its operation rows (one per build it was given to) and its pushed images."""
+
+    record: dict
+    rows: list[dict]
+    images: list[PushedImage] = field(default_factory=list)
+    trackable: bool = True  # its image reference is as the agent sent it: agent clean-up may act on it
+
+
+@dataclass
+class _Batch:
+    batch: EventBatch
+    builds: dict[int, Build]
+    secrets: Secrets
+    logins: dict[tuple[int, str], int]  # (configuration id, registry identity) -> connection id
+    set_aside: list[tuple[object, str]] = field(default_factory=list)  # (record, why)
 
 
 def batch_ingest(*, batch_id: int) -> int:
@@ -34,19 +68,144 @@ def batch_ingest(*, batch_id: int) -> int:
     batch = EventBatch.objects.select_related("agent").filter(pk=batch_id, ingested_at__isnull=True).first()
     if batch is None:
         return 0
-    records = batch.data
-    named = {build for record in records for build in record.get("builds") or [] if isinstance(build, int)}
-    own = set(Build.objects.filter(agent=batch.agent, pk__in=named).values_list("pk", flat=True))
-    rows = [
-        {"build_id": build, "agent_id": batch.agent_id, **{name: r[name] for name in OPERATION_FIELDS}}
-        for r in records for build in dict.fromkeys(r.get("builds") or []) if build in own
-    ]
+    records = batch.data if isinstance(batch.data, list) else []
+    named = [_builds_named(record) for record in records]
+    context = _batch_context(batch, {build for builds in named for build in builds})
+    entries = [entry for entry in map(functools.partial(_entry, context), records, named) if entry is not None]
     with transaction.atomic():
-        _insert_operations(rows)
-        _record_pushed_images([row for row in rows if row["action"] == DockerOperation.Action.PUSH])
-        _track_agent_images(batch.agent_id, rows)
+        stored = _entries_store(context, entries)
+        _set_aside_store(context)
         EventBatch.objects.filter(pk=batch.pk).update(ingested_at=timezone.now(), data=[])
-    return len(rows)
+    return stored
+
+
+def _builds_named(record) -> list:
+    builds = record.get("builds") if isinstance(record, dict) else None
+    if not isinstance(builds, list):
+        return []
+    return list(dict.fromkeys(b for b in builds if isinstance(b, int) and not isinstance(b, bool)))
+
+
+def _batch_context(batch: EventBatch, named: set[int]) -> _Batch:
+    builds = Build.objects.select_related("configuration").filter(agent=batch.agent, pk__in=named).in_bulk()
+    logins = list(LoginConnection.objects.filter(configuration_id__in={b.configuration_id for b in builds.values()})
+                  .select_related("connection").order_by("-position", "-pk"))
+    return _Batch(
+        batch=batch, builds=builds, secrets=logins_secrets(logins),
+        # The nearest in the list wins: the configuration's first login to that registry.
+        logins={(login.configuration_id, registry_identity(login.connection.registry_address)): login.connection_id
+                for login in logins},
+    )
+
+
+def _entry(context: _Batch, record, named: list[int]) -> _Entry | None:
+    builds = [build for build in named if build in context.builds]
+    if not builds:
+        return None
+    try:
+        fields = operation_fields(record, context.secrets)
+    except RecordError as exc:
+        context.set_aside.append((record, f"not an operation: {exc}"))
+        return None
+    agent_id = context.batch.agent_id
+    # An image name cut, cleaned or with a secret masked names another image (or none): clean-up, on the
+    # registry or on the agent, must never act on it.
+    altered = {name for name in ("image", "tag", "digest") if fields[name] != record.get(name)}
+    entry = _Entry(record=record, rows=[{"build_id": build, "agent_id": agent_id, **fields} for build in builds],
+                   trackable=not {"image", "tag"} & altered)
+    if fields["action"] == _Action.PUSH:
+        problem = _pushed_images(context, entry, altered)
+        if problem:
+            context.set_aside.append((record, f"stored as an operation, not as a pushed image: {problem}"))
+    return entry
+
+
+def _pushed_images(context: _Batch, entry: _Entry, altered: set[str]) -> str:
+    """The entry's pushed images, one per build it was given to; or why there are none.
+
+    A name is never cut nor changed: a cut repository would name another one, which clean-up would delete.
+    """
+    if altered:
+        return f"its {' and '.join(sorted(altered))} had to be cut or cleaned (too long, or holding a secret)"
+    row = entry.rows[0]
+    registry, repository = registry_and_repository(row["image"])
+    values = {"registry": registry, "repository": repository, "tag": row["tag"], "digest": row["digest"]}
+    too_long = [name for name, value in values.items() if len(value) > _PUSHED[name]]
+    if too_long:
+        return f"its {' and '.join(too_long)} is longer than {max(_PUSHED[n] for n in too_long)} characters"
+    builds = [context.builds[r["build_id"]] for r in entry.rows]
+    for build in builds:
+        entry.images.append(PushedImage(
+            build=build, project_id=build.configuration.project_id, configuration_ident=build.configuration.ident,
+            build_number=build.number, pushed_at=_moment(row["time_nano"]), **values,
+            connection_id=context.logins.get((build.configuration_id, registry)),
+            owner_uncertain=len(builds) > 1, owner_note=_owner_note(build, builds) if len(builds) > 1 else "",
+        ))
+    return ""
+
+
+def _owner_note(build: Build, builds: list[Build]) -> str:
+    """Why the owner is uncertain; another project's builds are named by id only (the note is shown to
+    this project's members)."""
+    names = [str(b) if b.configuration.project_id == build.configuration.project_id
+             else f"build {b.pk} of another project" for b in builds]
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+    return f"pushed while builds {listed} ran on the same daemon"[:PushedImage._meta.get_field("owner_note").max_length]
+
+
+def _entries_store(context: _Batch, entries: list[_Entry]) -> int:
+    """Stores the entries in one go; when the database refuses that, one by one, setting aside each it refuses.
+
+    An OperationalError (a lost connection, a deadlock, a timeout) says nothing of the records: it
+    fails the whole batch, which the task tries again.
+    """
+    try:
+        with transaction.atomic():
+            _store(context.batch.agent_id, entries)
+        return sum(len(entry.rows) for entry in entries)
+    except OperationalError:
+        raise
+    except DatabaseError as exc:
+        log.warning("Batch %s of agent %s refused as a whole (%s); storing its records one by one",
+                    context.batch.first_seq, context.batch.agent_id, exc)
+    stored = 0
+    for entry in entries:
+        try:
+            with transaction.atomic():
+                _store(context.batch.agent_id, [entry])
+            stored += len(entry.rows)
+        except OperationalError:
+            raise
+        except DatabaseError as exc:
+            context.set_aside.append((entry.record, f"refused by the database: {exc}"))
+    return stored
+
+
+def _store(agent_id: int, entries: list[_Entry]) -> None:
+    rows = [row for entry in entries for row in entry.rows]
+    _insert_operations(rows)
+    PushedImage.objects.bulk_create([image for entry in entries for image in entry.images], ignore_conflicts=True)
+    _track_agent_images(agent_id, [row for entry in entries if entry.trackable for row in entry.rows])
+
+
+def _set_aside_store(context: _Batch) -> None:
+    """Keeps each record that could not be stored, without secrets, with why; visible in the admin."""
+    if not context.set_aside:
+        return
+    log.warning("%d record(s) of batch %s of agent %s set aside (see Set-aside event records in the admin)",
+                len(context.set_aside), context.batch.first_seq, context.batch.agent_id)
+    now = timezone.now()
+    for record, error in context.set_aside:
+        error = context.secrets.mask(text_clean(error))[:ERROR_LIMIT]
+        try:
+            with transaction.atomic():
+                SetAsideRecord.objects.create(agent_id=context.batch.agent_id, first_seq=context.batch.first_seq,
+                                              record=value_clean(record, context.secrets), error=error, at=now)
+        except DatabaseError as exc:
+            SetAsideRecord.objects.create(
+                agent_id=context.batch.agent_id, first_seq=context.batch.first_seq, record=None, at=now,
+                error=(error + "; the record itself could not be kept: "
+                       + context.secrets.mask(text_clean(str(exc))))[:ERROR_LIMIT])
 
 
 def _moment(time_nano: int) -> datetime:
@@ -60,12 +219,14 @@ def _postgresql(model):
 
 def _insert_operations(rows: list[dict]) -> None:
     """INSERT ... ON CONFLICT DO NOTHING of the rows, as `bulk_create(ignore_conflicts=True)` does."""
+    if not rows:
+        return
     connection = _postgresql(DockerOperation)
-    if connection is None or not rows:
+    if connection is None:
         DockerOperation.objects.bulk_create([DockerOperation(**row, time=_moment(row["time_nano"])) for row in rows],
                                             ignore_conflicts=True, batch_size=1000)
         return
-    fields = [DockerOperation._meta.get_field(name) for name in ("build", "agent", *OPERATION_FIELDS)]
+    fields = [DockerOperation._meta.get_field(name) for name in ("build", "agent", *OPERATION_FIELDS, "identity")]
     quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in fields)
     # Types without length, as bulk_create's UNNEST: too long a value fails the INSERT, never truncated.
@@ -80,35 +241,27 @@ def _insert_operations(rows: list[dict]) -> None:
         )
 
 
-def _record_pushed_images(pushes: list[dict]) -> None:
-    if not pushes:
-        return
-    builds = Build.objects.select_related("configuration").in_bulk({p["build_id"] for p in pushes})
-    images = []
-    for push in pushes:
-        build = builds[push["build_id"]]
-        registry, repository = registry_and_repository(push["image"])
-        images.append(PushedImage(
-            build=build, project_id=build.configuration.project_id, configuration_ident=build.configuration.ident,
-            build_number=build.number, registry=registry, repository=repository, tag=push["tag"],
-            digest=push["digest"], pushed_at=_moment(push["time_nano"]),
-        ))
-    PushedImage.objects.bulk_create(images, ignore_conflicts=True)
-
-
 def _image_reference(row: dict) -> str:
     if row["image"]:
         return f"{row['image']}:{row['tag']}" if row["tag"] else row["image"]
     return row["attributes"].get("image_id", "")
 
 
+def _image_id(row: dict) -> str:
+    image_id = row["attributes"].get("image_id", "")
+    return image_id if isinstance(image_id, str) and _IMAGE_ID.fullmatch(image_id) else ""
+
+
 def _track_agent_images(agent_id: int, rows: list[dict]) -> None:
-    """Images builds created or pulled on the agent, and their last use by a build (agent clean-up)."""
+    """Images builds created or pulled on the agent, and their last use by a build (agent clean-up).
+
+    A reference longer than its column is not tracked: cut, it would name another image.
+    """
     latest: dict[str, dict] = {}
     created: dict[str, dict] = {}
     for row in rows:
         reference = _image_reference(row)
-        if not reference:
+        if not reference or not isinstance(reference, str) or len(reference) > _REFERENCE_LIMIT:
             continue
         if reference not in latest or row["time_nano"] > latest[reference]["time_nano"]:
             latest[reference] = row
@@ -117,7 +270,7 @@ def _track_agent_images(agent_id: int, rows: list[dict]) -> None:
     if not latest:
         return
     AgentImage.objects.bulk_create([
-        AgentImage(agent_id=agent_id, reference=reference, image_id=row["attributes"].get("image_id", ""),
+        AgentImage(agent_id=agent_id, reference=reference, image_id=_image_id(row),
                    created_by=row["action"], first_seen_at=_moment(row["time_nano"]),
                    last_used_at=_moment(row["time_nano"]), last_build_id=row["build_id"])
         for reference, row in created.items()

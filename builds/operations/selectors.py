@@ -2,7 +2,7 @@
 
 from django.db.models import Count
 
-from agent.references import registry_and_repository
+from agent.references import DOCKER_HUB, registry_and_repository, registry_identity
 
 from ..models import Build, DockerOperation, PushedImage
 
@@ -36,14 +36,16 @@ def docker_info_summary(build: Build) -> dict:
             "exit_code": row["exit_code"], "seconds": round(seconds, 3) if seconds is not None else None,
             "failed": row["exit_code"] not in (0, None),
         })
-    logged_in = set(build.logged_in_registries or [])
+    # Compared by identity: a build logged in to Docker Hub as index.docker.io pulled busybox from it.
+    logged_in = {registry_identity(registry) for registry in build.logged_in_registries or []}
     warnings = list(build.warnings or [])
     for image, tag in sorted(pulls):
         registry, _ = registry_and_repository(image)
         if registry not in logged_in:
-            hub = " (anonymous pulls get Docker Hub's lower rate limit)" if registry == "docker.io" else ""
+            hub = " (anonymous pulls get Docker Hub's lower rate limit)" if registry == DOCKER_HUB else ""
             warnings.append(f"{_reference(image, tag)} was pulled anonymously: the build was not logged in to "
                             f"{registry}{hub}")
+    warnings.extend(_uncertain_owner_warnings(build))
     return {
         "operation_count": sum(counts.values()),
         "counts": counts,
@@ -56,6 +58,25 @@ def docker_info_summary(build: Build) -> dict:
         "seconds_in_containers": round(container_nanos / 1e9, 3),
         "warnings": warnings,
     }
+
+
+UNCERTAIN_WARNINGS = 20  # pushed images of uncertain owner named one by one in the warnings; the rest counted
+
+
+def _uncertain_owner_warnings(build: Build) -> list[str]:
+    """Pushed images whose owner is uncertain (pushed while other builds ran on the daemon), with why."""
+    uncertain = PushedImage.objects.filter(build=build, owner_uncertain=True).order_by("pushed_at", "pk")
+    images = list(uncertain.only("registry", "repository", "tag", "owner_note")[:UNCERTAIN_WARNINGS + 1])
+    warnings = [
+        f"{_reference(f'{image.registry}/{image.repository}', image.tag)}: owner uncertain, "
+        f"{image.owner_note or 'pushed while other builds ran on the same daemon'}; clean-up never deletes it "
+        "until an admin settles its owner"
+        for image in images[:UNCERTAIN_WARNINGS]
+    ]
+    if len(images) > UNCERTAIN_WARNINGS:
+        more = uncertain.count() - UNCERTAIN_WARNINGS
+        warnings.append(f"{more} more pushed image(s) of uncertain owner: see the pushed images")
+    return warnings
 
 
 def containers_shown(containers: list[dict], limit: int) -> list[dict]:

@@ -2,8 +2,9 @@
 
 `credentials_for(connection)` gives the username, password and server address a Docker client logs
 in with; `open_registry(connection)` a session with the registry (Registry): its login checked,
-its tags and digests, deletions answered as Deletion values. Which kind a registry is (a v2 API,
-Amazon ECR) stays behind the door.
+its tags and digests, deletions answered as Deletion values (`refused`: these credentials may not
+delete it, another connection may). Which kind a registry is (a v2 API, Amazon ECR) stays behind
+the door.
 """
 
 from .access import credentials_for, docker_server, open_registry
@@ -15,6 +16,7 @@ from .base import (
     DeletionResult,
     ForbiddenDestination,
     ImageRef,
+    RefusedByRegistry,
     Registry,
     RegistryCredentials,
     RegistryError,
@@ -23,6 +25,6 @@ from .base import (
 
 __all__ = [
     "MANIFEST_TYPES", "REFRESH_LEAD", "REUSE_MARGIN", "Deletion", "DeletionResult", "ForbiddenDestination",
-    "ImageRef", "Registry", "RegistryCredentials", "RegistryError", "TransientRegistryError", "credentials_for",
-    "docker_server", "open_registry",
+    "ImageRef", "RefusedByRegistry", "Registry", "RegistryCredentials", "RegistryError", "TransientRegistryError",
+    "credentials_for", "docker_server", "open_registry",
 ]

@@ -6,18 +6,16 @@ imported only by the processes that talk to them.
 
 from datetime import timedelta
 
+from agent.references import docker_config_key
 from connections.models import Connection
 
 from .base import REUSE_MARGIN, Registry, RegistryCredentials
 
-DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
-
 
 def docker_server(connection: Connection) -> str:
-    """The server address Docker keys credentials by: Docker Hub's legacy URL, else host[:port]."""
-    if connection.is_docker_hub:
-        return DOCKER_HUB_SERVER
-    return connection.registry_address
+    """The server address Docker keys credentials by: Docker Hub's legacy URL (under any of its
+    names), else host[:port]."""
+    return docker_config_key(connection.registry_address)
 
 
 def credentials_for(connection: Connection, *, session_name: str = "dockersupport",

@@ -28,6 +28,10 @@ class TransientRegistryError(RegistryError):
     """Worth retrying later: unreachable, 5xx, 429."""
 
 
+class RefusedByRegistry(RegistryError):
+    """These credentials may not do it (HTTP 401/403/405, AWS access denied): another connection may."""
+
+
 class ForbiddenDestination(RegistryError):
     """A request would have gone to an address that is never contacted (cloud metadata, link-local)."""
 
@@ -64,6 +68,7 @@ class DeletionResult(StrEnum):
     KEPT = "kept"  # the registry keeps it for a reason of its own (ECR: a manifest list refers to it)
     FAILED = "failed"
     RETRY = "retry"  # transient (unreachable, 5xx, 429): worth asking again later
+    REFUSED = "refused"  # not allowed with these credentials (401/403/405): another connection may be
 
 
 @dataclass(frozen=True)
@@ -94,10 +99,17 @@ class Deletion:
         return cls(DeletionResult.RETRY, reason)
 
     @classmethod
+    def refused(cls, reason: str) -> "Deletion":
+        return cls(DeletionResult.REFUSED, reason)
+
+    @classmethod
     def from_error(cls, error: RegistryError, about: str = "") -> "Deletion":
-        """To retry when the error is transient, else failed; the reason quotes it, after `about` if given."""
+        """To retry when the error is transient, refused when these credentials may not, else failed; the
+        reason quotes it, after `about` if given."""
         reason = f"{about}: {error}" if about else str(error)
-        return cls.retry(reason) if isinstance(error, TransientRegistryError) else cls.failed(reason)
+        if isinstance(error, TransientRegistryError):
+            return cls.retry(reason)
+        return cls.refused(reason) if isinstance(error, RefusedByRegistry) else cls.failed(reason)
 
 
 class Registry(ABC):

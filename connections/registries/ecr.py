@@ -19,14 +19,24 @@ from urllib.parse import urlsplit
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 from django.core.cache import cache
 
 from connections import crypto, validators
 from connections.models import Connection
 from connections.validators import forbidden_address, forbidden_address_message
 
-from .base import REUSE_MARGIN, Deletion, ImageRef, Registry, RegistryCredentials, RegistryError
+from .base import (
+    REUSE_MARGIN,
+    Deletion,
+    ImageRef,
+    RefusedByRegistry,
+    Registry,
+    RegistryCredentials,
+    RegistryError,
+    TransientRegistryError,
+)
 
 _BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=10, read_timeout=30)
 _SESSION_NAME_RE = re.compile(r"[^\w+=,.@-]")
@@ -108,9 +118,18 @@ def _check_endpoint(url: str) -> None:
         raise RegistryError(forbidden_address_message(url, "an endpoint URL"))
 
 
+# AWS's answers that mean "not with these credentials" (another connection may be allowed), and those
+# worth asking again later, besides any 401/403 and any 5xx/429.
+_REFUSED_CODES = {"AccessDenied", "AccessDeniedException", "UnrecognizedClientException", "InvalidClientTokenId",
+                  "InvalidSignatureException", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException"}
+_TRANSIENT_CODES = {"Throttling", "ThrottlingException", "TooManyRequestsException", "RequestLimitExceeded",
+                    "ServiceUnavailable", "ServiceUnavailableException", "InternalFailure", "ServerException"}
+
+
 @contextmanager
 def aws_errors(connection: Connection):
-    """Turns botocore's errors into RegistryError quoting AWS, without secrets."""
+    """Turns botocore's errors into RegistryError quoting AWS, without secrets: RefusedByRegistry when these
+    credentials may not, TransientRegistryError when AWS cannot be reached or asks to come back later."""
     try:
         yield
     except ClientError as exc:
@@ -120,10 +139,21 @@ def aws_errors(connection: Connection):
         if connection.endpoint_url and not validators.is_aws_host(urlsplit(connection.endpoint_url).hostname or ""):
             # botocore puts a body it cannot parse into the message: another host's page is not quoted.
             text = f"HTTP {status}".strip()
-        message = f"AWS {exc.operation_name} failed: {str(error.get('Code', 'error'))[:100]}: {_cut(text)}"
-        raise RegistryError(_scrub(message.rstrip(": "), connection)) from None
+        code = str(error.get("Code", "error"))
+        message = _scrub(f"AWS {exc.operation_name} failed: {code[:100]}: {_cut(text)}".rstrip(": "), connection)
+        raise _client_error_kind(code, status)(message) from None
+    except (BotoConnectionError, HTTPClientError) as exc:
+        raise TransientRegistryError(_scrub(f"AWS could not be asked: {_cut(str(exc))}", connection)) from None
     except BotoCoreError as exc:
         raise RegistryError(_scrub(f"AWS could not be asked: {_cut(str(exc))}", connection)) from None
+
+
+def _client_error_kind(code: str, status) -> type[RegistryError]:
+    if code in _REFUSED_CODES or status in (401, 403):
+        return RefusedByRegistry
+    if code in _TRANSIENT_CODES or status == 429 or (isinstance(status, int) and status >= 500):
+        return TransientRegistryError
+    return RegistryError
 
 
 def fetch_token(connection: Connection, *, session_name: str) -> RegistryCredentials:

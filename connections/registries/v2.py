@@ -30,6 +30,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import parse_url
 
+from agent.references import is_docker_hub
 from connections.validators import forbidden_address, forbidden_address_message
 
 from .base import (
@@ -37,6 +38,7 @@ from .base import (
     Deletion,
     ForbiddenDestination,
     ImageRef,
+    RefusedByRegistry,
     Registry,
     RegistryCredentials,
     RegistryError,
@@ -96,7 +98,7 @@ def base_url(address: str) -> str:
     if "://" in address:
         parts = urlsplit(address)
         return f"{parts.scheme}://{parts.netloc}"
-    if address in ("", "docker.io", "index.docker.io"):
+    if is_docker_hub(address):  # any of Docker Hub's names (agent/references.py)
         return DOCKER_HUB_API
     return f"https://{address}"
 
@@ -171,7 +173,9 @@ class RegistrySession:
             # Docker allows plain HTTP to registries on loopback addresses; so do we.
             if not (url.startswith("https://") and _is_loopback(url)):
                 raise
-            self.url = "http://" + self.url.removeprefix("https://")
+            with self._lock:  # threads that fail at once switch once
+                if self.url.startswith("https://"):
+                    self.url = "http://" + self.url.removeprefix("https://")
             url = "http://" + url.removeprefix("https://")
             response = self._send_once(method, url, **kwargs)
         return self._follow_redirects(method, response, kwargs)
@@ -361,7 +365,7 @@ class RegistrySession:
         if response.status_code == 404:
             return False
         if response.status_code == 405:
-            raise RegistryError(
+            raise RefusedByRegistry(
                 f"{self.url} refuses to delete manifests (HTTP 405 UNSUPPORTED): deletion is disabled on this "
                 "registry; enable it with storage.delete.enabled: true in the registry's configuration"
             )
@@ -371,7 +375,7 @@ class RegistrySession:
     def _raise_for_status(self, response: requests.Response, what: str) -> None:
         """Anything but a 2xx is an error: a redirect left unfollowed (DELETE) is not a success."""
         if response.status_code in (401, 403):
-            raise RegistryError(f"{what}: the registry refused the credentials: {self._error_text(response)}")
+            raise RefusedByRegistry(f"{what}: the registry refused the credentials: {self._error_text(response)}")
         if not 200 <= response.status_code < 300:
             raise RegistryError(f"{what}: {self._error_text(response)}")
 
@@ -421,7 +425,7 @@ class V2Registry(Registry):
     def _delete(self, repository: str, digest: str) -> Deletion:
         try:
             deleted = self.http.delete_manifest(repository, digest)
-        except RegistryError as exc:  # 401/403 and 405 failed; unreachable, 5xx and 429 to retry
+        except RegistryError as exc:  # 401/403 and 405 refused; unreachable, 5xx and 429 to retry
             return Deletion.from_error(exc)
         if not deleted:
             return Deletion.gone("already gone from the registry (404)")

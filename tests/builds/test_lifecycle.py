@@ -83,3 +83,16 @@ def test_retention_keeps_pinned_running_and_young_builds():
     newest = BuildFactory(configuration=configuration, started_at=now, status="succeeded")
     call_command("cleanup_builds")
     assert set(Build.objects.filter(configuration=configuration)) == {old["pinned"], old["running"], young, newest}
+
+
+@pytest.mark.parametrize("keep_last", [1, 2, 3])
+def test_keep_last_n_keeps_exactly_the_n_newest_builds(keep_last):
+    configuration = BuildConfigurationFactory(keep_last=keep_last)
+    now = timezone.now()
+    # Started in another order than numbered: the newest by start time are kept.
+    builds = [BuildFactory(configuration=configuration, number=number, status="succeeded",
+                           started_at=now - timedelta(hours=hours))
+              for number, hours in ((1, 50), (2, 10), (3, 40), (4, 20), (5, 30))]
+    newest_first = sorted(builds, key=lambda b: b.started_at, reverse=True)
+    call_command("cleanup_builds")
+    assert set(Build.objects.filter(configuration=configuration)) == set(newest_first[:keep_last])

@@ -1,5 +1,8 @@
 """Build configurations with the Docker Support feature, agents, builds and what builds did."""
 
+import json
+from hashlib import sha256
+
 from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -287,7 +290,7 @@ class DockerOperation(models.Model):
     attributes = models.JSONField(default=dict, blank=True)
     identity = models.CharField(
         max_length=64, editable=False,
-        help_text="SHA-256 of the event's stored fields and attributes (operations/records.py): the same event "
+        help_text="SHA-256 of the event's stored fields and attributes (operation_identity): the same event "
                   "sent again has the same one; two events of one clock tick (two tags of an image) do not.",
     )
 
@@ -310,10 +313,30 @@ class DockerOperation(models.Model):
     def save(self, *args, **kwargs):
         # Ingestion computes it for its bulk rows; a row saved alone (the shell, a fixture) gets it here.
         if not self.identity:
-            from .operations.records import IDENTITY_FIELDS, operation_identity
-
             self.identity = operation_identity({name: getattr(self, name) for name in IDENTITY_FIELDS})
         super().save(*args, **kwargs)
+
+
+# An operation's identity (DockerOperation.identity): what makes two events the same event.
+IDENTITY_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest",
+                   "container_id", "container_name", "exit_code", "attributes")
+
+# ASCII only: NUL and lone surrogates show as escapes, which `operation_fields` looks for.
+canonical_json = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
+def operation_identity(row: dict) -> str:
+    """SHA-256 (hex) of the operation's stored fields and attributes, as canonical JSON.
+
+    The same event delivered again (a replay, a batch sent again) has the same identity; distinct
+    events never share one, even in one clock tick. A push's digest is left out: the agent asks
+    the daemon for it afterwards, and an event replayed once the image is gone comes without it.
+    Computed over the stored values (secrets masked), so that it gives no secret away.
+    """
+    values = [row[name] for name in IDENTITY_FIELDS]
+    if row["action"] == DockerOperation.Action.PUSH:
+        values[IDENTITY_FIELDS.index("digest")] = ""
+    return sha256(canonical_json(values).encode()).hexdigest()
 
 
 class SetAsideRecord(models.Model):

@@ -3,7 +3,7 @@
 that cannot be stored are set aside.
 
 Existing rows get their identity from their stored fields: read in chunks, hashed in Python (the
-same canonical JSON as builds/operations/records.py, copied here as it is today) and written back
+same canonical JSON as builds.models.operation_identity, copied here as it is today) and written back
 (on PostgreSQL: COPY into a temporary table, then one UPDATE). Old rows never collide: the old key
 was stricter.
 """
@@ -72,7 +72,7 @@ class Migration(migrations.Migration):
             name="identity",
             field=models.CharField(
                 default="", editable=False, max_length=64,
-                help_text="SHA-256 of the event's stored fields and attributes (operations/records.py): the same "
+                help_text="SHA-256 of the event's stored fields and attributes (operation_identity): the same "
                           "event sent again has the same one; two events of one clock tick (two tags of an image) "
                           "do not.",
             ),

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from hashlib import sha256
 
-from ..models import DockerOperation, LoginConnection
+from ..models import IDENTITY_FIELDS, DockerOperation, LoginConnection, canonical_json, operation_identity
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +24,10 @@ RAW_ACTION_KEPT = 1_000
 RAW_ACTION_ATTRIBUTE = "dockersupport.raw_action"
 TEXT_LIMITS = {name: DockerOperation._meta.get_field(name).max_length for name in (
     "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest", "container_id", "container_name")}
-IDENTITY_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest",
-                   "container_id", "container_name", "exit_code", "attributes")
 _BIGINT = 2 ** 63
 _TEXTS = tuple(TEXT_LIMITS.items())
 _ACTIONS = frozenset(DockerOperation.Action.values)
 _PUSH = DockerOperation.Action.PUSH.value
-_DIGEST = IDENTITY_FIELDS.index("digest")
 
 
 class RecordError(ValueError):
@@ -80,24 +77,6 @@ def value_clean(value, secrets: Secrets = NO_SECRETS):
     return value
 
 
-# ASCII only: NUL and lone surrogates show as escapes, which `operation_fields` looks for.
-_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
-
-
-def operation_identity(row: dict) -> str:
-    """SHA-256 (hex) of the operation's stored fields and attributes, as canonical JSON.
-
-    The same event delivered again (a replay, a batch sent again) has the same identity; distinct
-    events never share one, even in one clock tick. A push's digest is left out: the agent asks
-    the daemon for it afterwards, and an event replayed once the image is gone comes without it.
-    Computed over the stored values (secrets masked), so that it gives no secret away.
-    """
-    values = [row[name] for name in IDENTITY_FIELDS]
-    if row["action"] == _PUSH:
-        values[_DIGEST] = ""
-    return sha256(_canonical(values).encode()).hexdigest()
-
-
 def operation_fields(record, secrets: Secrets = NO_SECRETS) -> dict:
     """The stored fields of the operation a record describes, its identity included. Raises RecordError.
 
@@ -124,7 +103,7 @@ def operation_fields(record, secrets: Secrets = NO_SECRETS) -> dict:
     if type(attributes) is not dict:
         raise RecordError("attributes: expected an object")
     row["time_nano"], row["exit_code"], row["attributes"] = time_nano, exit_code, attributes
-    encoded = _canonical([row[name] for name in IDENTITY_FIELDS])
+    encoded = canonical_json([row[name] for name in IDENTITY_FIELDS])
     if "\\u0000" in encoded or "\\ud" in encoded or any(secret in encoded for secret in secrets.encoded):
         # Masked before any cut: a secret cut in two would show its start. The action is one of ours.
         row = {name: row[name] if name == "action" else value_clean(row[name], secrets) for name in IDENTITY_FIELDS}

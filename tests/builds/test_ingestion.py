@@ -18,9 +18,17 @@ from django.urls import reverse
 
 from agent import protocol
 from builds.agents import services as agent_services
-from builds.models import AgentImage, Build, DockerOperation, EventBatch, PushedImage, SetAsideRecord
+from builds.models import (
+    AgentImage,
+    Build,
+    DockerOperation,
+    EventBatch,
+    PushedImage,
+    SetAsideRecord,
+    operation_identity,
+)
 from builds.operations import ingestion
-from builds.operations.records import RAW_ACTION_ATTRIBUTE, operation_identity
+from builds.operations.records import RAW_ACTION_ATTRIBUTE
 from builds.operations.selectors import docker_info_summary
 from connections.models import Membership
 from connections.registries import RegistryCredentials

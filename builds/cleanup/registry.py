@@ -38,6 +38,7 @@ from connections.selectors import connections_nearest_first
 from connections.validators import registry_host
 
 from ..models import Build, BuildConfiguration, CleanupRun, PushedImage
+from .related import related_deletions_run, related_plan, related_summary
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +452,9 @@ def digest_holders(registry: str, images, protections) -> DigestHolders:
     wanted (pending or failed)."""
     digests = {image.digest for image in images}
     retained = {}
-    holders = PushedImage.objects.filter(digest__in=digests).filter(
+    # Every digest a kept build pushed to these repositories: an index among them holds its children.
+    holders = PushedImage.objects.filter(repository__in={image.repository for image in images}).exclude(
+        digest="").filter(
         Q(build__isnull=False) | Q(owner_uncertain=True)).select_related("build__configuration")
     for row in holders:
         if registry_key(row.registry) == registry:
@@ -502,16 +505,39 @@ def repository_images_delete(registry: Registry, repository: str, images, holder
             wanted[decision[0]].append((image, decision[1]))
     if not wanted:
         return outcomes
-    try:
-        answers = registry.delete(repository, wanted)
-    except RegistryError as exc:  # ECR refused the call as a whole
-        answer = Deletion.from_error(exc)
-        answers = {ref: answer for ref in wanted}
+    answers = repository_refs_delete(registry, repository, list(wanted), tags_by_digest, holders)
     for ref, answer in answers.items():
         for image, reason in wanted[ref]:
             deleted = answer.result == DeletionResult.DELETED
             outcomes[image.pk] = replace(answer, reason=reason) if deleted and reason else answer
     return outcomes
+
+
+def repository_refs_delete(registry: Registry, repository: str, refs: list[ImageRef], tags_by_digest, holders
+                           ) -> dict[ImageRef, Deletion]:
+    """Deletes `refs` and what goes with them (an index's children, referrers, their tags), in a safe order; keeps
+    what an index in use or a kept subject still holds (builds/cleanup/related.py)."""
+    digests = [ref.digest for ref in refs if not ref.by_tag]
+    kept = {digest: why for (name, digest), why in holders.retained.items() if name == repository}
+    try:
+        graph = registry.related_graph(repository, wanted=digests, kept=kept,
+                                       tags={tag: digest for digest, tags in tags_by_digest.items() for tag in tags})
+        if graph is None:  # ECR keeps what an index references itself
+            return registry.delete(repository, refs)
+    except RegistryError as exc:  # ECR refused the call as a whole; a v2 registry's graph could not be read
+        answer = Deletion.from_error(exc)
+        return {ref: answer for ref in refs}
+    plan = related_plan(digests, kept, graph)
+    outcomes = related_deletions_run(plan, lambda batch: {
+        ref.digest: answer for ref, answer in registry.delete(repository, [ImageRef(digest=d) for d in batch]).items()})
+    answers = {}
+    for ref in refs:
+        if ref.digest in plan.kept:
+            answers[ref] = Deletion.kept(plan.kept[ref.digest])
+            continue
+        answer, summary = outcomes[ref.digest], related_summary(plan, outcomes, ref.digest)
+        answers[ref] = replace(answer, reason="; ".join(filter(None, [answer.reason, summary])))
+    return answers
 
 
 def image_decide(image: PushedImage, tags_by_digest: dict[str, set[str]], holders: DigestHolders, *,

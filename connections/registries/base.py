@@ -145,3 +145,8 @@ class Registry(ABC):
     @abstractmethod
     def delete(self, repository: str, images: Iterable[ImageRef]) -> dict[ImageRef, Deletion]:
         """Deletes the images of one repository; says for each what became of it."""
+
+    def related_graph(self, repository: str, *, wanted: Iterable[str], kept: Iterable[str], tags: dict[str, str]):
+        """The indexes and referrers around `wanted` (connections/registries/related.py: RelatedGraph), read now;
+        None where the registry is not read so (ECR, which itself refuses to delete what an index references)."""
+        return None

@@ -416,6 +416,12 @@ class V2Registry(Registry):
                 result.setdefault(digest, set()).add(tag)
         return result
 
+    def related_graph(self, repository: str, *, wanted: Iterable[str], kept: Iterable[str], tags: dict[str, str]):
+        from .related import repository_graph  # related.py imports this module
+
+        return repository_graph(self.http, repository, wanted=wanted, kept=kept, tags=tags,
+                                concurrency=self.concurrency)
+
     def delete(self, repository: str, images: Iterable[ImageRef]) -> dict[ImageRef, Deletion]:
         images = list(images)
         if any(image.by_tag for image in images):

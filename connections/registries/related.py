@@ -201,16 +201,17 @@ def _tag_digest(session: RegistrySession, repository: str, tag: str, tags: dict[
 
 
 def referrers_find(session: RegistrySession, repository: str, digest: str, *, tags: dict[str, str] | None = None,
-                   read=None) -> ReferrerLookup:
+                   read=None, ask_api: bool = True) -> ReferrerLookup:
     """The referrers of `digest`: the referrers API's and the `sha256-<hex>` tag index's, each taken only when its
     own manifest's subject is `digest`; and cosign's tags' manifests, taken when they name no other subject.
 
-    `tags` (tag → digest, as just read) saves asking for each tag; `read(digest)` reads a manifest (a cache).
+    `tags` (tag → digest, as just read) saves asking for each tag; `read(digest)` reads a manifest (a cache);
+    `ask_api=False`: the registry already showed it has no referrers API (the tags are read alone).
     """
     read = read or (lambda d: manifest_read(session, repository, d))
     lookup = ReferrerLookup(digest)
     listed: dict[str, str] = {}
-    api = referrers_api(session, repository, digest)
+    api = referrers_api(session, repository, digest) if ask_api else None
     if api is not None:
         lookup.api = True
         listed.update((d, "the referrers API") for d in api)
@@ -327,11 +328,13 @@ def repository_graph(session: RegistrySession, repository: str, *, wanted: Itera
     reader.with_children(wanted)  # all of what may go with them: their subjects and referrers decide
     graph = RelatedGraph(tags=dict(tags))
     frontier, looked_up = _with_descendants(reader, wanted), set()
+    ask_api = True  # until the registry shows it has no referrers API: one request, not one per digest
     for _ in range(depth):
         found = []
         for digest in sorted(frontier - looked_up):
             looked_up.add(digest)
-            lookup = referrers_find(session, repository, digest, tags=tags, read=reader.read)
+            lookup = referrers_find(session, repository, digest, tags=tags, read=reader.read, ask_api=ask_api)
+            ask_api = lookup.api
             graph.refused.update(lookup.refused)
             found.extend(lookup.accepted)
             for referrer in lookup.accepted:

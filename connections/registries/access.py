@@ -43,6 +43,6 @@ def open_registry(connection: Connection, *, session_name: str = "dockersupport"
         from . import ecr
 
         return ecr.EcrRegistry(connection, address, session_name=session_name)
-    from . import v2
+    from .v2_registry import V2Registry
 
-    return v2.V2Registry(address, credentials_for(connection, session_name=session_name), concurrency=concurrency)
+    return V2Registry(address, credentials_for(connection, session_name=session_name), concurrency=concurrency)

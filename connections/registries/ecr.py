@@ -199,7 +199,7 @@ class EcrRegistry(Registry):
 
     def check_login(self) -> Iterator[str]:
         """The token (role, expiry), then the registry's /v2/ accepting it."""
-        from .v2 import V2Registry  # requests is only needed here
+        from .v2_registry import V2Registry  # requests is only needed here
 
         credentials = ecr_credentials(self.connection, session_name=self.session_name)
         if credentials.detail:

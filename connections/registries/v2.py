@@ -1,6 +1,6 @@
-"""The Docker Registry HTTP API v2 (OCI distribution) through requests: V2Registry and its HTTP client.
+"""The Docker Registry HTTP API v2 (OCI distribution) through requests: its HTTP client, RegistrySession.
 
-V2Registry is the session `open_registry` gives for every registry but ECR, on a RegistrySession.
+v2_registry.V2Registry, the session `open_registry` gives for every registry but ECR, works on one.
 
 A RegistrySession holds one registry, one set of credentials, one pool of HTTP connections and
 the registry's auth: Basic, or Bearer tokens from the realm named in
@@ -19,8 +19,6 @@ import ipaddress
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
@@ -35,12 +33,8 @@ from connections.validators import forbidden_address, forbidden_address_message
 
 from .base import (
     MANIFEST_TYPES,
-    Deletion,
     ForbiddenDestination,
-    ImageRef,
     RefusedByRegistry,
-    Registry,
-    RegistryCredentials,
     RegistryError,
     TransientRegistryError,
 )
@@ -378,64 +372,6 @@ class RegistrySession:
             raise RefusedByRegistry(f"{what}: the registry refused the credentials: {self._error_text(response)}")
         if not 200 <= response.status_code < 300:
             raise RegistryError(f"{what}: {self._error_text(response)}")
-
-
-class V2Registry(Registry):
-    """A registry through its HTTP API: deleting a manifest by digest deletes every tag on it.
-
-    Tag lookups and deletions run `concurrency` at a time, on one pool of HTTP connections.
-    """
-
-    def __init__(self, address: str, credentials: RegistryCredentials, *, concurrency: int = 10):
-        self.http = RegistrySession(address, credentials.username, credentials.password, pool_size=concurrency)
-        self.concurrency = concurrency
-        self._pool: ThreadPoolExecutor | None = None
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-        self.http.close()
-
-    def _map(self, function, items):
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.concurrency)
-        return self._pool.map(function, items)
-
-    def check_login(self) -> Iterator[str]:
-        yield from self.http.check_login()
-
-    def digest_of(self, repository: str, tag: str) -> str | None:
-        return self.http.manifest_digest(repository, tag)
-
-    def tags_by_digest(self, repository: str) -> dict[str, set[str]]:
-        tags = self.http.tags(repository)
-        result: dict[str, set[str]] = {}
-        # The first failing lookup, in tag order, is raised; a tag gone meanwhile is left out.
-        for tag, digest in zip(tags, self._map(lambda tag: self.http.manifest_digest(repository, tag), tags)):
-            if digest:
-                result.setdefault(digest, set()).add(tag)
-        return result
-
-    def related_graph(self, repository: str, *, wanted: Iterable[str], kept: Iterable[str], tags: dict[str, str]):
-        from .related import repository_graph  # related.py imports this module
-
-        return repository_graph(self.http, repository, wanted=wanted, kept=kept, tags=tags,
-                                concurrency=self.concurrency)
-
-    def delete(self, repository: str, images: Iterable[ImageRef]) -> dict[ImageRef, Deletion]:
-        images = list(images)
-        if any(image.by_tag for image in images):
-            raise ValueError("a v2 registry deletes by digest only")
-        return dict(zip(images, self._map(lambda image: self._delete(repository, image.digest), images)))
-
-    def _delete(self, repository: str, digest: str) -> Deletion:
-        try:
-            deleted = self.http.delete_manifest(repository, digest)
-        except RegistryError as exc:  # 401/403 and 405 refused; unreachable, 5xx and 429 to retry
-            return Deletion.from_error(exc)
-        if not deleted:
-            return Deletion.gone("already gone from the registry (404)")
-        return Deletion.deleted("manifest deleted")
 
 
 def _cut(text: str) -> str:

@@ -102,19 +102,20 @@ class BuildAdmin(ProjectRolesAdmin):
 
     @admin.action(description="Pin: never delete by retention", permissions=("change",))
     def pin(self, request, queryset):
-        queryset = queryset.select_related("configuration")
-        if not refuse_unless_each(self, request, "builds.change_build", queryset, "pin"):
-            return
-        count = builds_set_pinned(queryset, True)
-        self.message_user(request, f"Pinned {count} build(s).", messages.SUCCESS)
+        self._set_pinned(request, queryset, True)
 
     @admin.action(description="Unpin: retention rules apply again", permissions=("change",))
     def unpin(self, request, queryset):
+        self._set_pinned(request, queryset, False)
+
+    def _set_pinned(self, request, queryset, pinned: bool) -> None:
+        """Every selected build or none: a developer's right on each (builds.change_build)."""
+        what = "pin" if pinned else "unpin"
         queryset = queryset.select_related("configuration")
-        if not refuse_unless_each(self, request, "builds.change_build", queryset, "unpin"):
+        if not refuse_unless_each(self, request, "builds.change_build", queryset, what):
             return
-        count = builds_set_pinned(queryset, False)
-        self.message_user(request, f"Unpinned {count} build(s).", messages.SUCCESS)
+        count = builds_set_pinned(queryset, pinned)
+        self.message_user(request, f"{what.capitalize()}ned {count} build(s).", messages.SUCCESS)
 
 
 @admin.register(DockerOperation)

@@ -13,6 +13,7 @@ from django.contrib.auth import get_permission_codename
 from django.db.models import QuerySet
 from django.forms.models import _get_foreign_key
 from django.http import HttpRequest
+from django.utils.html import conditional_escape
 
 from . import roles
 
@@ -59,6 +60,13 @@ def _autocomplete_chooser(request, model) -> Chooser | None:
 
 
 class _Choices:
+    def formfield_for_dbfield(self, db_field, request, **kwargs):
+        # The admin renders help texts as HTML; ours are plain text with <placeholders> that must show.
+        field = super().formfield_for_dbfield(db_field, request, **kwargs)
+        if field is not None and field.help_text:
+            field.help_text = conditional_escape(field.help_text)
+        return field
+
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         chooser = chooser_of(db_field)
         if chooser is not None and "queryset" not in kwargs and not sees_everything(request):

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pytest
 from django.db import connection as db
 
+from tests.e2e.browser import open_page  # noqa: F401  (a fixture of every e2e test)
 from tests.factories import BuildConfigurationFactory, LoginConnectionFactory, ProjectFactory
 
 ROOT = Path(__file__).resolve().parents[2]

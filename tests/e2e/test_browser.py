@@ -5,14 +5,10 @@ logs in on pytest-django's live server (which serves the static files through st
 opens the build, clicks the "Docker Info" tab, copies a pushed image's reference and filters the
 operations. A full-page screenshot is written to test-output/docker-info.png on every run.
 
-No browser is ever downloaded: Playwright launches /usr/bin/chromium (`scripts/install-test-deps.sh`
-installs it); never run `playwright install`. Outside CI a missing chromium or playwright skips with
-the reason; with CI=true it fails.
+The browser: tests/e2e/browser.py (Debian's chromium, never a downloaded one).
 """
 
-import os
 import re
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -24,58 +20,8 @@ from tests.e2e.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e]
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-gpu",
-                 "--no-first-run", "--disable-sync"]
 SCREENSHOT = ROOT / "test-output" / "docker-info.png"
 USERNAME, PASSWORD = "browser-admin", "browser-admin-password-1"
-
-
-def unavailable(reason):
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: browser tests must run)", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def open_page(monkeypatch, live_server):
-    """open_page() → a Playwright page of Debian's chromium, headless, in a fresh context that may use the
-    clipboard on the live server's origin. Every response of 400 or more and every failed request is
-    recorded in page.broken, the others in page.loaded. The browser and its processes end with the test.
-
-    Playwright's sync API runs an event loop in this thread, and Django refuses the ORM where a loop
-    runs: query the database before open_page(), not after."""
-    monkeypatch.setenv("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        unavailable("playwright is not installed (pip install -r requirements-test.txt)")
-    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
-        unavailable(f"{CHROMIUM} is not installed (apt-get install chromium, or scripts/install-test-deps.sh)")
-    started = {}
-
-    def open_page():
-        playwright = started["playwright"] = sync_playwright().start()
-        browser = started["browser"] = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                                                  args=CHROMIUM_ARGS)
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
-        page = context.new_page()
-        page.set_default_timeout(15_000)
-        page.loaded, page.broken = [], []
-        page.on("response", lambda r: (page.loaded if r.status < 400 else page.broken).append((r.status, r.url)))
-        # A request the browser cancels because the page navigates on (net::ERR_ABORTED) is not broken.
-        page.on("requestfailed", lambda r: r.failure == "net::ERR_ABORTED" or page.broken.append((r.failure, r.url)))
-        return page
-
-    yield open_page
-    try:
-        if "browser" in started:
-            started["browser"].close()  # ends its chromium processes
-    finally:
-        if "playwright" in started:
-            started["playwright"].stop()
 
 
 def test_the_docker_info_tab_in_a_browser(manage, agent, registry_configuration, private_image, registry,

@@ -3,7 +3,7 @@
 alice administers team-a; team-b is another team's. She logs in through the admin's login form on
 pytest-django's live server, lists the build configurations, opens team-a's and opens the registry
 login's autocomplete, which offers team-a's connections only. Debian's chromium, headless, driven by
-Playwright through test_browser's `open_page` (never a downloaded browser).
+Playwright through tests/e2e/browser.py's `open_page` (never a downloaded browser).
 """
 
 import pytest
@@ -11,11 +11,9 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from connections.models import Membership
-from tests.e2e import test_browser
 from tests.factories import BuildConfigurationFactory, ProjectFactory, RegistryConnectionFactory
 
 pytestmark = [pytest.mark.e2e]
-open_page = test_browser.open_page  # the fixture of the Docker Info test: chromium, headless, never downloaded
 
 USERNAME, PASSWORD = "alice", "alice-browser-password-1"
 

@@ -76,5 +76,26 @@ def log_in(page, live_server, username, password):
 
 
 def overflow(page) -> int:
-    """How many CSS pixels the page is wider than the window (0: it fits, nothing cut or scrolled sideways)."""
-    return page.evaluate("Math.max(0, document.documentElement.scrollWidth - window.innerWidth)")
+    """How many CSS pixels of the page's content lie beyond the window sideways, in the document or in a box
+    that scrolls sideways (the admin's list tables scroll inside `.results`): 0 means it fits, nothing to
+    scroll sideways. Form fields (which scroll their own text) do not count."""
+    return page.evaluate("""() => {
+        let most = Math.max(0, document.documentElement.scrollWidth - window.innerWidth);
+        for (const element of document.querySelectorAll("body *")) {
+            if (["INPUT", "TEXTAREA", "SELECT"].includes(element.tagName)) continue;
+            const style = getComputedStyle(element);
+            if (!["auto", "scroll"].includes(style.overflowX) || element.clientWidth === 0) continue;
+            most = Math.max(most, element.scrollWidth - element.clientWidth);
+        }
+        return most;
+    }""")
+
+
+def too_wide(page) -> list[str]:
+    """What makes the page too wide: the boxes that scroll sideways, with their widths (for failure messages)."""
+    return page.evaluate("""() => [...document.querySelectorAll("body *")].filter(element => {
+        const style = getComputedStyle(element);
+        return !["INPUT", "TEXTAREA", "SELECT"].includes(element.tagName) && element.clientWidth > 0
+            && ["auto", "scroll"].includes(style.overflowX) && element.scrollWidth > element.clientWidth;
+    }).map(element => `${element.tagName.toLowerCase()}.${element.className}: ${element.scrollWidth} px in `
+                      + `${element.clientWidth} px`)""")

@@ -267,12 +267,15 @@ class BuildFinishView(BuildView):
 
 
 # Records are checked here, quickly, rather than field by field through a serializer: batches of
-# hundreds arrive all the time. Too long a text is cut to its column, so one odd event cannot make
-# the database refuse the whole batch — but for the raw action: Docker's `exec_start: <the whole
-# command line>` is kept (up to RAW_ACTION_RECEIVED) until ingestion has masked the build's secrets
-# in it, then cut (operations/records.py); a secret cut in two here would show its first half.
+# hundreds arrive all the time. Texts are kept as sent (up to a bound that holds any secret whole) until
+# ingestion has masked the builds' secrets in them, and only then cut to their columns
+# (operations/records.py): a secret cut in two here would show its first half, and a name cut here would
+# look whole to ingestion. Docker's `exec_start: <the whole command line>` may be longer: up to
+# RAW_ACTION_RECEIVED.
 RAW_ACTION_RECEIVED = 65_536
-_TEXT_LIMITS = {**records.TEXT_LIMITS, "raw_action": RAW_ACTION_RECEIVED}
+TEXT_RECEIVED = 8_192  # longer than any secret we hand out (an ECR token is about 2.5 kB)
+_TEXT_LIMITS = {**{name: max(limit, TEXT_RECEIVED) for name, limit in records.TEXT_LIMITS.items()},
+                "raw_action": RAW_ACTION_RECEIVED}
 
 
 def _without_nul(value):
@@ -296,7 +299,7 @@ def _checked_records(records_sent: list) -> list[dict]:
                 raise wrong(f"{name}: expected a text without NUL characters")
             clean[name] = records.text_clean(value[:limit])
         if clean["action"] not in DockerOperation.Action.values:
-            raise wrong(f"action: '{clean['action']}' is not an operation")
+            raise wrong(f"action: '{clean['action'][:20]}' is not an operation")
         time_nano, exit_code = record.get("time_nano"), record.get("exit_code")
         if not isinstance(time_nano, int) or isinstance(time_nano, bool) or not 0 < time_nano < 2 ** 63:
             raise wrong("time_nano: expected nanoseconds since the epoch")

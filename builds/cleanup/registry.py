@@ -33,7 +33,17 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from connections.models import Connection, Project
-from connections.registries import Deletion, DeletionResult, ImageRef, Registry, RegistryError, open_registry
+from connections.registries import (
+    Deletion,
+    DeletionResult,
+    ImageRef,
+    Registry,
+    RegistryError,
+    is_digest,
+    is_repository_name,
+    is_tag,
+    open_registry,
+)
 from connections.selectors import connections_nearest_first
 from connections.validators import registry_host
 
@@ -115,6 +125,10 @@ def image_hold(image: PushedImage, protection: TagProtection) -> Deletion | None
     if not image.digest:
         return Deletion.kept(f"its digest was not recorded at the push: what tag '{image.tag}' points to now may be "
                              "another push; delete it by hand if it is this build's")
+    if not (is_digest(image.digest) and is_repository_name(image.repository)
+            and (not image.tag or is_tag(image.tag))):
+        return Deletion.kept("its recorded repository, tag or digest is not one a registry would accept: "
+                             "nothing is deleted for it")
     return None
 
 
@@ -447,18 +461,27 @@ class DigestHolders:
 
 
 def digest_holders(registry: str, images, protections) -> DigestHolders:
-    """A digest is held by a build that still exists or an image whose owner is uncertain; a tag belongs to the
-    deletion only when a deleted build pushed it, its owner is certain, it is not protected and its deletion is
-    wanted (pending or failed)."""
+    """A digest is held by a build that still exists, an image whose owner is uncertain, and an image kept by
+    design (of a deleted build whose configuration keeps pushed images, or whose tag is protected); a tag
+    belongs to the deletion only when a deleted build pushed it, its owner is certain, it is not protected and
+    its deletion is wanted (pending or failed)."""
     digests = {image.digest for image in images}
     retained = {}
+    status = PushedImage.CleanupStatus
     # Every digest a kept build pushed to these repositories: an index among them holds its children.
-    holders = PushedImage.objects.filter(repository__in={image.repository for image in images}).exclude(
+    holders = list(PushedImage.objects.filter(repository__in={image.repository for image in images}).exclude(
         digest="").filter(
-        Q(build__isnull=False) | Q(owner_uncertain=True)).select_related("build__configuration")
+        Q(build__isnull=False) | Q(owner_uncertain=True) | Q(cleanup_status=status.KEPT)
+    ).select_related("build__configuration"))
+    tombstone_protections = {**protections_for(
+        {row.configuration_ident for row in holders if row.build is None} - set(protections)), **protections}
     for row in holders:
-        if registry_key(row.registry) == registry:
-            retained.setdefault((row.repository, row.digest), _held_by(row))
+        if registry_key(row.registry) != registry:
+            continue
+        if row.build is None and not row.owner_uncertain and row.cleanup_attempts and not (
+                tombstone_protections[row.configuration_ident].match(row.tag)):
+            continue  # kept by a run's decision (something else held it then), not by design: decided again
+        retained.setdefault((row.repository, row.digest), _held_by(row))
     status = PushedImage.CleanupStatus
     tombstones = list(PushedImage.objects.filter(
         build__isnull=True, owner_uncertain=False, digest__in=digests,
@@ -476,8 +499,11 @@ def digest_holders(registry: str, images, protections) -> DigestHolders:
 def _held_by(row: PushedImage) -> str:
     if row.build is not None:
         return f"build {row.build}, which is kept, pushed the same digest"
-    return (f"an image whose owner is uncertain ({row.configuration_ident} #{row.build_number}, tag '{row.tag}') has "
-            "the same digest")
+    if row.owner_uncertain:
+        return (f"an image whose owner is uncertain ({row.configuration_ident} #{row.build_number}, tag '{row.tag}') "
+                "has the same digest")
+    return (f"an image that is kept ({row.configuration_ident} #{row.build_number}, tag '{row.tag}': "
+            f"{row.cleanup_reason or 'its configuration keeps pushed images'}) has the same digest")
 
 
 def _by_repository(images) -> dict[str, list[PushedImage]]:

@@ -17,7 +17,12 @@ Order, and what a crash between two deletions leaves:
   (a tag set meanwhile) would have lost its signatures;
 - the referrers tag index last, after the subject and every referrer it lists: until then it is how a registry
   without the referrers API finds them again.
-A deletion whose predecessor was not deleted (refused, failed, kept) is not made (`related_deletions_run`).
+A deletion whose predecessor was not deleted is not made (`related_deletions_run`), and is recorded as the
+predecessor's: to retry after a transient error, failed or refused as it was, kept only when it was kept (a
+deletion recorded kept is never tried again).
+
+A digest without the form of one (`sha256:<64 hex>`, `sha512:<128 hex>`) is never deleted: asked, it is kept with
+why; listed in the graph, it is left out (it would go into a URL path).
 """
 
 from collections import defaultdict
@@ -25,10 +30,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from connections.registries import Deletion, DeletionResult
-from connections.registries.related import RelatedGraph, cosign_tags, referrers_tag
+from connections.registries.related import RelatedGraph, cosign_tags, is_digest, referrers_tag
 
 REFERRER_DEPTH = 3  # referrers of referrers ... followed this deep (connections.registries.related reads as deep)
 ASKED = "asked"
+NOT_A_DIGEST = "it is not a well-formed digest; nothing is deleted by it"
+_DONE = (DeletionResult.DELETED, DeletionResult.GONE)
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,7 @@ class _Candidate:
 
 class _Planner:
     def __init__(self, wanted: Iterable[str], kept: dict[str, str], graph: RelatedGraph, depth: int):
-        self.wanted, self.kept, self.graph, self.depth = sorted(set(wanted)), kept, graph, depth
+        self.wanted, self.kept, self.graph, self.depth = sorted(set(filter(is_digest, wanted))), kept, graph, depth
         self.tags_of: dict[str, set[str]] = defaultdict(set)
         for tag, digest in graph.tags.items():
             self.tags_of[digest].add(tag)
@@ -99,6 +106,8 @@ class _Planner:
                                    digest, *found)
 
     def _add(self, digest: str, why: str, parent: _Candidate, kind: str, depth: int, *before: str) -> list[str]:
+        if not is_digest(digest):
+            return []
         if digest in self.candidates:
             self.candidates[digest].before.update(b for b in before if b != digest)
             return []
@@ -162,6 +171,7 @@ def related_plan(wanted: Iterable[str], kept: dict[str, str], graph: RelatedGrap
     decided that); any other tag keeps what it points to, unless it is the referrers or cosign tag of a subject
     that goes.
     """
+    wanted = list(wanted)
     planner = _Planner(wanted, kept, graph, depth)
     planner.gather()
     stuck: dict[str, str] = {}
@@ -172,7 +182,7 @@ def related_plan(wanted: Iterable[str], kept: dict[str, str], graph: RelatedGrap
         if not more:
             break
         stuck |= more
-    kept_reasons = {}
+    kept_reasons = {digest: NOT_A_DIGEST for digest in wanted if not is_digest(digest)}
     for digest, why in stays.items():
         candidate = planner.candidates[digest]
         kept_reasons[digest] = why if candidate.kind == ASKED else f"{candidate.why}: {why}"
@@ -182,21 +192,34 @@ def related_plan(wanted: Iterable[str], kept: dict[str, str], graph: RelatedGrap
 def related_deletions_run(plan: RelatedPlan, delete: Callable[[list[str]], dict[str, Deletion]]
                           ) -> dict[str, Deletion]:
     """Deletes stage by stage with `delete(digests) → digest → Deletion`; a deletion whose predecessor was not
-    deleted or gone is not asked, and is kept with why."""
+    deleted or gone is not asked: see `_blocked`."""
     outcomes: dict[str, Deletion] = {}
     for stage in plan.stages:
         ready = []
         for item in stage:
-            blocked = [d for d in item.after if outcomes[d].result not in (DeletionResult.DELETED, DeletionResult.GONE)]
+            blocked = [d for d in item.after if outcomes[d].result not in _DONE]
             if blocked:
-                outcomes[item.digest] = Deletion.kept(
-                    f"{item.why}: not deleted because {blocked[0]} was not ({outcomes[blocked[0]].result})")
+                outcomes[item.digest] = _blocked(item, [outcomes[d] for d in blocked], blocked)
             else:
                 ready.append(item.digest)
         if ready:
             answers = delete(ready)
             outcomes.update((digest, answers[digest]) for digest in ready)
     return outcomes
+
+
+def _blocked(item: RelatedDeletion, answers: list[Deletion], digests: list[str]) -> Deletion:
+    """Why `item` was not asked, as what became of what had to go first: failed if any of that failed (retrying
+    alone cannot help); refused if any was refused (another connection may delete both; with none left, the
+    image's deletion fails); to retry if any is to be retried (the next run may delete it); kept only when all
+    of it was kept."""
+    results = [answer.result for answer in answers]
+    for result, outcome in ((DeletionResult.FAILED, Deletion.failed), (DeletionResult.REFUSED, Deletion.refused),
+                            (DeletionResult.RETRY, Deletion.retry)):
+        if result in results:
+            digest = digests[results.index(result)]
+            return outcome(f"{item.why}: not deleted because {digest} was not ({result})")
+    return Deletion.kept(f"{item.why}: not deleted because {digests[0]} was not ({results[0]})")
 
 
 def related_summary(plan: RelatedPlan, outcomes: dict[str, Deletion], root: str) -> str:

@@ -24,9 +24,10 @@ from django.db import DatabaseError, OperationalError, connections, router, tran
 from django.utils import timezone
 
 from agent.references import registry_and_repository, registry_identity
+from connections.registries import is_digest, is_repository_name, is_tag
 
 from ..models import AgentImage, Build, DockerOperation, EventBatch, LoginConnection, PushedImage, SetAsideRecord
-from .records import RecordError, Secrets, logins_secrets, operation_fields, text_clean, value_clean
+from .records import BuildSecrets, RecordError, build_secrets, operation_fields, text_clean, value_clean
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class _Entry:
 class _Batch:
     batch: EventBatch
     builds: dict[int, Build]
-    secrets: Secrets
+    secrets: BuildSecrets  # a record is masked with the secrets of the builds it names, only
     logins: dict[tuple[int, str], int]  # (configuration id, registry identity) -> connection id
     set_aside: list[tuple[object, str]] = field(default_factory=list)  # (record, why)
 
@@ -91,7 +92,7 @@ def _batch_context(batch: EventBatch, named: set[int]) -> _Batch:
     logins = list(LoginConnection.objects.filter(configuration_id__in={b.configuration_id for b in builds.values()})
                   .select_related("connection").order_by("-position", "-pk"))
     return _Batch(
-        batch=batch, builds=builds, secrets=logins_secrets(logins),
+        batch=batch, builds=builds, secrets=build_secrets(builds.values(), logins),
         # The nearest in the list wins: the configuration's first login to that registry.
         logins={(login.configuration_id, registry_identity(login.connection.registry_address)): login.connection_id
                 for login in logins},
@@ -103,7 +104,7 @@ def _entry(context: _Batch, record, named: list[int]) -> _Entry | None:
     if not builds:
         return None
     try:
-        fields = operation_fields(record, context.secrets)
+        fields = operation_fields(record, context.secrets.of(builds))
     except RecordError as exc:
         context.set_aside.append((record, f"not an operation: {exc}"))
         return None
@@ -114,16 +115,19 @@ def _entry(context: _Batch, record, named: list[int]) -> _Entry | None:
     entry = _Entry(record=record, rows=[{"build_id": build, "agent_id": agent_id, **fields} for build in builds],
                    trackable=not {"image", "tag"} & altered)
     if fields["action"] == _Action.PUSH:
-        problem = _pushed_images(context, entry, altered)
+        problem = _pushed_images(context, entry, altered, named)
         if problem:
             context.set_aside.append((record, f"stored as an operation, not as a pushed image: {problem}"))
     return entry
 
 
-def _pushed_images(context: _Batch, entry: _Entry, altered: set[str]) -> str:
+def _pushed_images(context: _Batch, entry: _Entry, altered: set[str], named: list[int]) -> str:
     """The entry's pushed images, one per build it was given to; or why there are none.
 
     A name is never cut nor changed: a cut repository would name another one, which clean-up would delete.
+    A repository, tag or digest outside the distribution spec's grammar is not a pushed image (a digest of
+    `../../other/app/manifests/…` would make clean-up delete another repository's image). The owner is
+    uncertain when the agent named several builds, even if some of them are gone since: the image may be theirs.
     """
     if altered:
         return f"its {' and '.join(sorted(altered))} had to be cut or cleaned (too long, or holding a secret)"
@@ -133,22 +137,29 @@ def _pushed_images(context: _Batch, entry: _Entry, altered: set[str]) -> str:
     too_long = [name for name, value in values.items() if len(value) > _PUSHED[name]]
     if too_long:
         return f"its {' and '.join(too_long)} is longer than {max(_PUSHED[n] for n in too_long)} characters"
+    malformed = [name for name, check in (("repository", is_repository_name), ("tag", is_tag), ("digest", is_digest))
+                 if values[name] and not check(values[name])]
+    if malformed or not values["repository"]:
+        return f"its {' and '.join(malformed or ['repository'])} is not one a registry would accept"
     builds = [context.builds[r["build_id"]] for r in entry.rows]
+    uncertain = len(named) > 1
     for build in builds:
         entry.images.append(PushedImage(
             build=build, project_id=build.configuration.project_id, configuration_ident=build.configuration.ident,
             build_number=build.number, pushed_at=_moment(row["time_nano"]), **values,
             connection_id=context.logins.get((build.configuration_id, registry)),
-            owner_uncertain=len(builds) > 1, owner_note=_owner_note(build, builds) if len(builds) > 1 else "",
+            owner_uncertain=uncertain, owner_note=_owner_note(build, builds, len(named)) if uncertain else "",
         ))
     return ""
 
 
-def _owner_note(build: Build, builds: list[Build]) -> str:
+def _owner_note(build: Build, builds: list[Build], named: int) -> str:
     """Why the owner is uncertain; another project's builds are named by id only (the note is shown to
-    this project's members)."""
+    this project's members), builds deleted since by their number."""
     names = [str(b) if b.configuration.project_id == build.configuration.project_id
              else f"build {b.pk} of another project" for b in builds]
+    if named > len(builds):
+        names.append(f"{named - len(builds)} build(s) deleted since")
     listed = ", ".join(names[:-1]) + f" and {names[-1]}"
     return f"pushed while builds {listed} ran on the same daemon"[:PushedImage._meta.get_field("owner_note").max_length]
 
@@ -196,16 +207,18 @@ def _set_aside_store(context: _Batch) -> None:
                 len(context.set_aside), context.batch.first_seq, context.batch.agent_id)
     now = timezone.now()
     for record, error in context.set_aside:
-        error = context.secrets.mask(text_clean(error))[:ERROR_LIMIT]
+        # Shown to superusers only, and perhaps naming no build rightly: masked with every build's secrets.
+        secrets = context.secrets.of(context.builds)
+        error = secrets.mask(text_clean(error))[:ERROR_LIMIT]
         try:
             with transaction.atomic():
                 SetAsideRecord.objects.create(agent_id=context.batch.agent_id, first_seq=context.batch.first_seq,
-                                              record=value_clean(record, context.secrets), error=error, at=now)
+                                              record=value_clean(record, secrets), error=error, at=now)
         except DatabaseError as exc:
             SetAsideRecord.objects.create(
                 agent_id=context.batch.agent_id, first_seq=context.batch.first_seq, record=None, at=now,
                 error=(error + "; the record itself could not be kept: "
-                       + context.secrets.mask(text_clean(str(exc))))[:ERROR_LIMIT])
+                       + secrets.mask(text_clean(str(exc))))[:ERROR_LIMIT])
 
 
 def _moment(time_nano: int) -> datetime:

@@ -21,10 +21,13 @@ from .base import (
     RegistryCredentials,
     RegistryError,
     TransientRegistryError,
+    is_digest,
+    is_repository_name,
+    is_tag,
 )
 
 __all__ = [
     "MANIFEST_TYPES", "REFRESH_LEAD", "REUSE_MARGIN", "Deletion", "DeletionResult", "ForbiddenDestination",
     "ImageRef", "RefusedByRegistry", "Registry", "RegistryCredentials", "RegistryError", "TransientRegistryError",
-    "credentials_for", "docker_server", "open_registry",
+    "credentials_for", "docker_server", "is_digest", "is_repository_name", "is_tag", "open_registry",
 ]

@@ -1,6 +1,7 @@
 """What every kind of registry shares: its errors, credentials, token timing, and the session interface
 with the deletion outcomes it answers in. Imports nothing of the outside systems it describes."""
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,27 @@ MANIFEST_TYPES = ", ".join([
     "application/vnd.docker.distribution.manifest.v2+json",
     "application/vnd.oci.image.manifest.v1+json",
 ])
+
+
+# The distribution spec's grammar of what goes into a registry's URL paths: a repository name (path components
+# of lowercase letters and digits joined by separators), a tag, a digest. Anything else — `..`, `%2e`, a slash
+# in a digest — is never put in a path: a recorded push is what a build (or its agent) said it was.
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
+
+
+def is_repository_name(value) -> bool:
+    return isinstance(value, str) and len(value) <= 255 and _REPOSITORY.fullmatch(value) is not None
+
+
+def is_tag(value) -> bool:
+    return isinstance(value, str) and _TAG.fullmatch(value) is not None
+
+
+def is_digest(value) -> bool:
+    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
 
 
 class RegistryError(Exception):

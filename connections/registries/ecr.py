@@ -51,10 +51,13 @@ def token_is_reusable(expires_at: datetime | None, now: datetime | None = None,
 
 
 def cache_key(connection: Connection) -> str:
-    # Everything that decides which identity asks for the token: not just the access key.
+    # Everything that decides which identity asks for the token: not just the access key. The secret key too, so
+    # that a wrong one typed in a connection test is never answered from a token the right one obtained (the key
+    # is a SHA-256 of it all: a 40-character random AWS secret cannot be found from it).
     material = json.dumps([
         connection.pk, connection.region, connection.registry_id, connection.registry, connection.credentials,
         connection.access_key_id, connection.role_arn, connection.external_id, connection.endpoint_url,
+        connection.secret_access_key,
     ])
     return "dockersupport:ecr-token:" + hashlib.sha256(material.encode()).hexdigest()
 

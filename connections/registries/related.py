@@ -8,7 +8,13 @@ and kept by registries upgraded to one), and cosign's tags `sha256-<hex>.sig`, `
 Nothing a registry says is taken on its word: a manifest is used only when its body hashes to the digest asked (a
 lying registry must not make us delete something else); a digest only when it has the form of one (it goes into
 URL paths); a referrer only when its own manifest names the subject, or, for cosign's tags (older than `subject`),
-when the tag's name does and its manifest is an image manifest naming no other subject.
+when the tag's name does and its manifest is a cosign artifact of that tag's kind naming no other subject: its layers
+all of cosign's types for the suffix (COSIGN_LAYER_TYPES), or carrying cosign's signature annotation. Any other image
+a build points such a tag at (someone else's, by its digest) is not taken along.
+
+What a registry lists is bounded: at most MAX_DESCRIPTORS descriptors in one manifest or page, MAX_READS referrers
+listed for one subject and manifests read for one repository; beyond that, RegistryError (nothing is deleted on a
+partial reading).
 """
 
 import hashlib
@@ -36,8 +42,18 @@ COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
 _DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
 _NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.IGNORECASE)
 MAX_PAGES = 100  # pages of the referrers API followed for one subject
+MAX_DESCRIPTORS = 10_000  # descriptors in one manifest or one page of the referrers API
 MAX_READS = 20_000  # manifests read for one repository's graph: a registry cannot keep us reading forever
 REFERRER_DEPTH = 3  # referrers of referrers ... followed this deep from a digest to delete
+# What cosign stores under each of its tags: the media types of its layers, one kind per tag suffix.
+COSIGN_LAYER_TYPES = {
+    ".sig": frozenset({"application/vnd.dev.cosign.simplesigning.v1+json"}),
+    ".att": frozenset({"application/vnd.dsse.envelope.v1+json"}),
+    ".sbom": frozenset({"text/spdx", "text/spdx+xml", "text/spdx+json", "application/spdx+json",
+                        "application/vnd.cyclonedx", "application/vnd.cyclonedx+xml", "application/vnd.cyclonedx+json",
+                        "application/vnd.syft+json"}),
+}
+COSIGN_SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 
 
 def is_digest(value) -> bool:
@@ -64,6 +80,7 @@ class Manifest:
     children: tuple[str, ...] = ()  # an index's child manifests, in its order
     subject: str = ""  # the digest its `subject` names, "" when none
     nested: tuple[str, ...] = ()  # the children its descriptors call indexes (or do not type): read to go down
+    cosign: frozenset[str] = frozenset()  # the cosign tag suffixes (".sig", ...) whose artifact it looks like
 
     @property
     def is_index(self) -> bool:
@@ -92,21 +109,44 @@ def _json_object(session: RegistrySession, body: bytes, what: str) -> dict:
     return data
 
 
-def _digests(entries, *, indexes_only: bool = False) -> list[str]:
-    """The well-formed digests of a list of descriptors, each once, in order; anything else is left out.
-
-    `indexes_only`: only those whose descriptor types them as an index, or does not type them."""
-    found = []
-    for entry in entries if isinstance(entries, list) else []:
+def _descriptors(session: RegistrySession, entries, what: str) -> tuple[list[str], list[str], list]:
+    """The well-formed digests of a list of descriptors, each once, in order; those of them whose descriptor types
+    them as an index or does not type them; and the descriptors left out (no well-formed digest), for the caller's
+    one warning. More than MAX_DESCRIPTORS is refused: RegistryError."""
+    entries = entries if isinstance(entries, list) else []
+    if len(entries) > MAX_DESCRIPTORS:
+        raise RegistryError(f"{session.url}: {what} lists {len(entries)} descriptors, more than {MAX_DESCRIPTORS}; "
+                            "nothing is deleted on its word")
+    found: dict[str, None] = {}
+    nested: dict[str, None] = {}
+    bad = []
+    for entry in entries:
         digest = entry.get("digest") if isinstance(entry, dict) else None
         if not is_digest(digest):
-            log.warning("a descriptor without a well-formed digest was left out: %.100r", entry)
+            bad.append(entry)
             continue
-        if indexes_only and entry.get("mediaType") not in (*INDEX_TYPES, None, ""):
-            continue
-        if digest not in found:
-            found.append(digest)
-    return found
+        found[digest] = None
+        if entry.get("mediaType") in (*INDEX_TYPES, None, ""):
+            nested[digest] = None
+    return list(found), list(nested), bad
+
+
+def _warn_left_out(what: str, bad: list) -> None:
+    if bad:
+        log.warning("%s: %d descriptor(s) without a well-formed digest were left out, the first: %.100r",
+                    what, len(bad), bad[0])
+
+
+def _cosign_kinds(body: dict) -> frozenset[str]:
+    """The cosign tag suffixes whose artifact a manifest's body looks like: every layer (one at least) of that kind's
+    media types, or (any kind) cosign's signature annotation on a layer or on the manifest."""
+    layers = body.get("layers")
+    layers = layers if isinstance(layers, list) and all(isinstance(layer, dict) for layer in layers) else []
+    if any(isinstance(annotations := entry.get("annotations"), dict) and COSIGN_SIGNATURE_ANNOTATION in annotations
+           for entry in (body, *layers)):
+        return frozenset(COSIGN_LAYER_TYPES)
+    types = {layer.get("mediaType") for layer in layers}
+    return frozenset(suffix for suffix, allowed in COSIGN_LAYER_TYPES.items() if types and types <= allowed)
 
 
 def manifest_read(session: RegistrySession, repository: str, digest: str) -> Manifest | None:
@@ -125,16 +165,28 @@ def manifest_read(session: RegistrySession, repository: str, digest: str) -> Man
         raise RegistryError(f"{what}: {session.url} answered with a manifest whose digest is {algorithm}:{actual}; "
                             "refused, nothing is deleted on its word")
     body = _json_object(session, response.content, f"the manifest {repository}@{digest}")
-    declared = body.get("mediaType")
-    media_type = declared if isinstance(declared, str) and declared else \
-        response.headers.get("Content-Type", "").split(";")[0].strip()
+    media_type = _media_type(body, response)
     subject = body.get("subject")
     subject = subject.get("digest") if isinstance(subject, dict) else ""
+    subject = subject if is_digest(subject) else ""
     if media_type not in INDEX_TYPES:
-        return Manifest(digest, media_type, subject=subject if is_digest(subject) else "")
-    entries = body.get("manifests")
-    return Manifest(digest, media_type, tuple(_digests(entries)), subject if is_digest(subject) else "",
-                    tuple(_digests(entries, indexes_only=True)))
+        return Manifest(digest, media_type, subject=subject, cosign=_cosign_kinds(body))
+    what = f"the manifest {repository}@{digest}"
+    children, nested, bad = _descriptors(session, body.get("manifests"), what)
+    _warn_left_out(what, bad)
+    return Manifest(digest, media_type, tuple(children), subject, tuple(nested))
+
+
+def _media_type(body: dict, response: requests.Response) -> str:
+    """The body's `mediaType`; without one, an index only when the body lists `manifests` (whatever the
+    Content-Type says: the header is not what was hashed), else what the header says, unless it says index."""
+    declared = body.get("mediaType")
+    if isinstance(declared, str) and declared:
+        return declared
+    header = response.headers.get("Content-Type", "").split(";")[0].strip()
+    if isinstance(body.get("manifests"), list):
+        return header if header in INDEX_TYPES else OCI_INDEX
+    return "" if header in INDEX_TYPES else header
 
 
 def index_children(session: RegistrySession, repository: str, digest: str) -> list[str]:
@@ -158,27 +210,43 @@ class ReferrerLookup:
 def referrers_api(session: RegistrySession, repository: str, digest: str) -> list[str] | None:
     """The digests the referrers API lists for `digest`, every page; None when the registry has no such API: a
     registry that has it answers 200 with an image index (never 404); any other first answer (404, 400, a 401
-    or 403 of a proxy that knows no such path) is taken as none, and the referrers tag schema is read instead."""
+    or 403 of a proxy that knows no such path) is taken as none, and the referrers tag schema is read instead.
+    More than MAX_READS listed, or MAX_PAGES pages, is refused as soon as it shows: RegistryError."""
+    what = f"the referrers of {repository}@{digest}"
+    left_out: list = []
+    try:
+        return _referrers_pages(session, repository, digest, left_out)
+    finally:
+        _warn_left_out(what, left_out)  # one warning for the whole listing
+
+
+def _referrers_pages(session: RegistrySession, repository: str, digest: str, left_out: list) -> list[str] | None:
     base = f"/v2/{repository}/referrers/{digest}"
-    path, seen, found = base, set(), []
+    path, seen, found = base, set(), {}
     for page in range(MAX_PAGES):
+        what = f"listing the referrers of {repository}@{digest}: page {page + 1}"
         response = session.request("GET", path, scope=_scope(repository), headers={"Accept": OCI_INDEX})
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip()
         if response.status_code != 200 or content_type != OCI_INDEX:
             if page == 0:
                 return None
-            raise RegistryError(f"listing the referrers of {repository}@{digest}: page {page + 1} answered "
-                                f"{error_text(response, quote=False)} ({content_type or 'no content type'})")
+            raise RegistryError(f"{what} answered {error_text(response, quote=False)} "
+                                f"({content_type or 'no content type'})")
         body = _json_object(session, response.content, f"the referrers of {repository}@{digest}")
         if not isinstance(body.get("manifests"), list):
             if page == 0:
                 return None
-            raise RegistryError(f"listing the referrers of {repository}@{digest}: page {page + 1} is not an index")
-        found.extend(d for d in _digests(body["manifests"]) if d not in found)
+            raise RegistryError(f"{what} is not an index")
+        listed, _, bad = _descriptors(session, body["manifests"], what)
+        found.update(dict.fromkeys(listed))
+        left_out.extend(bad)
+        if len(found) > MAX_READS:
+            raise RegistryError(f"{what}: more than {MAX_READS} referrers listed; nothing is deleted on a partial "
+                                "reading")
         seen.add(path)
         path = _next_page(response, base)
         if not path or path in seen:
-            return found
+            return list(found)
     raise RegistryError(f"listing the referrers of {repository}@{digest}: more than {MAX_PAGES} pages")
 
 
@@ -224,6 +292,9 @@ def referrers_find(session: RegistrySession, repository: str, digest: str, *, ta
                 listed.setdefault(child, f"tag {tag}")
         elif index is not None:
             lookup.refused[tag_index] = f"tag {tag} points to a {index.media_type or 'manifest'}, not an index"
+    if len(listed) > MAX_READS:
+        raise RegistryError(f"{session.url}/{repository}: more than {MAX_READS} referrers of {digest} are listed; "
+                            "nothing is deleted on a partial reading")
     for candidate, how in listed.items():
         manifest = read(candidate)
         if manifest is None:
@@ -238,23 +309,29 @@ def referrers_find(session: RegistrySession, repository: str, digest: str, *, ta
         manifest = read(candidate) if candidate else None
         if manifest is None:
             continue
-        why = _cosign_refusal(manifest, digest)
+        why = _cosign_refusal(manifest, digest, tag)
         if why:
             lookup.refused[candidate] = f"tag {tag}: {why}"
         else:
             lookup.accepted.setdefault(candidate, f"tag {tag}")
-    for candidate, why in lookup.refused.items():
-        log.warning("%s: not taken as a referrer of %s@%s: %s", candidate, repository, digest, why)
+    if lookup.refused:
+        first, why = next(iter(lookup.refused.items()))
+        log.warning("%d manifest(s) not taken as referrers of %s@%s, the first: %s: %s",
+                    len(lookup.refused), repository, digest, first, why)
     return lookup
 
 
-def _cosign_refusal(manifest: Manifest, digest: str) -> str:
+def _cosign_refusal(manifest: Manifest, digest: str, tag: str) -> str:
     if manifest.digest == digest:
         return "it is the subject itself"
     if manifest.subject and manifest.subject != digest:
         return f"its manifest names the subject {manifest.subject}"
     if manifest.is_index:
         return "cosign writes image manifests there, this is an index"
+    suffix = tag[tag.rindex("."):]
+    if suffix not in manifest.cosign:
+        return (f"it does not look like cosign's {suffix} artifact (its layers are not of cosign's media types, "
+                f"and carry no {COSIGN_SIGNATURE_ANNOTATION} annotation)")
     return ""
 
 
@@ -327,6 +404,7 @@ def repository_graph(session: RegistrySession, repository: str, *, wanted: Itera
     reader.with_children([*tags.values(), *(d for d in kept if is_digest(d))], every_child=False)
     reader.with_children(wanted)  # all of what may go with them: their subjects and referrers decide
     graph = RelatedGraph(tags=dict(tags))
+    added: set[tuple[str, str]] = set()  # (subject, referrer) in graph.referrers
     frontier, looked_up = _with_descendants(reader, wanted), set()
     ask_api = True  # until the registry shows it has no referrers API: one request, not one per digest
     for _ in range(depth):
@@ -338,7 +416,7 @@ def repository_graph(session: RegistrySession, repository: str, *, wanted: Itera
             graph.refused.update(lookup.refused)
             found.extend(lookup.accepted)
             for referrer in lookup.accepted:
-                _add(graph.referrers, digest, referrer)
+                _add(graph.referrers, added, digest, referrer)
         reader.with_children(found)
         frontier = _with_descendants(reader, found)
     for digest, manifest in reader.manifests.items():
@@ -347,7 +425,7 @@ def repository_graph(session: RegistrySession, repository: str, *, wanted: Itera
         if manifest.is_index:
             graph.children[digest] = list(manifest.children)
         if manifest.subject:
-            _add(graph.referrers, manifest.subject, digest)
+            _add(graph.referrers, added, manifest.subject, digest)
     return graph
 
 
@@ -363,7 +441,7 @@ def _with_descendants(reader: _Reader, digests: Iterable[str]) -> set[str]:
     return found
 
 
-def _add(mapping: dict[str, list[str]], key: str, value: str) -> None:
-    values = mapping.setdefault(key, [])
-    if value not in values:
-        values.append(value)
+def _add(mapping: dict[str, list[str]], added: set[tuple[str, str]], key: str, value: str) -> None:
+    if (key, value) not in added:
+        added.add((key, value))
+        mapping.setdefault(key, []).append(value)

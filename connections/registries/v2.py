@@ -15,6 +15,7 @@ resolves to one; an answer is quoted in errors only when it comes from the regis
 and then cut short.
 """
 
+import hashlib
 import ipaddress
 import re
 import threading
@@ -37,12 +38,16 @@ from .base import (
     RefusedByRegistry,
     RegistryError,
     TransientRegistryError,
+    is_digest,
+    is_repository_name,
+    is_tag,
 )
 
 TIMEOUT = (10, 30)
 MAX_REDIRECTS = 5
 QUOTE_LIMIT = 300  # characters of a registry's answer quoted in an error
 BODY_LIMIT = 8 * 1024 * 1024  # a registry's answer larger than this is refused, not read
+MAX_TAG_PAGES = 1_000  # pages of a repository's tag list followed (a million tags at 1,000 a page)
 DOCKER_HUB_API = "https://registry-1.docker.io"
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -201,6 +206,7 @@ class RegistrySession:
 
     def request(self, method: str, path: str, scope: str | None = None, **kwargs) -> requests.Response:
         """An authenticated request; raises TransientRegistryError when unreachable, 5xx or 429."""
+        _path_check(path)
         extra = kwargs.pop("headers", None) or {}
         try:
             response = self._send(method, self.url + path, headers=self._auth_headers(scope, extra), **kwargs)
@@ -325,17 +331,36 @@ class RegistrySession:
         return verified
 
     def manifest_digest(self, repository: str, reference: str) -> str | None:
-        """The digest a tag (or digest) resolves to, as pushed: lists and indexes stay whole. None if absent."""
-        response = self.request("HEAD", f"/v2/{repository}/manifests/{reference}", scope=_scope(repository, "pull"),
-                                headers={"Accept": MANIFEST_TYPES})
+        """The digest a tag (or digest) resolves to, as pushed: lists and indexes stay whole. None if absent.
+
+        Docker-Content-Digest is optional (the distribution spec tells clients not to rely on it): without a
+        well-formed one, the manifest is read and hashed. An unknown digest is never taken for "no such tag"."""
+        path = f"/v2/{_name(repository)}/manifests/{_reference(reference)}"
+        response = self.request("HEAD", path, scope=_scope(repository, "pull"), headers={"Accept": MANIFEST_TYPES})
         if response.status_code == 404:
             return None
         self._raise_for_status(response, f"HEAD {repository}:{reference}")
-        return response.headers.get("Docker-Content-Digest")
+        digest = response.headers.get("Docker-Content-Digest", "").strip()
+        if is_digest(digest):
+            return digest
+        response = self.request("GET", path, scope=_scope(repository, "pull"), headers={"Accept": MANIFEST_TYPES})
+        if response.status_code == 404:
+            return None
+        self._raise_for_status(response, f"GET {repository}:{reference}")
+        if not response.content:
+            raise RegistryError(f"{repository}:{reference}: the registry gave neither a digest nor a manifest")
+        return "sha256:" + hashlib.sha256(response.content).hexdigest()
 
     def tags(self, repository: str) -> list[str]:
-        tags, path = [], f"/v2/{repository}/tags/list?n=1000"
+        """Every tag of the repository, page by page (Link: rel="next"), each page asked once, the pages kept
+        under this repository's tag list and at most MAX_TAG_PAGES of them: a registry cannot keep us listing."""
+        first = f"/v2/{_name(repository)}/tags/list"
+        tags, path, seen = [], f"{first}?n=1000", set()
         while path:
+            if path in seen or len(seen) >= MAX_TAG_PAGES:
+                raise RegistryError(f"listing the tags of {repository}: the registry's pages do not end "
+                                    f"({len(seen)} pages read)")
+            seen.add(path)
             response = self.request("GET", path, scope=_scope(repository, "pull"))
             if response.status_code == 404:
                 return tags
@@ -347,13 +372,20 @@ class RegistrySession:
                     from None
             link = response.headers.get("Link", "")
             match = re.match(r"<([^>]+)>", link)
-            # The next page is always asked of the registry itself, whatever host the link names.
+            # The next page is always asked of the registry itself, whatever host the link names, and only
+            # under this repository's tag list.
             path = _path_and_query(match.group(1)) if match else ""
-        return tags
+            if path and urlsplit(path).path != first:
+                raise RegistryError(f"listing the tags of {repository}: the next page's link leads elsewhere "
+                                    f"({_cut(path)})")
+        return list(dict.fromkeys(tag for tag in tags if is_tag(tag)))
 
     def delete_manifest(self, repository: str, digest: str) -> bool:
         """DELETE by digest (every tag on it goes with it). True if deleted, False if already gone."""
-        response = self.request("DELETE", f"/v2/{repository}/manifests/{digest}", scope=_scope(repository, "delete"))
+        if not is_digest(digest):
+            raise RegistryError(f"not deleting {repository}@{_cut(digest)}: a manifest is deleted by its digest only")
+        response = self.request("DELETE", f"/v2/{_name(repository)}/manifests/{digest}",
+                                scope=_scope(repository, "delete"))
         if response.status_code in (200, 202):
             return True
         if response.status_code == 404:
@@ -380,6 +412,28 @@ def _cut(text: str) -> str:
 
 def _scope(repository: str, action: str) -> str:
     return f"repository:{repository}:{action}" if action == "pull" else f"repository:{repository}:pull,{action}"
+
+
+def _name(repository: str) -> str:
+    if not is_repository_name(repository):
+        raise RegistryError(f"'{_cut(repository)}' is not a repository name: nothing is asked about it")
+    return repository
+
+
+def _reference(reference: str) -> str:
+    if not (is_tag(reference) or is_digest(reference)):
+        raise RegistryError(f"'{_cut(reference)}' is neither a tag nor a digest: nothing is asked about it")
+    return reference
+
+
+def _path_check(path: str) -> None:
+    """No request leaves with a path that a server would read as another one: dot segments (plain or
+    percent-encoded), backslashes, or encoded slashes."""
+    route = urlsplit(path).path
+    lowered = route.lower()
+    if any(segment in (".", "..") for segment in route.split("/")) or "%2e" in lowered or "%2f" in lowered \
+            or "%5c" in lowered or "\\" in route:
+        raise RegistryError(f"refusing to send a request for '{_cut(route)}': its path is not plain")
 
 
 def _path_and_query(link: str) -> str:

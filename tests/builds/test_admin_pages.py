@@ -47,7 +47,7 @@ def test_cleanup_run_page_lists_each_outcome_with_its_reason(admin_client):
 
 def test_failed_deletions_can_be_retried_from_the_admin(admin_client, django_capture_on_commit_callbacks):
     image = PushedImage.objects.create(project=ProjectFactory(), configuration_ident="c", build_number=1,
-                                       registry="r.test", repository="a", tag="1", digest="sha256:1",
+                                       registry="r.test", repository="a", tag="1", digest="sha256:" + "1" * 64,
                                        pushed_at=timezone.now(), cleanup_status="failed", cleanup_reason="HTTP 401")
     with django_capture_on_commit_callbacks(execute=True):
         admin_client.post(reverse("admin:builds_pushedimage_changelist"),

@@ -109,12 +109,16 @@ def test_tags_of_images_not_being_deleted_are_not_the_deletions_own():
     project = ProjectFactory()
     BuildConfigurationFactory(ident="keeps", protected_tags="release-*")
     mine = image(project, "b1")
-    image(project, "b2", status="kept", configuration_ident="other")  # its configuration keeps pushed images
+    kept = image(project, "b2", status="kept", configuration_ident="other")  # its configuration keeps pushed images
     image(project, "release-1", configuration_ident="keeps")  # protected by its own configuration
     holders = holders_for([mine])
     decision = image_decide(mine, {D1: {"b1", "b2", "release-1"}}, holders, by_tag=False)
     assert decision.result == DeletionResult.KEPT
-    assert "tag 'b2', 'release-1' also points to this digest" in decision.reason
+    # The image its configuration keeps holds the digest itself (not only its tag).
+    assert "an image that is kept (other #" in decision.reason and "tag 'b2'" in decision.reason
+    kept.delete()
+    assert "tag 'b2', 'release-1' also point" in image_decide(mine, {D1: {"b1", "b2", "release-1"}},
+                                                              holders_for([mine]), by_tag=False).reason
 
 
 def test_a_digest_held_by_a_kept_build_or_an_uncertain_image_is_kept_whatever_the_tags():

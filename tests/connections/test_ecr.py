@@ -196,3 +196,12 @@ def test_the_token_cache_on_redis_is_shared_between_processes(redis_url, setting
         assert result.stdout.strip().splitlines()[-1] == "shared-token-b2"
     finally:
         redis_cache.delete(cache_key(connection))
+
+
+def test_a_token_is_cached_for_the_secret_key_that_obtained_it():
+    """A wrong secret key typed in a connection test is never answered from the token the right one obtained."""
+    connection = EcrConnectionFactory.build(pk=None, secret_access_key="right-secret-key-0123456789")
+    typed = EcrConnectionFactory.build(pk=None, access_key_id=connection.access_key_id, region=connection.region,
+                                       registry_id=connection.registry_id, secret_access_key="wrong-secret-key-987")
+    assert cache_key(connection) != cache_key(typed)
+    assert "right-secret-key" not in cache_key(connection)

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from builds.cleanup.registry import pending_deletions_process
 from builds.models import Build, CleanupRun, PushedImage
+from connections.registries import DeletionResult, ImageRef, open_registry
 from tests.e2e.test_docker_events import registry_digest
 from tests.factories import ProjectFactory, RegistryConnectionFactory
 from tests.harness import Registry
@@ -208,7 +209,7 @@ def test_ecr_deletion_in_chunks_with_one_failing_id(moto_server, transactional_d
             project=project, configuration_ident="gone", build_number=number, registry=connection.registry_address,
             repository=repository, tag=f"b{number}", digest=digest, pushed_at=timezone.now(),
             cleanup_status="pending", next_attempt_at=timezone.now()))
-    images.append(PushedImage(  # a digest ECR refuses as malformed
+    images.append(PushedImage(  # a recorded digest that is none: kept here, never sent to AWS
         project=project, configuration_ident="gone", build_number=999, registry=connection.registry_address,
         repository=repository, tag="bad", digest="sha256:not-a-digest", pushed_at=timezone.now(),
         cleanup_status="pending", next_attempt_at=timezone.now()))
@@ -226,11 +227,19 @@ def test_ecr_deletion_in_chunks_with_one_failing_id(moto_server, transactional_d
         if line["headers"].get("X-Amz-Target", "").endswith(".BatchDeleteImage"):
             body = base64.b64decode(line["body"]) if line.get("body_encoded") else line["body"]
             sizes.append(len(json.loads(body)["imageIds"]))
-    assert sizes == [100, 51]
-    assert tally == {"deleted": 150, "failed": 1}
+    assert sizes == [100, 50]
+    assert tally == {"deleted": 150, "kept": 1}
     bad = PushedImage.objects.get(tag="bad")
-    assert bad.cleanup_status == "failed" and "ECR BatchDeleteImage: InvalidImageDigest" in bad.cleanup_reason
+    assert bad.cleanup_status == "kept" and "not one a registry would accept" in bad.cleanup_reason
     assert ecr.list_images(repositoryName=repository)["imageIds"] == []
+
+    # AWS's own refusal of one id of a call is that image's failure alone, with AWS's reason.
+    own = ecr.put_image(repositoryName=repository, imageManifest=manifest, imageTag="last")["image"]["imageId"]
+    with open_registry(connection) as session:
+        answers = session.delete(repository, [ImageRef(digest=own["imageDigest"]), ImageRef(digest="sha256:bad")])
+    assert answers[ImageRef(digest=own["imageDigest"])].result == DeletionResult.DELETED
+    failed = answers[ImageRef(digest="sha256:bad")]
+    assert failed.result == DeletionResult.FAILED and "ECR BatchDeleteImage: InvalidImageDigest" in failed.reason
 
 
 def test_ecr_removes_only_the_deleted_builds_tag_when_another_tag_points_to_the_digest(moto_server,

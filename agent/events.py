@@ -59,7 +59,9 @@ def parse_event(raw: dict) -> dict | None:
         record["action"] = CONTAINER_ACTIONS[action]
         record["container_id"] = actor_id
         record["container_name"] = attributes.get("name", "")
-        record["image"], record["tag"], _ = split_reference(attributes.get("image", ""))
+        image = attributes.get("image", "")
+        # A container created from an image ID names it whole (`sha256:<hex>` is no repository with a tag).
+        record["image"], record["tag"] = (image, "") if image.startswith("sha256:") else split_reference(image)[:2]
         if "exitCode" in attributes:
             record["exit_code"] = int(attributes["exitCode"])
         return record

@@ -73,6 +73,16 @@ def test_split_reference(reference, expected):
     assert split_reference(reference) == expected
 
 
+@pytest.mark.parametrize(("image", "expected"), [
+    ("sha256:" + "c" * 64, ("sha256:" + "c" * 64, "")),  # created from an image ID: one value, not sha256 + a tag
+    ("127.0.0.1:5000/team/app:1", ("127.0.0.1:5000/team/app", "1")),
+    ("busybox", ("busybox", "")),
+])
+def test_a_containers_image_is_recorded_whole(image, expected):
+    record = event("container", "create", "a" * 64, 0, name="c", image=image)
+    assert (record["image"], record["tag"]) == expected
+
+
 def test_a_build_event_is_recorded_as_a_build():
     record = parse_event({"Type": "image", "Action": "create", "timeNano": T0,
                           "Actor": {"ID": "sha256:" + "c" * 64, "Attributes": {"name": "app:1"}}})

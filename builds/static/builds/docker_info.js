@@ -1,8 +1,6 @@
-// "Copy reference" buttons of the Docker Info tab: registry/repository@digest to the clipboard.
-document.addEventListener("click", async (event) => {
-  const button = event.target.closest(".ds-copy");
-  if (!button) return;
-  const text = button.dataset.copy;
+// The build's pages: "Copy reference" buttons (registry/repository@digest), and any value cut to fit
+// (.ds-cut: its whole value is its title) copied by a click.
+async function copyText(text) {
   try {
     await navigator.clipboard.writeText(text);
   } catch (error) {
@@ -14,6 +12,20 @@ document.addEventListener("click", async (event) => {
     document.execCommand("copy");
     area.remove();
   }
-  button.textContent = "Copied";
-  setTimeout(() => { button.textContent = "Copy reference"; }, 2000);
+}
+
+document.addEventListener("click", async (event) => {
+  const button = event.target.closest(".ds-copy");
+  if (button) {
+    await copyText(button.dataset.copy);
+    button.textContent = "Copied";
+    setTimeout(() => { button.textContent = "Copy reference"; }, 2000);
+    return;
+  }
+  const value = event.target.closest(".ds-docker-info .ds-cut, .ds-build-page .ds-cut");
+  if (value && value.title && !window.getSelection().toString()) {
+    await copyText(value.title);
+    value.classList.add("ds-copied");
+    setTimeout(() => value.classList.remove("ds-copied"), 1000);
+  }
 });

@@ -22,9 +22,10 @@ $(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
 run: $(VENV)/.installed
 	PYTHON=$(PY) scripts/run.sh
 
-## demo: load a small demo data set (one project, a registry connection, a configuration, an agent)
+## demo: load a demo data set that runs with `make run` (a project, a registry connection, a configuration,
+## the local agent), then say how to run a demo build and what this machine lacks for it
 demo: $(VENV)/.installed
-	DEMO_REGISTRY_PASSWORD=$${DEMO_REGISTRY_PASSWORD:-demo-password} PYTHON=$(PY) scripts/manage.sh apply_settings demo/settings.yaml
+	PYTHON=$(PY) scripts/demo.sh
 
 ## test: install what the tests need (Python and Debian packages), start the real services, run the suite
 test: $(VENV)/.installed-test

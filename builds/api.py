@@ -12,9 +12,10 @@ from django.db.backends.base.operations import BaseDatabaseOperations
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 from connections import roles
 from connections.permissions import refusal
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 _RANGES = BaseDatabaseOperations.integer_field_ranges
 BUILD_NUMBER_MAX = _RANGES["PositiveIntegerField"][1]
 EXIT_CODE_MIN, EXIT_CODE_MAX = _RANGES["IntegerField"]
+# docker-info answers its operations a page at a time: 10,000 of them at once were 3.4 MB.
+OPERATIONS_PAGE_SIZE = 100
+OPERATIONS_PAGE_SIZE_MAX = 1000
+OPERATIONS_PAGE_MAX = _RANGES["PositiveIntegerField"][1]
 
 
 def _whole_number(what: str, low: int, high: int, **kwargs) -> serializers.IntegerField:
@@ -95,7 +100,10 @@ class ContainerSerializer(serializers.Serializer):
 
     id = serializers.CharField()
     name = serializers.CharField()
-    image = serializers.CharField()
+    image = serializers.CharField(help_text="The image it ran, by the name the build's own pull, build or tag gave "
+                                            "it when it was created from an image ID.")
+    image_id = serializers.CharField(allow_blank=True, required=False,
+                                     help_text="The image ID it was created from, when it was created from an ID.")
     exit_code = serializers.IntegerField(allow_null=True)
     seconds = serializers.FloatField(allow_null=True, help_text="From its start to its end; null when its start "
                                                                 "was not recorded.")
@@ -117,9 +125,15 @@ class DockerInfoSummarySerializer(serializers.Serializer):
 
 
 class DockerInfoSerializer(serializers.Serializer):
-    summary = DockerInfoSummarySerializer()
-    operations = OperationSerializer(many=True)
-    pushed_images = PushedImageSerializer(many=True)
+    summary = DockerInfoSummarySerializer(help_text="The whole build, whatever the page and the filters.")
+    operations = OperationSerializer(many=True, help_text="One page of the operations that match the filters, in "
+                                                          "time order (`page`, `page_size`).")
+    operations_count = serializers.IntegerField(help_text="How many operations match the filters, on all pages.")
+    operations_next = serializers.URLField(allow_null=True, help_text="The next page of operations; null on the "
+                                                                      "last page.")
+    operations_previous = serializers.URLField(allow_null=True, help_text="The previous page of operations; null "
+                                                                          "on the first page.")
+    pushed_images = PushedImageSerializer(many=True, help_text="Every image the build pushed.")
 
 
 class BuildFilterSerializer(serializers.Serializer):
@@ -137,6 +151,12 @@ class DockerInfoFilterSerializer(serializers.Serializer):
                                      help_text="only operations with this action")
     image = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False,
                                   help_text="only operations whose image name contains this")
+    page = _whole_number("a page number", 1, OPERATIONS_PAGE_MAX, required=False, default=1,
+                         help_text="which page of the operations (from 1)")
+    page_size = _whole_number("a page size", 1, OPERATIONS_PAGE_SIZE_MAX, required=False,
+                              default=OPERATIONS_PAGE_SIZE,
+                              help_text=f"operations a page (default {OPERATIONS_PAGE_SIZE}, at most "
+                                        f"{OPERATIONS_PAGE_SIZE_MAX})")
 
 
 class BuildStartSerializer(serializers.Serializer):
@@ -186,6 +206,8 @@ BAD_REQUEST = OpenApiResponse(
     description="Bad input: each bad field (query parameter or body field) with what is wrong with it.",
 )
 NOT_FOUND = OpenApiResponse(DetailSerializer, description="No such build.")
+NO_PAGE = OpenApiResponse(DetailSerializer, description="No such build, or no such page of its operations (the "
+                                                        "message says how many pages there are).")
 # Every operation: no or a wrong token (401), a session without its CSRF token (403).
 AUTH = {401: OpenApiResponse(DetailSerializer, description="Not authenticated."),
         403: OpenApiResponse(DetailSerializer, description="Not allowed.")}
@@ -217,6 +239,34 @@ def _no_agent(build: Build, what: str) -> Response:
         "detail": f"agent {build.agent} did not answer within {settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT} s ({what}; "
                   f"{seen}); run `python manage.py agent --server URL --token-file FILE` on its build host",
     }, status=status.HTTP_504_GATEWAY_TIMEOUT)
+
+
+def _not_running(build: Build) -> Response:
+    return Response({"id": build.pk, "detail": f"build {build} has already finished ({build.status})"},
+                    status=status.HTTP_409_CONFLICT)
+
+
+def _operations_page(request, operations, page: int, size: int) -> dict:
+    """One page of `operations` with their total and the links to the pages beside it; NotFound past the last."""
+    count = operations.count()
+    last = max(1, -(-count // size))
+    if page > last:
+        raise NotFound(f"page {page} of the operations does not exist: there are {count} operations, {size} a page, "
+                       f"so {last} page{'s' if last != 1 else ''}")
+    url = request.build_absolute_uri()
+
+    def link(number):
+        if number == 1:
+            return remove_query_param(url, "page")
+        return replace_query_param(url, "page", number)
+
+    rows = operations[(page - 1) * size:page * size]
+    return {
+        "operations": OperationSerializer(rows, many=True).data,
+        "operations_count": count,
+        "operations_next": link(page + 1) if page < last else None,
+        "operations_previous": link(page - 1) if page > 1 else None,
+    }
 
 
 class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
@@ -285,8 +335,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         finish.is_valid(raise_exception=True)
         _require(request, "builds.finish_build", build, build.configuration.project, "finish builds")
         if not build.is_running:
-            return Response({"id": build.pk, "detail": f"build {build} is already {build.status}"},
-                            status=status.HTTP_409_CONFLICT)
+            return _not_running(build)
         answer = login.build_finish_remote(build=build, exit_code=finish.validated_data["exit_code"],
                                            timeout=settings.DOCKERSUPPORT_AGENT_TASK_TIMEOUT)
         if not answer.done:
@@ -300,25 +349,26 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         build = self.get_object()
         _require(request, "builds.finish_build", build, build.configuration.project, "keep builds alive")
         if not build.is_running:
-            return Response({"id": build.pk, "detail": f"build {build} is already {build.status}"},
-                            status=status.HTTP_409_CONFLICT)
+            return _not_running(build)
         login.build_heartbeat(build=build)
         build.refresh_from_db()
         return Response(BuildSerializer(build).data)
 
     @extend_schema(parameters=[DockerInfoFilterSerializer], responses={
-        200: DockerInfoSerializer, 400: BAD_REQUEST, **AUTH, 404: NOT_FOUND,
+        200: DockerInfoSerializer, 400: BAD_REQUEST, **AUTH, 404: NO_PAGE,
     })
     @action(detail=True, methods=["get"], url_path="docker-info")
     def docker_info(self, request, pk=None):
-        """The build's Docker Info: summary, every operation in time order, and the images it pushed."""
+        """The build's Docker Info: its summary, one page of its operations in time order (with their count and
+        the links to the next and previous pages beside them), and every image it pushed."""
         build = self.get_object()
         filters = DockerInfoFilterSerializer(data=request.query_params)
         filters.is_valid(raise_exception=True)
-        operations = build_operations(build, filters.validated_data.get("action", ""),
-                                      filters.validated_data.get("image", ""))
+        query = filters.validated_data
+        operations = build_operations(build, query.get("action", ""), query.get("image", ""))
+        page = _operations_page(request, operations, query["page"], query["page_size"])
         return Response({
             "summary": docker_info_summary(build),
-            "operations": OperationSerializer(operations.iterator(chunk_size=2000), many=True).data,
+            **page,
             "pushed_images": PushedImageSerializer(build_pushed_images(build), many=True).data,
         })

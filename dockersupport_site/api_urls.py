@@ -1,12 +1,14 @@
-"""REST API v1 (token auth): builds, the connection test, the agent protocol, and the OpenAPI schema."""
+"""REST API v1 (token auth): builds, the connection test, the agent protocol, and the OpenAPI schema with
+its documentation pages (Swagger UI, Redoc)."""
 
 from django.urls import path, register_converter
-from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import SimpleRouter
 
 from builds import agent_api
 from builds.api import BuildViewSet
 from connections.api import ConnectionTestView
+
+from .api_docs import ApiRootView, RedocView, SchemaView, SwaggerView
 
 
 class IdConverter:
@@ -27,7 +29,11 @@ router = SimpleRouter()
 router.register("builds", BuildViewSet, basename="build")
 
 urlpatterns = [
-    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("", ApiRootView.as_view(), name="api-root"),
+    path("schema/", SchemaView.as_view(), name="api-schema"),
+    # Who may read the schema may read these (SPECTACULAR_SETTINGS' SERVE_PERMISSIONS).
+    path("docs/", SwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("redoc/", RedocView.as_view(url_name="api-schema"), name="api-redoc"),
     path("projects/<str:project>/connections/<str:connection>/test/", ConnectionTestView.as_view(),
          name="connection-test"),
     *router.urls,

@@ -33,6 +33,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",  # not rest_framework.authtoken: it stores tokens in clear (ours: connections.ApiToken)
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and Redoc as static files: the API's docs load nothing from a CDN
     "django_celery_beat",
     "django_prometheus",
     "rules",
@@ -194,6 +195,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Registry login for builds, Docker operations of builds, and image clean-up.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # /api/v1/docs/ and /api/v1/redoc/ from our own static files (drf-spectacular-sidecar), never a CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    # No validator badge: Swagger UI would send the schema to validator.swagger.io.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
 }
 
 # --- Logging -----------------------------------------------------------------------------------

@@ -61,7 +61,10 @@ def builds_set_pinned(builds: Iterable[Build], pinned: bool) -> int:
 
 def build_start(*, configuration: BuildConfiguration, agent: Agent, number: int | None = None,
                 started_by: str = Build.StartedBy.RUN_BUILD) -> Build:
-    """Creates a running build, numbered after the configuration's last one unless `number` is given."""
+    """Creates a running build, numbered after the configuration's last one unless `number` is given.
+
+    Its errors name the number as the caller gave it: run_build's `--number`, the API's "number" field."""
+    number_input = '"number"' if started_by == Build.StartedBy.API else "--number"
     now = timezone.now()
     try:
         with transaction.atomic():
@@ -72,17 +75,20 @@ def build_start(*, configuration: BuildConfiguration, agent: Agent, number: int 
                 if number > BUILD_NUMBER_MAX:
                     raise BuildStartError(
                         f"configuration '{configuration.ident}' has used the highest build number, "
-                        f"{BUILD_NUMBER_MAX}; give a --number of a build that no longer exists"
+                        f"{BUILD_NUMBER_MAX}; give a {number_input} of a build that no longer exists"
                     )
             return Build.objects.create(
                 configuration=configuration, agent=agent, number=number, started_at=now, heartbeat_at=now,
                 started_by=started_by,
             )
     except IntegrityError:
-        raise BuildStartError(
-            f"build {number} of configuration '{configuration.ident}' already exists; "
-            "give another --number or leave it out to take the next one"
-        ) from None
+        if started_by == Build.StartedBy.API:
+            message = (f"build number {number} of configuration '{configuration.ident}' exists: "
+                       'give another "number" or leave it out to take the next one')
+        else:
+            message = (f"build {number} of configuration '{configuration.ident}' already exists; "
+                       "give another --number or leave it out to take the next one")
+        raise BuildStartError(message) from None
 
 
 def _session_name(build: Build) -> str:

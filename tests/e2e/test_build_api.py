@@ -48,7 +48,7 @@ def test_start_logs_in_and_finish_logs_out(api, agent, registry_configuration, r
     assert response.json()["status"] == "succeeded"
     assert not config.exists() and list(config_root.iterdir()) == []
     again = api("post", f"/api/v1/builds/{body['id']}/finish/", {"exit_code": 0})
-    assert again.status_code == 409 and "already succeeded" in again.json()["detail"]
+    assert again.status_code == 409 and "has already finished (succeeded)" in again.json()["detail"]
     assert registry.password not in caplog.text
 
 
@@ -77,7 +77,8 @@ def test_a_duplicate_number_is_refused(api, agent, registry_configuration):
     assert api("post", "/api/v1/builds/", data).status_code == 201
     response = api("post", "/api/v1/builds/", data)
     assert response.status_code == 400
-    assert "build 5 of configuration" in response.json()["number"][0]
+    [message] = response.json()["number"]
+    assert "build number 5 of configuration" in message and "--" not in message  # the API's words, not run_build's
 
 
 def test_a_failed_login_answers_502_with_the_connection_named(api, agent, registry_configuration, config_root):

@@ -1,6 +1,7 @@
 """Actions on connections (re-encrypting secrets, testing a connection against its registry) and on
 users' API tokens (issuing, revoking, authenticating)."""
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -62,6 +63,34 @@ def connection_test(connection: Connection) -> ConnectionTestResult:
         return result
     result.ok = True
     return result
+
+
+def connection_test_unsaved(connection: Connection) -> ConnectionTestResult:
+    """Tests values typed in a form, before they are saved; saves nothing.
+
+    `connection` holds the typed values (its `pk` is the stored connection's, None for a new one) and, in
+    `secrets_given`, the secret fields that were typed. A stored secret only goes where it was given for: when a
+    typed destination (Connection.DESTINATION_FIELDS) differs from the stored row's, the secrets not typed again
+    are not used, and the test asks for them instead of sending them anywhere.
+    """
+    tested = copy.copy(connection)
+    moved = connection.destination_changes()
+    if moved:
+        stored = Connection.objects.filter(pk=connection.pk).values(*Connection.SECRET_FIELDS).get()
+        missing = []
+        for name in Connection.SECRET_FIELDS:
+            if name not in connection.secrets_given:
+                if stored[name] and name in Connection.TYPE_SECRETS.get(connection.type, ()):
+                    missing.append(str(Connection._meta.get_field(name).verbose_name))
+                setattr(tested, name, "")
+        if missing:
+            labels = " and ".join(str(Connection._meta.get_field(name).verbose_name) for name in moved)
+            return ConnectionTestResult(ok=False, error=(
+                f"not tested: {labels} changed, so type the {' and the '.join(missing)} too; a stored secret is "
+                "only sent to the destination it was given for"))
+    # Never the stored row's identity: an ECR token cached for the saved values is not taken for the typed ones.
+    tested.pk = tested.id = None
+    return connection_test(tested)
 
 
 # --- API tokens ------------------------------------------------------------------------------------

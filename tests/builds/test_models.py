@@ -85,9 +85,10 @@ def test_admin_refuses_another_projects_connection_and_two_logins_to_one_host(ad
     response = post(foreign)
     assert response.status_code == 200
     formset = response.context["inline_admin_formsets"][0].formset
+    # The form offers only the configuration's project's and ancestors' connections (the model's own check,
+    # with its message naming both projects, is tested above).
     assert formset.errors == [{"connection": [
-        "connection 'other/foreign' belongs to project 'other', which is neither 'project' nor one of its ancestors"
-    ]}]
+        "Select a valid choice. That choice is not one of the available choices."]}]
     response = post(own, same_host)
     assert response.status_code == 200
     formset = response.context["inline_admin_formsets"][0].formset

@@ -47,9 +47,10 @@ def ingest_event_batch(batch_id: int) -> int:
 
 
 @shared_task(name="builds.cleanup_builds", acks_late=True)
-def cleanup_builds() -> dict:
-    """Periodic (nightly by default): retention, then registry deletion of the deleted builds' images."""
-    run = cleanup_run(trigger=CleanupRun.Trigger.SCHEDULE)
+def cleanup_builds(trigger: str = CleanupRun.Trigger.SCHEDULE) -> dict:
+    """Periodic (nightly by default), or asked for in the admin: retention, then registry deletion of the
+    deleted builds' images."""
+    run = cleanup_run(trigger=CleanupRun.Trigger(trigger))
     return {"run": run.pk, "builds_deleted": run.builds_deleted, "images_deleted": run.images_deleted}
 
 

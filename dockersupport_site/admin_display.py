@@ -11,8 +11,8 @@ TONES = {
     "ok": {"succeeded", "success", "deleted", "ok", "connected", "passed", "done", "finished", "kept"},
     "running": {"running", "claimed", "started", "in progress", "logging in", "logging out"},
     "waiting": {"pending", "waiting", "queued", "owner uncertain", "uncertain", "not yet decided", "retrying",
-                "disconnected", "partial", "dry run", "dry-run"},
-    "failed": {"failed", "error", "lost", "refused", "timed out", "timeout", "shortfall"},
+                "disconnected", "partial", "dry run", "dry-run", "never connected"},
+    "failed": {"failed", "error", "lost", "refused", "timed out", "timeout", "shortfall", "offline"},
 }
 
 

@@ -4,16 +4,21 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
+from django.utils.timesince import timesince
 
 from connections.admin_roles import ProjectRolesAdmin, ProjectRolesTabularInline, sees_everything
 from connections.admin_tokens import token_shown_once
+from dockersupport_site.admin_display import cut, status_badge
 
 from ..agents import services as agents
 from ..agents.selectors import agent_is_connected
 from ..cleanup.agent import AgentCleanupError, free_space_history, human, kept_items, parse_size, removed_items
 from ..models import Agent, AgentCleanup, Build
+from .free_space_chart import free_space_svg
 
 
 class SizeField(forms.CharField):
@@ -64,7 +69,7 @@ def _item_name(item) -> str:
 
 class AgentCleanupInline(ProjectRolesTabularInline):
     model = AgentCleanup
-    fields = ("at", "reason", "required", "before", "after", "reclaimed", "removed_images", "kept_images", "met")
+    fields = ("at", "reason", "required", "before", "after", "reclaimed", "outcome", "removed_images", "kept_images")
     readonly_fields = fields
     extra = 0
     max_num = 0
@@ -73,6 +78,10 @@ class AgentCleanupInline(ProjectRolesTabularInline):
 
     def has_add_permission(self, request, obj=None):
         return False  # written by the clean-up only
+
+    @admin.display(description="required met")
+    def outcome(self, obj):
+        return status_badge("ok", label="met") if obj.met else status_badge("shortfall")
 
     @admin.display(description="required")
     def required(self, obj):
@@ -105,7 +114,9 @@ class AgentAdmin(ProjectRolesAdmin):
 
     project_path = None
     form = AgentForm
-    list_display = ("name", "os", "serves", "state", "daemon", "running_builds", "free_space", "last_seen_at")
+    # Few columns of two lines: with the sidebar and the filters, a 1366 px window leaves about 700 px.
+    list_display = ("name_shown", "state_and_daemon", "serves", "running_builds", "free_space")
+    list_display_links = ("name_shown",)
     list_filter = ("os", "daemon_ok")
     search_fields = ("name", "hostname", "docker_host")
     filter_horizontal = ("projects",)
@@ -158,25 +169,41 @@ class AgentAdmin(ProjectRolesAdmin):
     def serves(self, obj):
         if obj.shared:
             return "every project (shared)"
-        return ", ".join(p.ident for p in obj.projects.all()) or "no project (its projects were deleted)"
+        return cut(", ".join(p.ident for p in obj.projects.all()) or "no project (its projects were deleted)", 12)
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
         form.instance.projects_assign(form.instance.projects.all())  # none: shared
 
-    @admin.display(description="connected")
+    @admin.display(description="state", ordering="last_seen_at")
     def state(self, obj):
         if agent_is_connected(obj):
-            return mark_safe('<span style="color:var(--message-success-bg,#070)">connected</span>')
-        return format_html('<span style="color:#ba2121">not connected</span> ({})', self._state_text(obj))
+            badge = status_badge("connected")
+        elif obj.last_seen_at is None:
+            badge = status_badge("never connected", tone="waiting")
+        else:
+            badge = status_badge("offline", tone="failed")
+        if obj.last_seen_at is None:
+            return badge
+        return format_html('{} <span class="help" title="last seen {}">{} ago</span>', badge,
+                           f"{timezone.localtime(obj.last_seen_at):%Y-%m-%d %H:%M:%S %Z}",
+                           timesince(obj.last_seen_at, depth=1))
+
+    @admin.display(description="name", ordering="name")
+    def name_shown(self, obj):
+        return format_html('{}<div class="help">{}</div>', obj.name, obj.get_os_display())
+
+    @admin.display(description="state, Docker daemon", ordering="last_seen_at")
+    def state_and_daemon(self, obj):
+        return format_html('{}<div>{}</div>', self.state(obj), self.daemon(obj))
 
     @admin.display(description="Docker daemon")
     def daemon(self, obj):
         if obj.daemon_ok is None:
             return "—"
         if obj.daemon_ok:
-            return f"answers (Docker {obj.daemon_version})" if obj.daemon_version else "answers"
-        return format_html('<strong style="color:#ba2121">NOT ANSWERING</strong>: {}', obj.daemon_error)
+            return status_badge("ok", label=f"Docker {obj.daemon_version}" if obj.daemon_version else "answers")
+        return format_html("{} {}", status_badge("failed", label="NOT ANSWERING"), cut(obj.daemon_error, 11))
 
     @admin.display(description="token")
     def token(self, obj):
@@ -184,13 +211,24 @@ class AgentAdmin(ProjectRolesAdmin):
             return "none (revoked or never made): `python manage.py agent_token NAME`, or the Replace token action"
         return f"made {obj.token_created_at:%Y-%m-%d %H:%M %Z}, stored hashed"
 
-    @admin.display(description="free space")
+    @admin.display(description="free space", ordering="free_bytes")
     def free_space(self, obj):
-        return human(obj.free_bytes) if obj.free_bytes is not None else "—"
+        if obj.free_bytes is None:
+            return "—"
+        if not obj.keep_free_bytes:
+            return human(obj.free_bytes)
+        if obj.free_bytes < obj.keep_free_bytes:
+            return format_html("{} {}", human(obj.free_bytes),
+                               status_badge("shortfall", label=f"below {human(obj.keep_free_bytes)}"))
+        return format_html('{} <span class="help">keeps {}</span>', human(obj.free_bytes), human(obj.keep_free_bytes))
 
-    @admin.display(description="running builds", ordering="_running")
+    @admin.display(description="running", ordering="_running")
     def running_builds(self, obj):
-        return obj._running
+        if not obj._running:
+            return 0
+        url = reverse("admin:builds_build_changelist") + "?" + urlencode(
+            {"agent__id__exact": obj.pk, "status__exact": Build.Status.RUNNING})
+        return format_html('<a href="{}">{}</a>', url, obj._running)
 
     @admin.action(description="Replace token (the new one is shown once)", permissions=("superuser",))
     def replace_token(self, request, queryset):
@@ -208,19 +246,16 @@ class AgentAdmin(ProjectRolesAdmin):
 
     @admin.display(description="free space over time")
     def free_space_chart(self, obj):
-        """A small SVG line of the free space measured by the last Free Disk Space runs."""
-        points = free_space_history(obj)
+        """Free space before and after each of the last Free Disk Space runs, and as last reported, from 0 GiB."""
+        points = [point for at, before, after in free_space_history(obj) for point in ((at, before), (at, after))]
+        runs = len(points) // 2
+        if obj.free_bytes is not None and obj.last_seen_at and (not points or obj.last_seen_at > points[-1][0]):
+            points.append((obj.last_seen_at, obj.free_bytes))
         if not points:
-            return "No Free Disk Space run yet."
-        values = [v for _, before, after in points for v in (before, after)]
-        low, high = min(values), max(values)
-        span = (high - low) or 1
-        width, height = 400, 80
-        step = width / max(len(values) - 1, 1)
-        coords = " ".join(f"{i * step:.1f},{height - (v - low) / span * (height - 10) - 5:.1f}"
-                          for i, v in enumerate(values))
-        return format_html(
-            '<svg width="{}" height="{}" role="img" aria-label="free space from {} to {}" '
-            'style="border:1px solid var(--hairline-color,#ccc)"><polyline fill="none" stroke="#417690" '
-            'stroke-width="2" points="{}"/></svg><div>{} – {} free, over the last {} run(s)</div>',
-            width, height, human(low), human(high), coords, human(low), human(high), len(points))
+            return "No Free Disk Space run yet, and no free space reported."
+        values = [free for _, free in points]
+        caption = f"{human(min(values))} – {human(max(values))} free"
+        caption += f", over the last {runs} run(s)" if runs else ""
+        if obj.free_bytes is not None:
+            caption += f"; {human(obj.free_bytes)} free when last heard from"
+        return free_space_svg(points, keep_free=obj.keep_free_bytes, caption=caption)  # rendered, escaped

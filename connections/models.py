@@ -158,6 +158,9 @@ class Connection(models.Model):
     # given for: changing any of these needs the secrets again (see `_clean_destination`).
     # The IAM role is one too: AssumeRole hands the external ID to the account that owns the role.
     DESTINATION_FIELDS = ("type", "registry", "registry_id", "region", "endpoint_url", "role_arn")
+    # The external ID goes to AWS inside an AssumeRole call signed by the base credentials: whoever sets other
+    # base keys would have it sent under an identity of theirs (and read it in their CloudTrail).
+    EXTERNAL_ID_IDENTITY = ("credentials", "access_key_id")
 
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="connections")
     ident = models.CharField(
@@ -244,19 +247,38 @@ class Connection(models.Model):
             return []
         return [name for name in self.DESTINATION_FIELDS if getattr(self, name) != stored[name]]
 
+    def secret_moves(self) -> dict[str, list[str]]:
+        """For each stored secret: the changes (by label) that would send it somewhere it was not given for.
+
+        Every secret follows the destination fields; the external ID also follows the identity that signs
+        its AssumeRole call (credentials type, access key ID, a new secret access key)."""
+        if self.pk is None:
+            return {}
+        stored = type(self).objects.filter(pk=self.pk).values(*self.EXTERNAL_ID_IDENTITY, "secret_access_key").first()
+        if stored is None:
+            return {}
+        moved = self.destination_changes()
+        identity = [name for name in self.EXTERNAL_ID_IDENTITY if getattr(self, name) != stored[name]]
+        if "secret_access_key" in self.secrets_given and self.secret_access_key != stored["secret_access_key"]:
+            identity.append("secret_access_key")
+
+        def labels(names):
+            return [str(self._meta.get_field(name).verbose_name) for name in names]
+
+        return {name: labels(moved + identity if name == "external_id" else moved)
+                for name in self.SECRET_FIELDS if moved or (name == "external_id" and identity)}
+
     def _clean_destination(self) -> dict:
         """A change of where the connection sends its secrets must give those secrets again."""
-        moved = self.destination_changes()
-        if not moved:
+        moves = self.secret_moves()
+        if not moves:
             return {}
         stored = type(self).objects.filter(pk=self.pk).values(*self.SECRET_FIELDS).get()
-        kept = [name for name in self.SECRET_FIELDS
-                if getattr(self, name) and getattr(self, name) == stored[name] and name not in self.secrets_given]
-        labels = " and ".join(str(self._meta.get_field(name).verbose_name) for name in moved)
         return {
-            name: f"{labels} changed: give the {self._meta.get_field(name).verbose_name} again; a stored secret is "
-                  "only sent to the destination it was given for"
-            for name in kept
+            name: f"{' and '.join(moves[name])} changed: give the {self._meta.get_field(name).verbose_name} again; "
+                  "a stored secret is only sent to the destination it was given for"
+            for name in moves
+            if getattr(self, name) and getattr(self, name) == stored[name] and name not in self.secrets_given
         }
 
     def clean(self):

@@ -74,20 +74,20 @@ def connection_test_unsaved(connection: Connection) -> ConnectionTestResult:
     are not used, and the test asks for them instead of sending them anywhere.
     """
     tested = copy.copy(connection)
-    moved = connection.destination_changes()
-    if moved:
+    moves = {name: labels for name, labels in connection.secret_moves().items() if labels}
+    if moves:
         stored = Connection.objects.filter(pk=connection.pk).values(*Connection.SECRET_FIELDS).get()
-        missing = []
-        for name in Connection.SECRET_FIELDS:
+        missing, changed = [], []
+        for name, labels in moves.items():
             if name not in connection.secrets_given:
                 if stored[name] and name in Connection.TYPE_SECRETS.get(connection.type, ()):
                     missing.append(str(Connection._meta.get_field(name).verbose_name))
+                    changed.extend(label for label in labels if label not in changed)
                 setattr(tested, name, "")
         if missing:
-            labels = " and ".join(str(Connection._meta.get_field(name).verbose_name) for name in moved)
             return ConnectionTestResult(ok=False, error=(
-                f"not tested: {labels} changed, so type the {' and the '.join(missing)} too; a stored secret is "
-                "only sent to the destination it was given for"))
+                f"not tested: {' and '.join(changed)} changed, so type the {' and the '.join(missing)} too; a stored "
+                "secret is only sent to the destination it was given for"))
     # Never the stored row's identity: an ECR token cached for the saved values is not taken for the typed ones.
     tested.pk = tested.id = None
     return connection_test(tested)

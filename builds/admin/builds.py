@@ -188,7 +188,7 @@ class BuildAdmin(ProjectRolesAdmin):
             "title": f"Docker Info of build {build}", "opts": self.opts, "build": build, "original": build,
             "status_badge": build_status_badge(build), "duration": duration_text(build_duration(build)),
             "summary": summary, "containers": shown, "images": info["images"],
-            "empty": docker_info_empty_reason(build) if not summary["operation_count"] else None,
+            "empty": self._empty_reason(request, build) if not summary["operation_count"] else None,
             "pushed_images": [(image, cleanup_status_badge(image)) for image in pushed[:self.docker_info_list_size]],
             "pushed_count": info["pushed_count"],
             "pushed_url": reverse("admin:builds_pushedimage_changelist") + f"?build__id__exact={build.pk}",
@@ -197,6 +197,14 @@ class BuildAdmin(ProjectRolesAdmin):
             "query": urlencode({k: v for k, v in (("action", action), ("q", search)) if v}),
         }
         return TemplateResponse(request, "admin/builds/build/docker_info.html", context)
+
+    @staticmethod
+    def _empty_reason(request, build):
+        """Why the tab is empty; the agent's own daemon error (its Docker endpoint) only to those who see agents."""
+        reason = docker_info_empty_reason(build)
+        if reason["kind"] == "daemon" and not request.user.has_perm("builds.view_agent", build.agent):
+            reason = {**reason, "detail": ""}
+        return reason
 
     def changelist_view(self, request, extra_context=None):
         # Images of deleted builds still waiting for (or refused) registry deletion, at a glance.

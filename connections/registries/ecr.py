@@ -21,6 +21,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.parsers import ResponseParserError
 from django.core.cache import cache
 
 from connections import crypto, validators
@@ -149,6 +150,10 @@ def aws_errors(connection: Connection):
         raise TransientRegistryError(_scrub(f"AWS could not be asked: {_cut(str(exc))}", connection)) from None
     except BotoCoreError as exc:
         raise RegistryError(_scrub(f"AWS could not be asked: {_cut(str(exc))}", connection)) from None
+    except ResponseParserError:
+        # Not AWS's answer (an empty or HTML body from a proxy or another host): its body is not quoted.
+        raise RegistryError(f"{connection.endpoint_url or 'AWS'} answered with something that is not an AWS "
+                            "answer") from None
 
 
 def _client_error_kind(code: str, status) -> type[RegistryError]:

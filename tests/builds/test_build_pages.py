@@ -233,9 +233,14 @@ def test_the_docker_info_of_a_running_build_with_nothing_yet_says_so(client, tea
     assert "The build is running and has recorded no Docker operation yet" in html
     assert '<span class="ds-badge ds-badge-running">Running</span>' in html
     # Its agent's daemon stops answering: that is why nothing comes.
-    Agent.objects.filter(pk=build.agent_id).update(daemon_ok=False, daemon_error="connection refused")
+    daemon_error = "the Docker daemon at tcp://10.1.2.3:2376 does not answer: connection refused"
+    Agent.objects.filter(pk=build.agent_id).update(daemon_ok=False, daemon_error=daemon_error)
     _, html = page(client, "docker_info", build)
-    assert f"Agent {build.agent}&#x27;s Docker daemon does not answer" in html and "connection refused" in html
+    assert f"Agent {build.agent}&#x27;s Docker daemon does not answer" in html
+    assert "10.1.2.3" not in html  # the agent's own error (its Docker endpoint) is for those who see agents
+    client.force_login(User.objects.create_superuser("root", password="pw-root-1"))
+    _, html = page(client, "docker_info", build)
+    assert "tcp://10.1.2.3:2376 does not answer" in html
 
 
 def test_the_docker_info_of_a_finished_build_without_docker_says_so(admin_client, team):

@@ -205,3 +205,21 @@ def test_a_token_is_cached_for_the_secret_key_that_obtained_it():
                                        registry_id=connection.registry_id, secret_access_key="wrong-secret-key-987")
     assert cache_key(connection) != cache_key(typed)
     assert "right-secret-key" not in cache_key(connection)
+
+
+def test_an_endpoint_that_answers_no_aws_answer_is_a_failed_test_not_a_crash():
+    """An endpoint URL (a proxy in front of a VPC endpoint, a test double) answering an empty 403: botocore cannot
+    parse it; the test fails with a message naming the endpoint (it was a server error)."""
+    from connections.services import connection_test
+    from tests.harness.stand_in import Answer, StandIn
+
+    stand_in = StandIn("127.0.0.2", lambda recorded: Answer(403, {"X-Nope": "nope"}, b""))
+    stand_in.start()
+    try:
+        connection = EcrConnectionFactory(credentials="temporary", role_arn="arn:aws:iam::123456789012:role/x",
+                                          external_id="ext-id-1234", endpoint_url=stand_in.url)
+        result = connection_test(connection)
+    finally:
+        stand_in.stop()
+    assert stand_in.requests  # it was asked
+    assert not result.ok and "is not an AWS answer" in result.error

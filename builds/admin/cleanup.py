@@ -35,8 +35,7 @@ class PushedImageAdmin(ReadOnlyAdmin):
     actions = ("retry_deletion", "settle_owner")
 
     class Media:
-        css = {"all": ("builds/cleanup.css",)}
-        js = ("builds/copy_button.js",)
+        css = {"all": ("builds/cleanup.css",)}  # copying: dockersupport/copy.js, on every admin page
 
     @admin.display(description="image", ordering="repository")
     def image(self, obj):

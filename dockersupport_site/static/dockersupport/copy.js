@@ -1,5 +1,6 @@
-// The build's pages: "Copy reference" buttons (registry/repository@digest), and any value cut to fit
-// (.ds-cut: its whole value is its title) copied by a click.
+// Copying on every admin page (templates/admin/base_site.html loads it): a button with data-copy
+// ("Copy reference", a list's "Copy") puts that text on the clipboard; a value cut to fit on the build's
+// pages (.ds-cut: its whole value is its title) is copied by a click.
 async function copyText(text) {
   try {
     await navigator.clipboard.writeText(text);
@@ -15,11 +16,14 @@ async function copyText(text) {
 }
 
 document.addEventListener("click", async (event) => {
-  const button = event.target.closest(".ds-copy");
+  const button = event.target.closest("button[data-copy]");
   if (button) {
+    event.preventDefault();
     await copyText(button.dataset.copy);
+    const label = button.dataset.label || button.textContent;
+    button.dataset.label = label;
     button.textContent = "Copied";
-    setTimeout(() => { button.textContent = "Copy reference"; }, 2000);
+    setTimeout(() => { button.textContent = label; }, 2000);
     return;
   }
   const value = event.target.closest(".ds-docker-info .ds-cut, .ds-build-page .ds-cut");

@@ -38,7 +38,11 @@ class Spool:
                     if entry["seq"] > self.acked:
                         self._pending.append(entry)
         self.last_seq = last or time.time_ns() // 1000
-        self.acked = self.acked or self.last_seq
+        if not self.acked:
+            # Never acknowledged (the agent stopped before the server's first answer reached it):
+            # everything in the log is still to be sent. Counting it as acknowledged would make the
+            # server's answer to its batch sent again look old, and the batch would be sent for ever.
+            self.acked = self._pending[0]["seq"] - 1 if self._pending else self.last_seq
         self._log = open(self.log_path, "a", encoding="utf-8")
         os.chmod(self.log_path, 0o600)
 

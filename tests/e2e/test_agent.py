@@ -54,15 +54,22 @@ def test_a_killed_run_build_has_its_config_erased_and_its_build_lost_within_seco
         process.kill()
 
 
-def test_an_agent_restart_does_not_end_a_running_build(agent, registry_configuration, home, busybox_image, tmp_path):
+@pytest.mark.parametrize("answer", ["heard", "lost"])
+def test_an_agent_restart_does_not_end_a_running_build(agent, registry_configuration, home, busybox_image, tmp_path,
+                                                       answer):
     half, resume = tmp_path / "half", tmp_path / "resume"
+    acked = agent.dir / "spool" / "acked"
     script = (f"docker tag {busybox_image} restart/agent-before:1 && touch {half} && "
               f"while [ ! -e {resume} ]; do sleep 0.1; done && docker tag {busybox_image} restart/agent-after:1 && "
               f"docker pull {busybox_image} >/dev/null; cat \"$DOCKER_CONFIG/config.json\" >/dev/null")
     process = run_build_process(agent, home, registry_configuration, script)
     try:
         wait_for(half.exists, "the first half of the build")
-        agent.process.restart()  # stop (SIGTERM), start again on the same folder
+        wait_for(acked.exists, "the server to take the first half's operation")
+        agent.process.stop(keep_data=True)  # SIGTERM
+        if answer == "lost":
+            acked.unlink()  # the agent stopped before the server's answer reached it
+        agent.process.start()  # on the same folder
         resume.touch()
         out, err = process.communicate(timeout=120)
     finally:

@@ -286,7 +286,15 @@ class EventStream:
         if client is None:
             return records
         image_id = record["attributes"].get("image_id", "")
-        if record["action"] in ("pull", "import", "load"):
+        if record["action"] == "pull":
+            # What the daemon knows of the pulled image: its ID (containers made from it name it so) and the
+            # registry's digest.
+            image = self._image(client, _reference_of(record))
+            if image is not None:
+                record["attributes"].setdefault("image_id", image.id)
+                record["digest"] = record["digest"] or _repo_digest(image, record["image"])
+            self._seen_images.add(image.id if image is not None else "")
+        elif record["action"] in ("import", "load"):
             self._seen_images.add(image_id or self._image_id(client, record))
         elif record["action"] == "push" and not record["digest"]:
             record["digest"] = self._pushed_digest(client, record)
@@ -306,21 +314,30 @@ class EventStream:
             return None
 
     def _image_id(self, client, record) -> str:
-        image = self._image(client, f"{record['image']}:{record['tag']}" if record["tag"] else record["image"])
+        image = self._image(client, _reference_of(record))
         return image.id if image is not None else ""
 
     def _pushed_digest(self, client, record) -> str:
         """A push event carries no digest; the image's RepoDigests has the registry's."""
-        image = self._image(client, f"{record['image']}:{record['tag']}" if record["tag"] else record["image"])
-        if image is None:
-            return ""
-        pushed = registry_and_repository(record["image"])
-        for repo_digest in image.attrs.get("RepoDigests") or []:
-            name, _, digest = repo_digest.partition("@")
-            if registry_and_repository(name) == pushed:  # the same repository, however Docker spells it
-                return digest
-        return ""
+        image = self._image(client, _reference_of(record))
+        return _repo_digest(image, record["image"]) if image is not None else ""
 
     def _created_nano(self, client, image_id) -> int:
         image = self._image(client, image_id)
         return rfc3339_nano(image.attrs.get("Created", "")) if image is not None else 0
+
+
+def _reference_of(record) -> str:
+    if record["tag"]:
+        return f"{record['image']}:{record['tag']}"
+    return f"{record['image']}@{record['digest']}" if record["digest"] else record["image"]
+
+
+def _repo_digest(image, repository: str) -> str:
+    """The registry's digest of `image` in `repository`, from its RepoDigests (however Docker spells the name)."""
+    wanted = registry_and_repository(repository)
+    for repo_digest in image.attrs.get("RepoDigests") or []:
+        name, _, digest = repo_digest.partition("@")
+        if registry_and_repository(name) == wanted:
+            return digest
+    return ""

@@ -318,6 +318,7 @@ class DockerOperation(models.Model):
 
 
 # An operation's identity (DockerOperation.identity): what makes two events the same event.
+PULLED_IMAGE_ID = "image_id"  # the attribute where the agent puts a pulled image's ID (not part of its identity)
 IDENTITY_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest",
                    "container_id", "container_name", "exit_code", "attributes")
 
@@ -329,13 +330,21 @@ def operation_identity(row: dict) -> str:
     """SHA-256 (hex) of the operation's stored fields and attributes, as canonical JSON.
 
     The same event delivered again (a replay, a batch sent again) has the same identity; distinct
-    events never share one, even in one clock tick. A push's digest is left out: the agent asks
-    the daemon for it afterwards, and an event replayed once the image is gone comes without it.
+    events never share one, even in one clock tick. A push's digest, and a pull's digest and image ID,
+    are left out: the agent asks the daemon for them afterwards, and an event replayed once the image
+    is gone comes without them.
     Computed over the stored values (secrets masked), so that it gives no secret away.
     """
     values = [row[name] for name in IDENTITY_FIELDS]
     if row["action"] == DockerOperation.Action.PUSH:
         values[IDENTITY_FIELDS.index("digest")] = ""
+    elif row["action"] == DockerOperation.Action.PULL:
+        # A pull's digest (unless pulled by digest) and image ID are asked of the daemon afterwards too.
+        if "@" not in row["actor_id"]:
+            values[IDENTITY_FIELDS.index("digest")] = ""
+        attributes = row["attributes"]
+        if isinstance(attributes, dict) and PULLED_IMAGE_ID in attributes:
+            values[IDENTITY_FIELDS.index("attributes")] = {k: v for k, v in attributes.items() if k != PULLED_IMAGE_ID}
     return sha256(canonical_json(values).encode()).hexdigest()
 
 

@@ -49,6 +49,8 @@ _BIGINT = 2 ** 63
 _TEXTS = tuple(TEXT_LIMITS.items())
 _ACTIONS = frozenset(DockerOperation.Action.values)
 _PUSH = DockerOperation.Action.PUSH.value
+# Operations whose digest (and a pull's image ID) the agent asks the daemon for: not all of their identity.
+_ASKED_AFTERWARDS = frozenset({_PUSH, DockerOperation.Action.PULL.value})
 NAME_MINIMUM = 8  # characters of a secret masked in a name (see the module's docstring)
 TEXT_MINIMUM = 4  # characters of a secret masked in a free text
 # Texts that name something (an image, a container, ...): a mask there makes another name.
@@ -239,7 +241,7 @@ def operation_fields(record, secrets: Secrets = NO_SECRETS) -> dict:
         for name in cut:
             row[name] = row[name][:TEXT_LIMITS[name]]
         encoded = ""
-    if encoded and row["action"] != _PUSH:
+    if encoded and row["action"] not in _ASKED_AFTERWARDS:
         row["identity"] = sha256(encoded.encode()).hexdigest()
     else:
         row["identity"] = operation_identity(row)

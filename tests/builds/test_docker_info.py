@@ -83,6 +83,20 @@ def test_a_containers_image_is_recorded_whole(image, expected):
     assert (record["image"], record["tag"]) == expected
 
 
+def test_a_pulls_digest_and_image_id_asked_of_the_daemon_afterwards_are_not_part_of_its_identity():
+    """The agent adds them after the event; a replay once the image is gone comes without them: one operation."""
+    from builds.operations.records import operation_fields
+
+    record = event("image", "pull", "busybox:latest", 0, name="busybox")
+    enriched = {**record, "digest": "sha256:" + "d" * 64,
+                "attributes": {**record["attributes"], "image_id": "sha256:" + "e" * 64}}
+    assert operation_fields(enriched)["identity"] == operation_fields(record)["identity"]
+    # Pulled by digest: the digest is the event's own, and two digests are two pulls.
+    first = event("image", "pull", "busybox@sha256:" + "a" * 64, 0, name="busybox")
+    second = event("image", "pull", "busybox@sha256:" + "b" * 64, 0, name="busybox")
+    assert operation_fields(first)["identity"] != operation_fields(second)["identity"]
+
+
 def test_a_build_event_is_recorded_as_a_build():
     record = parse_event({"Type": "image", "Action": "create", "timeNano": T0,
                           "Actor": {"ID": "sha256:" + "c" * 64, "Attributes": {"name": "app:1"}}})

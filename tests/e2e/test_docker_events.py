@@ -52,6 +52,11 @@ def test_a_build_that_pulls_tags_pushes_and_runs_a_failing_container(manage, age
     assert (image.registry, image.repository, image.tag) == (registry.address, "team/events", "7")
     assert image.digest == registry_digest(registry, "team/events", "7")
     assert build.operations.get(action="push").digest == image.digest
+    # What the daemon knows of the pulled image: the registry's digest and its ID.
+    pull = build.operations.get(action="pull")
+    repository, tag = private_image.split("/", 1)[1].rsplit(":", 1)
+    assert pull.digest == registry_digest(registry, repository, tag)
+    assert pull.attributes["image_id"].startswith("sha256:") and len(pull.attributes["image_id"]) == 71
     assert "container failing-" in result.stdout and "exited 3  FAILED" in result.stdout  # run_build's summary
 
 

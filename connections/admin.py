@@ -108,6 +108,11 @@ class ConnectionInline(ProjectRolesTabularInline):
     def has_add_permission(self, request, obj=None):
         return False
 
+    def has_change_permission(self, request, obj=None):
+        # A list to read: its rows are edited on their own pages, so a POST of the project's page (even one
+        # naming another project's connection) never validates or saves them.
+        return False
+
 
 # --- Links between pages --------------------------------------------------------------------------------
 

@@ -120,7 +120,8 @@ def test_the_build_pages_fit_a_laptop_and_explain_themselves(manage, agent, regi
     # Its Docker Info: the container run from an ID shows the image by the name the build gave it.
     page.goto(urls["docker_info"])
     by_id = page.locator("#docker-info-containers tbody tr", has_text=f"by-id-{agent.name}")
-    expect(by_id.locator(".ds-image")).to_have_text(pushed)
+    # Named by the first reference the build gave that ID: its pull (which records the image's ID).
+    expect(by_id.locator(".ds-image")).to_have_text(private_image)
     expect(by_id.locator(".ds-image")).to_have_attribute("title", image_id)
     failing = page.locator("#docker-info-containers tbody tr.ds-failed")
     expect(failing).to_contain_text(f"failing-{agent.name}")

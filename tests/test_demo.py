@@ -7,33 +7,20 @@ directory, on the copy's own SQLite database: the real .env and var/ are never t
 
 import os
 import re
-import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
+from tests import test_run_scripts
 from tests.harness import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
-PROJECT = ("manage.py", "scripts", "dockersupport_site", "connections", "builds", "agent", "demo")
+ROOT = test_run_scripts.ROOT
 
-
-@pytest.fixture
-def project(tmp_path):
-    copy = tmp_path / "project"
-    copy.mkdir()
-    for name in PROJECT:
-        source = ROOT / name
-        if source.is_dir():
-            shutil.copytree(source, copy / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, copy / name)
-    return copy
+project = test_run_scripts.project  # the project copied to a temporary folder (with demo/)
 
 
 def environment(**extra) -> dict:

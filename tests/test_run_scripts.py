@@ -18,7 +18,7 @@ from cryptography.fernet import Fernet
 ROOT = Path(__file__).resolve().parents[1]
 # What manage.py needs to start with the real settings; copied, not linked, because the settings
 # find .env and var/ from their own resolved location.
-PROJECT = ("manage.py", "scripts", "dockersupport_site", "connections", "builds", "agent")
+PROJECT = ("manage.py", "scripts", "dockersupport_site", "connections", "builds", "agent", "demo")
 
 
 @pytest.fixture

@@ -29,8 +29,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from connections.registries import Deletion, DeletionResult
-from connections.registries.related import RelatedGraph, cosign_tags, is_digest, referrers_tag
+from connections.registries import Deletion, DeletionResult, is_digest
+from connections.registries.related import RelatedGraph, cosign_tags, referrers_tag
 
 REFERRER_DEPTH = 3  # referrers of referrers ... followed this deep (connections.registries.related reads as deep)
 ASKED = "asked"

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .base import MANIFEST_TYPES, RefusedByRegistry, RegistryError
+from .base import MANIFEST_TYPES, RefusedByRegistry, RegistryError, is_digest
 from .v2 import RegistrySession, error_text
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 # The OCI artifact manifest (image-spec 1.1 release candidates) can carry a subject too.
 ACCEPT = MANIFEST_TYPES + ", application/vnd.oci.artifact.manifest.v1+json"
 COSIGN_SUFFIXES = (".sig", ".att", ".sbom")
-_DIGEST = re.compile(r"(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})")
 _NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?', re.IGNORECASE)
 MAX_PAGES = 100  # pages of the referrers API followed for one subject
 MAX_DESCRIPTORS = 10_000  # descriptors in one manifest or one page of the referrers API
@@ -54,10 +53,6 @@ COSIGN_LAYER_TYPES = {
                         "application/vnd.syft+json"}),
 }
 COSIGN_SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
-
-
-def is_digest(value) -> bool:
-    return isinstance(value, str) and _DIGEST.fullmatch(value) is not None
 
 
 def referrers_tag(digest: str) -> str:

@@ -1,23 +1,54 @@
 """A build's own Docker endpoint (issue 16): a unix socket that forwards every connection to the real
-daemon unchanged and reports each request it carried (method, path, query, status) to the agent.
+daemon unchanged and reports, as facts, what the build asked for and what the daemon answered.
+
+    python -m agent.docker_proxy --listen SOCK --daemon DAEMON_SOCK --journal FILE [--owner UID]
+
+runs one as a process of its own (the agent starts one per build; it outlives an agent restart) that
+appends its facts to FILE, one JSON object a line, each line written whole by one write:
+
+    {"kind": "listening", "pid"}                  the socket accepts connections
+    {"kind": "request", "request": N, "method", "path", "query"}   a request head, before the daemon has it
+    {"kind": "response", "request": N, "status"[, "container"][, "exec"][, "untagged", "deleted"]}
+                                                  a response head, before the client has it; the ids of
+                                                  create, exec create and image delete answers with it
+    {"kind": "container", "request": N, "container"}   a classic build's " ---> Running in <id>" line
+    {"kind": "built", "request": N, "image_id"}    a build's aux {"ID": "sha256:..."} (classic, BuildKit),
+                                                  or the ID a quiet build (-q) ends with
+    {"kind": "pushed", "request": N, "tag", "digest", "size"}   a push's aux {"Tag", "Digest", "Size"}
+    {"kind": "pulled", "request": N, "digest"}     a pull's (or a classic build's FROM) "Digest: " status
+    {"kind": "end", "request": N}                  its response ended, or its connection closed first
+    {"kind": "stopped"}                            SIGTERM or SIGINT: every connection closed, socket gone
+
+Each fact has "time_nano" (time.time_ns() when the proxy saw it); the lines are in that order. N numbers
+the requests: a proxy restarted on the same journal (mode 0600, appended to) numbers on from its last
+one. path is without the /v1.NN prefix and unquoted; query is parse_qs's dict of lists (a build's
+buildargs included). A "container" fact repeats what a classic build's output says, and its RUN steps
+can print such a line too; a quiet classic build (`-q`) says none, so its containers are in no fact.
 
 Standard library only. One thread per direction of each connection; request and response heads are
-read exactly (peeked, never past their end), while bodies and upgraded streams (attach, exec, BuildKit
-`/session` and `/grpc`) move socket to socket through a pipe in the kernel (os.splice) where Linux has
-it. benchmarks/docker_proxy_spike.py measured this design: >= 90 % of direct throughput for a 1 GiB
-build context, about 0-4 ms added per API call.
+read exactly (peeked, never past their end). Request bodies (build contexts), most response bodies and
+upgraded streams (attach, exec, BuildKit `/session` and `/grpc`) move socket to socket through a pipe in
+the kernel (os.splice) where Linux has it; only the JSON-lines answers of build, push and pull, and
+the small JSON answers named above, pass through Python to be read. benchmarks/docker_proxy_spike.py
+measured this design: >= 90 % of direct throughput for a 1 GiB build context, about 0-4 ms added per
+API call.
 """
 
+import argparse
 import collections
 import errno
+import itertools
 import json
 import logging
 import os
 import re
 import selectors
+import signal
 import socket
 import stat
+import sys
 import threading
+import time
 import urllib.parse
 
 logger = logging.getLogger(__name__)
@@ -27,10 +58,23 @@ PEEK = 64 * 1024
 MAX_HEAD = 1024 * 1024  # Go's net/http default (MaxHeaderBytes): the daemon accepts no longer head
 MAX_LINE = 4096  # a chunk's size line or a trailer line
 MAX_CAPTURED_BODY = 64 * 1024
+MAX_STREAM_LINE = 1024 * 1024  # a longer JSON line of a build, push or pull answer is passed on unread
 SPLICE = hasattr(os, "splice")  # Linux; elsewhere (or if the kernel refuses) recv_into + sendall
 _VERSION_PREFIX = re.compile(r"^/v\d+(?:\.\d+)?(?=/|$)")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_CAPTURED = {("POST", "/containers/create")}
+_RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$", re.MULTILINE)
+_IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+
+# What each answer's body is read for: (method, path pattern, status of a readable answer, use).
+# "stream": JSON lines read as they pass; anything else: one small JSON answer read whole first.
+_READ = [
+    ("POST", re.compile(r"/build"), 200, "stream"),
+    ("POST", re.compile(r"/images/.+/push"), 200, "stream"),
+    ("POST", re.compile(r"/images/create"), 200, "stream"),
+    ("POST", re.compile(r"/containers/create"), 201, "container"),
+    ("POST", re.compile(r"/containers/[^/]+/exec"), 201, "exec"),
+    ("DELETE", re.compile(r"/images/.+"), 200, "image_delete"),
+]
 
 
 class _Malformed(Exception):
@@ -67,8 +111,15 @@ def _framing(headers):
     return None, None
 
 
+def _chunk_size(line):
+    size = line[:-2].split(b";")[0].strip()
+    if not size or size.strip(b"0123456789abcdefABCDEF"):
+        raise _Malformed(f"bad chunk size line {line[:80]!r}")
+    return int(size, 16)
+
+
 class _Request:
-    __slots__ = ("info", "upgrade", "framing", "length")
+    __slots__ = ("method", "path", "query", "upgrade", "framing", "length", "number")
 
     def __init__(self, head: bytes):
         lines = head[:-4].decode("latin-1").split("\r\n")
@@ -82,9 +133,17 @@ class _Request:
         split = urllib.parse.urlsplit(target)
         if not split.path.startswith("/"):
             raise _Malformed(f"bad request target {target[:80]!r}")
-        path = _VERSION_PREFIX.sub("", urllib.parse.unquote(split.path)) or "/"
-        self.info = {"method": method, "path": path,
-                     "query": urllib.parse.parse_qs(split.query, keep_blank_values=True), "status": None}
+        self.method = method
+        self.path = _VERSION_PREFIX.sub("", urllib.parse.unquote(split.path)) or "/"
+        self.query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
+        self.number = None
+
+    def reading(self, status):
+        """How its answer's body is read: "stream", a small JSON answer's kind, or None (moved unread)."""
+        for method, path, readable, use in _READ:
+            if self.method == method and status == readable and path.fullmatch(self.path):
+                return use
+        return None
 
 
 def _response(head: bytes):
@@ -95,6 +154,99 @@ def _response(head: bytes):
         raise _Malformed(f"bad status line {lines[0][:80]!r}")
     headers = _headers(lines[1:])
     return int(code), headers
+
+
+def answer_fields(use, body):
+    """The ids a small JSON answer carries, as fields of its "response" fact ({} if it has none)."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        return {}
+    if use in ("container", "exec"):
+        if isinstance(answer, dict) and isinstance(answer.get("Id"), str):
+            return {use: answer["Id"]}
+        return {}
+    if not isinstance(answer, list):
+        return {}
+    items = [item for item in answer if isinstance(item, dict)]
+    return {"untagged": [i["Untagged"] for i in items if isinstance(i.get("Untagged"), str)],
+            "deleted": [i["Deleted"] for i in items if isinstance(i.get("Deleted"), str)]}
+
+
+def stream_facts(line):
+    """The facts one JSON line of a build, push or pull answer carries: [(kind, fields), ...].
+
+    Only the daemon writes aux objects and statuses; a classic build's "stream" text also carries its
+    RUN steps' output, so a "container" fact is what the output says, not proof."""
+    try:
+        message = json.loads(line)
+    except (ValueError, RecursionError):
+        return []
+    if not isinstance(message, dict):
+        return []
+    facts = []
+    text, aux, status = message.get("stream"), message.get("aux"), message.get("status")
+    if isinstance(text, str) and "Running in " in text:
+        facts += [("container", {"container": m[1]}) for m in _RUNNING_IN.finditer(text)]
+    if isinstance(aux, dict):
+        if isinstance(aux.get("ID"), str) and _IMAGE_ID.fullmatch(aux["ID"]):
+            facts.append(("built", {"image_id": aux["ID"]}))  # classic's aux, BuildKit's "moby.image.id"
+        if isinstance(aux.get("Digest"), str):
+            facts.append(("pushed", {"tag": aux.get("Tag"), "digest": aux["Digest"], "size": aux.get("Size")}))
+    if isinstance(status, str) and status.startswith("Digest: "):
+        facts.append(("pulled", {"digest": status.removeprefix("Digest: ").strip()}))
+    return facts
+
+
+def quiet_build_id(line):
+    """The image ID a quiet build's line says ({"stream": "sha256:...\\n"}), else None."""
+    try:
+        text = json.loads(line).get("stream")
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    if isinstance(text, str) and _IMAGE_ID.fullmatch(text.rstrip("\n")):
+        return text.rstrip("\n")
+    return None
+
+
+def _true(values):
+    """A query flag as the daemon reads it (Go's httputils.BoolValue, the first value): set unless "", 0,
+    no, false or none."""
+    return bool(values) and values[0].strip().lower() not in ("", "0", "no", "false", "none")
+
+
+class LineSplitter:
+    """Splits the bytes of a stream into lines for on_line (without their b"\\n"); a line longer than
+    `limit` is dropped whole, so one endless line cannot grow the buffer."""
+
+    def __init__(self, on_line, limit=MAX_STREAM_LINE):
+        self.on_line = on_line
+        self.limit = limit
+        self.buffer = bytearray()
+        self.skipping = False
+
+    def feed(self, data):
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            if not self.skipping and len(self.buffer) + end - start <= self.limit:
+                self.buffer += data[start:end]
+                self.on_line(bytes(self.buffer))
+            self.buffer.clear()
+            self.skipping = False
+            start = end + 1
+        if not self.skipping:
+            if len(self.buffer) + len(data) - start > self.limit:
+                self.buffer.clear()
+                self.skipping = True
+            else:
+                self.buffer += data[start:]
+
+    def close(self):
+        """The stream ended: its last line, if it had no b"\\n"."""
+        if self.buffer and not self.skipping:
+            self.on_line(bytes(self.buffer))
+        self.buffer.clear()
+        self.skipping = False
 
 
 class _Mover:
@@ -197,20 +349,45 @@ class _Direction:
             pass
 
     def forward_chunked(self):
+        """A chunked body: only its size lines and trailers come to Python; the data is moved."""
         while True:
             line = self.read_until(b"\r\n", MAX_LINE)
-            size = line[:-2].split(b";")[0].strip()
-            if not size or size.strip(b"0123456789abcdefABCDEF"):
-                raise _Malformed(f"bad chunk size line {line[:80]!r}")
+            size = _chunk_size(line)
             self.send(line)
-            if int(size, 16) == 0:
+            if not size:
                 break
-            self.forward(int(size, 16) + 2)  # the data and its CRLF
-        while True:  # trailer lines, up to the empty one
+            self.forward(size + 2)  # the data and its CRLF
+        while line != b"\r\n":  # trailer lines, up to the empty one
             line = self.read_until(b"\r\n", MAX_LINE)
             self.send(line)
-            if line == b"\r\n":
-                return
+
+    def pieces(self, framing, length):
+        """A body read through Python, as it comes: (raw, data) pairs, raw the bytes to pass on as they
+        are, data what they carry (without the chunked framing). Read exactly to the body's end."""
+        if framing == "chunked":
+            while True:
+                line = self.read_until(b"\r\n", MAX_LINE)
+                size = _chunk_size(line)
+                if not size:
+                    break
+                yield line, b""
+                yield from self.pieces("length", size)
+                yield self.recv_exactly(2), b""  # the data's CRLF
+            ending = bytearray(line)
+            while line != b"\r\n":  # trailer lines, up to the empty one
+                line = self.read_until(b"\r\n", MAX_LINE)
+                ending += line
+            yield bytes(ending), b""
+        elif framing == "length":
+            while length:
+                data = self.src.recv(min(length, CHUNK))
+                if not data:
+                    raise _Truncated()
+                length -= len(data)
+                yield data, data
+        else:
+            while data := self.src.recv(CHUNK):
+                yield data, data
 
     def close(self):
         self.mover.close()
@@ -280,6 +457,8 @@ class _Connection:
                 if head is None:
                     break
                 request = _Request(head)
+                request.number = self.proxy._number()
+                self.emit("request", request, method=request.method, path=request.path, query=request.query)
                 self.pending.append(request)
                 way.send(head)
                 if request.upgrade:
@@ -300,6 +479,7 @@ class _Connection:
     def responses(self):
         """Daemon to client: each response head read to pair it with its request, its body streamed."""
         way = _Direction(self.upstream, self.client)
+        request = None  # the request whose answer is passing
         try:
             while True:
                 head = way.read_until(b"\r\n\r\n", MAX_HEAD, eof_ok=True)
@@ -316,35 +496,33 @@ class _Connection:
                     way.send(head)  # 100 Continue and the like: the final response is still to come
                     continue
                 request = self.pending.popleft() if self.pending else None
-                info = request.info if request else None
-                if info:
-                    info["status"] = status
-                if status == 101 or (request and request.info["method"] == "CONNECT" and status < 300):
-                    self.report(info)
+                if status == 101 or (request and request.method == "CONNECT" and status < 300):
+                    self.emit("response", request, status=status)
                     way.send(head)
                     way.forward_until_end()
                     break
-                if (request and request.info["method"] == "HEAD") or status in (204, 304):
+                if (request and request.method == "HEAD") or status in (204, 304):
                     framing, length = "length", 0
-                if (info and (info["method"], info["path"]) in _CAPTURED and framing == "length"
-                        and length <= MAX_CAPTURED_BODY):
-                    body = way.recv_exactly(length)
-                    try:
-                        info["body"] = json.loads(body)
-                    except ValueError:
-                        pass
-                    self.report(info)  # before the client has the id: nothing it does next comes first
-                    way.send(head + body)
-                    continue
-                self.report(info)
-                way.send(head)
-                if framing == "chunked":
-                    way.forward_chunked()
-                elif framing == "length":
-                    way.forward(length)
-                else:  # the body ends when the daemon closes
-                    way.forward_until_end()
+                use = request.reading(status) if request and (framing != "length" or length) else None
+                if use == "stream":
+                    self.emit("response", request, status=status)
+                    way.send(head)
+                    self.stream(way, request, framing, length)
+                elif use:
+                    self.small_answer(way, request, status, use, head, framing, length)
+                else:
+                    self.emit("response", request, status=status)
+                    way.send(head)
+                    if framing == "chunked":
+                        way.forward_chunked()
+                    elif framing == "length":
+                        way.forward(length)
+                    else:  # the body ends when the daemon closes
+                        way.forward_until_end()
+                if framing is None:
                     break
+                self.emit("end", request)
+                request = None
             _shutdown(self.client, socket.SHUT_WR)
         except (OSError, _Malformed, _Truncated) as exc:
             if not self.proxy._stopping:
@@ -352,44 +530,112 @@ class _Connection:
             self.abort()
         finally:
             way.close()
+            self.emit("end", request)
             while self.pending:  # requests that never had an answer
-                self.report(self.pending.popleft().info)
+                self.emit("end", self.pending.popleft())
 
-    def report(self, info):
-        if info and self.proxy.on_request:
-            try:
-                self.proxy.on_request(info)
-            except Exception:
-                logger.exception("docker proxy: on_request failed for %s %s", info["method"], info["path"])
+    def stream(self, way, request, framing, length):
+        """A build's, push's or pull's JSON lines: each line's facts reported before the client has it.
+
+        A quiet build (`docker build -q`) says only its image's ID, as its last line; a failed one
+        ends with its error after its steps' output, which may say anything. So a quiet build's line
+        that is an image ID is held back until the next line (then it was output) or the answer's
+        end (then it is the ID: reported, then passed on)."""
+        quiet = request.method == "POST" and request.path == "/build" and _true(request.query.get("q"))
+        last = None  # the image ID the last line said, in a quiet build's answer
+
+        def facts(line):
+            nonlocal last
+            for kind, fields in stream_facts(line):
+                self.emit(kind, request, **fields)
+            last = quiet_build_id(line) if quiet else None
+
+        lines = LineSplitter(facts)
+        held = bytearray()
+        for raw, data in way.pieces(framing, length):
+            lines.feed(data)
+            if last and len(held) + len(raw) <= MAX_STREAM_LINE:
+                held += raw
+                continue
+            last = None  # more came than an answer's end: it was output
+            if held:
+                way.send(held)
+                held.clear()
+            way.send(raw)
+        lines.close()
+        if last:
+            self.emit("built", request, image_id=last)
+        way.send(held)
+
+    def small_answer(self, way, request, status, use, head, framing, length):
+        """A small JSON answer held back until read whole and its ids reported: nothing the client does
+        with them comes first. A larger one is passed on unread."""
+        pieces = way.pieces(framing, length)
+        held, body = [head], bytearray()
+        for raw, data in pieces:
+            held.append(raw)
+            body += data
+            if len(body) > MAX_CAPTURED_BODY:
+                logger.warning("docker proxy: %s %s answered more than %d bytes: passed on unread",
+                               request.method, request.path, MAX_CAPTURED_BODY)
+                fields = {}
+                break
+        else:
+            fields = answer_fields(use, body)
+        self.emit("response", request, status=status, **fields)
+        way.send(b"".join(held))
+        for raw, _ in pieces:
+            way.send(raw)
+
+    def emit(self, kind, request, **fields):
+        if request is not None:
+            self.proxy._emit({"kind": kind, "request": request.number, **fields})
 
 
 class DockerProxy:
-    """A unix socket at listen_path (mode 0600) whose connections go to the daemon's socket at
-    daemon_path unchanged; on_request(info) is called once per request with
-    {"method", "path" (without /v1.NN), "query" (parsed), "status" (None if no answer came)} and, for
-    `POST /containers/create` with a small JSON answer, "body" (its Id), before the client receives it."""
+    """A unix socket at listen_path (mode 0600, given to uid `owner` if set) whose connections go to the
+    daemon's socket at daemon_path unchanged. on_fact(fact) gets each fact of a request (the module's
+    docstring lists them) as a dict with "time_nano", in order per request: "request" before the
+    daemon has the head, "response" (with the ids of create, exec create and image delete answers)
+    before the client has it, then the stream's facts, then "end"; and {"kind": "listening", "pid"} once
+    it listens, before any connection's facts, {"kind": "stopped"} after stop(). It is called from the
+    connections' threads, one call at a time, in the order of the facts' time_nano. Requests are
+    numbered from first_request on."""
 
-    def __init__(self, listen_path, daemon_path, on_request=None):
+    def __init__(self, listen_path, daemon_path, on_fact=None, owner=None, first_request=1):
         self.listen_path = str(listen_path)
         self.daemon_path = str(daemon_path)
-        self.on_request = on_request
+        self.on_fact = on_fact
+        self.owner = owner
         self._listener = None
         self._inode = None
         self._wake = None
         self._thread = None
         self._connections = set()
         self._lock = threading.Lock()
+        self._facts_lock = threading.Lock()
         self._count = 0
+        self._requests = itertools.count(first_request)
         self._stopping = False
 
     def start(self):
+        _remove_stale_socket(self.listen_path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            try:
+                os.fchmod(listener.fileno(), 0o600)  # Linux: bind() makes the socket's file 0600, never wider
+            except OSError:
+                pass
             listener.bind(self.listen_path)
-            os.chmod(self.listen_path, 0o600)  # before listen(): until then nobody can connect
-            status = os.stat(self.listen_path)
+            status = os.lstat(self.listen_path)
+            if not stat.S_ISSOCK(status.st_mode):
+                raise OSError(errno.EEXIST, f"{self.listen_path} was replaced after bind")
+            if stat.S_IMODE(status.st_mode) != 0o600:
+                os.chmod(self.listen_path, 0o600)
+            if self.owner is not None:  # a symbolic link put in its place would be changed, not its target
+                os.chown(self.listen_path, self.owner, -1, follow_symlinks=False)
             self._inode = (status.st_dev, status.st_ino)
-            listener.listen(128)
+            listener.listen(128)  # only now can anyone connect: mode and owner are final
             listener.setblocking(False)
         except BaseException:
             listener.close()
@@ -397,6 +643,7 @@ class DockerProxy:
         self._listener = listener
         self._wake = os.pipe()
         self._stopping = False
+        self._emit({"kind": "listening", "pid": os.getpid()})  # before any connection's fact
         self._thread = threading.Thread(target=self._accept, name="docker-proxy-accept", daemon=True)
         self._thread.start()
         return self
@@ -430,6 +677,20 @@ class DockerProxy:
         with self._lock:
             self._connections.discard(connection)
 
+    def _number(self):
+        with self._lock:
+            return next(self._requests)
+
+    def _emit(self, fact):
+        if not self.on_fact:
+            return
+        with self._facts_lock:  # one at a time: the journal's lines are in the order of their times
+            fact["time_nano"] = time.time_ns()
+            try:
+                self.on_fact(fact)
+            except Exception:
+                logger.exception("docker proxy: on_fact failed for %s", fact)
+
     def stop(self):
         """The socket removed, every open connection closed, every thread joined."""
         if self._thread is None:
@@ -441,7 +702,7 @@ class DockerProxy:
         for fd in self._wake:
             os.close(fd)
         try:
-            status = os.stat(self.listen_path)
+            status = os.lstat(self.listen_path)
             if stat.S_ISSOCK(status.st_mode) and (status.st_dev, status.st_ino) == self._inode:
                 os.unlink(self.listen_path)
         except FileNotFoundError:
@@ -453,9 +714,101 @@ class DockerProxy:
         for connection in connections:
             connection.up.join()
         self._thread = self._listener = self._wake = None
+        self._emit({"kind": "stopped"})
 
     def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _remove_stale_socket(path):
+    """A socket left at path by a proxy that died (nothing answers it) is removed; a socket someone
+    listens on, or anything that is not a socket, stays and makes bind() fail."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)  # a listener with a full backlog keeps connect() waiting: it is alive
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        probe.close()
+
+
+class Journal:
+    """The file of facts the agent tails: one JSON object a line, each line appended whole by one write
+    (O_APPEND), unbuffered. A journal that exists is continued: a proxy restarted for the same build
+    numbers its requests on from the last one there (last_request), so that a number names one request."""
+
+    def __init__(self, path):
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        self.lock = threading.Lock()
+        self.last_request = 0
+        with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as f:
+            read, written = os.fstat(f.fileno()), os.fstat(self.fd)
+            if (read.st_dev, read.st_ino) != (written.st_dev, written.st_ino):
+                os.close(self.fd)
+                raise OSError(errno.EEXIST, f"{path} was replaced while being opened")
+            last = b"\n"
+            for last in f:
+                try:
+                    fact = json.loads(last)
+                    self.last_request = max(self.last_request, int(fact.get("request") or 0))
+                except (ValueError, RecursionError, TypeError, AttributeError):
+                    pass
+        if not last.endswith(b"\n"):  # a line cut short (a full disk): the next fact starts a line of its own
+            os.write(self.fd, b"\n")
+
+    def write(self, fact):
+        line = memoryview((json.dumps(fact, separators=(",", ":")) + "\n").encode())
+        with self.lock:
+            while line:  # one write unless the disk fills up
+                line = line[os.write(self.fd, line):]
+
+    def close(self):
+        os.close(self.fd)
+
+
+def main(argv=None):
+    """The proxy as a process: serves until SIGTERM or SIGINT, then stops and exits 0."""
+    parser = argparse.ArgumentParser(
+        prog="python -m agent.docker_proxy",
+        description="A build's own Docker endpoint: forwards the connections to --listen to the daemon and "
+                    "appends the facts of what passed to --journal, until SIGTERM or SIGINT.")
+    parser.add_argument("--listen", required=True, help="the socket to create (the build's DOCKER_HOST)")
+    parser.add_argument("--daemon", required=True, help="the Docker daemon's socket")
+    parser.add_argument("--journal", required=True, help="the file the facts are appended to")
+    parser.add_argument("--owner", type=int, help="the uid the socket is given to (the build's user)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s docker_proxy[%(process)d] %(levelname)s %(message)s")
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # before any thread: only sigwait() takes them
+    try:
+        journal = Journal(args.journal)
+    except OSError as exc:
+        logger.error("cannot open the journal %s: %s", args.journal, exc)
+        return 1
+    proxy = DockerProxy(args.listen, args.daemon, on_fact=journal.write, owner=args.owner,
+                        first_request=journal.last_request + 1)
+    try:
+        proxy.start()
+    except OSError as exc:
+        logger.error("cannot listen at %s: %s", args.listen, exc)
+        return 1
+    signal.sigwait(stop_signals)
+    proxy.stop()
+    journal.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,10 +1,12 @@
 """agent.docker_proxy against a tiny fake daemon (http.server on a unix socket): framing of requests and
-responses, upgrades, broken clients, stop(). With os.splice and with the copy fallback."""
+responses, upgrades, broken clients, stop(), and the facts it reports (the JSON lines of build, push and
+pull answers read as they pass, unchanged). With os.splice and with the copy fallback."""
 
 import hashlib
 import http.client
 import json
 import os
+import random
 import shutil
 import socket
 import socketserver
@@ -16,13 +18,18 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 
 from agent import docker_proxy
-from agent.docker_proxy import DockerProxy
+from agent.docker_proxy import DockerProxy, LineSplitter, stream_facts
 from tests.harness import short_tempdir
 
 MiB = 1024 * 1024
+IMAGE_ID = "sha256:" + "b" * 64
+DIGEST = "sha256:" + "d" * 64
 
 
 class FakeDaemon(BaseHTTPRequestHandler):
+    """Answers like the daemon; a path in server.answers gets those bytes as they are (head and body),
+    then the connection closes."""
+
     protocol_version = "HTTP/1.1"
     stream_gate: threading.Event
 
@@ -33,7 +40,10 @@ class FakeDaemon(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             data = bytearray()
             while True:
-                size = int(self.rfile.readline().split(b";")[0], 16)
+                line = self.rfile.readline()
+                if not line:  # the client (a test) left in the middle
+                    return bytes(data)
+                size = int(line.split(b";")[0], 16)
                 if not size:
                     while self.rfile.readline() not in (b"\r\n", b""):  # trailers
                         pass
@@ -85,10 +95,26 @@ class FakeDaemon(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = self.body()
+        if self.raw_answer():
+            return
         if self.path.split("?")[0].endswith("/containers/create"):
             self.answer(201, {"Id": "c0ffee" * 10, "Warnings": []})
+        elif self.path.split("?")[0].endswith("/exec"):
+            self.answer(201, {"Id": "e" * 64})
         else:
             self.answer(200, {"length": len(body), "sha256": hashlib.sha256(body).hexdigest()})
+
+    def do_DELETE(self):
+        if not self.raw_answer():
+            self.answer(404, {"message": "no such image"})
+
+    def raw_answer(self):
+        answer = self.server.answers.get(self.path.split("?")[0])
+        if answer is None:
+            return False
+        self.wfile.write(answer)
+        self.close_connection = True
+        return True
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -127,6 +153,46 @@ def wait_until(condition):
         time.sleep(0.01)
 
 
+class Facts(list):
+    """The facts on_fact received, in order; .requests() folds them per request."""
+
+    def requests(self):
+        """One dict per request, in the order they came: the fields of all its facts, its kinds in order."""
+        folded = {}
+        for fact in [fact for fact in self if "request" in fact]:
+            request = folded.setdefault(fact["request"], {"kinds": []})
+            request["kinds"].append(fact["kind"])
+            request.update({k: v for k, v in fact.items() if k not in ("kind", "time_nano")})
+        return list(folded.values())
+
+    def of(self, kind):
+        return [fact for fact in list(self) if fact["kind"] == kind]
+
+
+def chunked(data, sizes):
+    """data in chunks of the given sizes (the last takes the rest), then the zero chunk."""
+    out, at = bytearray(), 0
+    for size in sizes:
+        if at >= len(data):
+            break
+        piece = data[at:at + size]
+        out += b"%x\r\n%s\r\n" % (len(piece), piece)
+        at += size
+    if at < len(data):
+        out += b"%x\r\n%s\r\n" % (len(data) - at, data[at:])
+    return bytes(out + b"0\r\n\r\n")
+
+
+def answer_bytes(status, body, framing, chunk_sizes=()):
+    """A whole HTTP answer as a daemon would write it, with the body framed as asked."""
+    head = b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\n" % status
+    if framing == "chunked":
+        return head + b"Transfer-Encoding: chunked\r\n\r\n" + chunked(body, chunk_sizes)
+    if framing == "length":
+        return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    return head + b"Connection: close\r\n\r\n" + body
+
+
 @pytest.fixture(params=["splice", "copy"])
 def setup(request, monkeypatch):
     monkeypatch.setattr(docker_proxy, "SPLICE", request.param == "splice")
@@ -135,10 +201,11 @@ def setup(request, monkeypatch):
     server = socketserver.ThreadingUnixStreamServer(daemon_path, FakeDaemon)
     server.daemon_threads = True
     server.stream_gate = threading.Event()
+    server.answers = {}
     serving = threading.Thread(target=server.serve_forever, daemon=True)
     serving.start()
-    seen = []
-    proxy = DockerProxy(listen_path, daemon_path, on_request=seen.append).start()
+    seen = Facts()
+    proxy = DockerProxy(listen_path, daemon_path, on_fact=seen.append).start()
     yield proxy, server, seen
     proxy.stop()
     server.stream_gate.set()
@@ -163,14 +230,22 @@ def test_requests_one_after_another_on_a_connection_arrive_whole_and_are_reporte
     connection.request("HEAD", "/_ping")  # Content-Length 2 and no body: the next answer must still fit
     assert connection.getresponse().read() == b""
     connection.request("POST", "/v1.41/containers/create?name=web", body=b'{"Image": "busybox"}')
+    assert connection.getresponse().read() == b'{"Id": "' + b"c0ffee" * 10 + b'", "Warnings": []}'
+    connection.request("POST", "/v1.41/containers/web/exec", body=b'{"Cmd": ["true"]}')
     assert connection.getresponse().status == 201
     connection.close()
-    assert [(i["method"], i["path"], i["status"]) for i in seen] == [
+    wait_until(lambda: len(seen.of("end")) == 6)
+    requests = seen.requests()
+    assert [(r["method"], r["path"], r["status"]) for r in requests] == [
         ("GET", "/info", 200), ("POST", "/echo", 200), ("POST", "/echo", 200), ("HEAD", "/_ping", 200),
-        ("POST", "/containers/create", 201)]
-    assert seen[0]["query"] == {"all": ["1"], "filters": ["{}"], "t": ["a", "b"]}
-    assert seen[4]["query"] == {"name": ["web"]} and seen[4]["body"] == {"Id": "c0ffee" * 10, "Warnings": []}
-    assert all("body" not in info for info in seen[:4])
+        ("POST", "/containers/create", 201), ("POST", "/containers/web/exec", 201)]
+    assert all(r["kinds"] == ["request", "response", "end"] for r in requests)
+    assert len({r["request"] for r in requests}) == 6
+    assert requests[0]["query"] == {"all": ["1"], "filters": ["{}"], "t": ["a", "b"]}
+    assert requests[4]["query"] == {"name": ["web"]} and requests[4]["container"] == "c0ffee" * 10
+    assert requests[5]["exec"] == "e" * 64
+    assert not any({"container", "exec"} & set(r) for r in requests[:4])
+    assert all(isinstance(fact["time_nano"], int) for fact in seen)
 
 
 def test_chunk_extensions_and_trailers_pass_through(setup):
@@ -183,7 +258,7 @@ def test_chunk_extensions_and_trailers_pass_through(setup):
     sock.close()
     assert json.dumps({"length": 5, "sha256": hashlib.sha256(b"abcde").hexdigest()}).encode() in answer
     assert b'{"path": "/v1.41/version"}' in answer
-    assert [(i["path"], i["status"]) for i in seen] == [("/echo", 200), ("/version", 200)]
+    assert [(r["path"], r["status"]) for r in seen.requests()] == [("/echo", 200), ("/version", 200)]
 
 
 def test_a_streaming_response_reaches_the_client_as_it_comes(setup):
@@ -203,7 +278,8 @@ def test_a_body_that_ends_when_the_daemon_closes_is_passed_on_whole(setup):
     sock.sendall(b"GET /v1.41/until-close HTTP/1.1\r\nHost: d\r\n\r\n")
     assert read_all(sock).endswith(b"\r\n\r\nall of it")
     sock.close()
-    assert seen[0]["status"] == 200
+    wait_until(lambda: seen.of("end"))
+    assert seen.requests()[0]["status"] == 200 and seen.requests()[0]["kinds"] == ["request", "response", "end"]
 
 
 def test_an_upgraded_connection_carries_raw_bytes_both_ways_with_half_close(setup):
@@ -219,7 +295,9 @@ def test_an_upgraded_connection_carries_raw_bytes_both_ways_with_half_close(setu
     sock.shutdown(socket.SHUT_WR)
     assert read_all(sock) == b"HELLO GET / HTTP/1.1\r\n\r\n"
     sock.close()
-    assert [(i["path"], i["status"]) for i in seen] == [("/exec/abc/upgrade", 101)]
+    wait_until(lambda: seen.of("end"))
+    assert [(r["path"], r["status"], r["kinds"]) for r in seen.requests()] == [
+        ("/exec/abc/upgrade", 101, ["request", "response", "end"])]
 
 
 @pytest.mark.parametrize("head", [b"GARBAGE\r\n\r\n", b"GET /x HTTP/1.1\r\nno colon\r\n\r\n",
@@ -268,7 +346,7 @@ def test_without_a_daemon_the_client_gets_502_and_the_connection_closes():
 
 
 def test_stop_closes_open_connections_removes_the_socket_and_leaves_no_thread(setup):
-    proxy, _, _ = setup
+    proxy, _, seen = setup
     assert stat.S_IMODE(os.stat(proxy.listen_path).st_mode) == 0o600
     idle = UnixHTTPConnection(proxy.listen_path)
     idle.request("GET", "/v1.41/version")
@@ -282,9 +360,244 @@ def test_stop_closes_open_connections_removes_the_socket_and_leaves_no_thread(se
     proxy.stop()
     assert not proxy_threads()
     assert not os.path.exists(proxy.listen_path)
+    assert (seen[0]["kind"], seen[0]["pid"], seen[-1]["kind"]) == ("listening", os.getpid(), "stopped")
+    assert [(r["path"], r["kinds"]) for r in seen.requests()] == [  # the head cut short was no request
+        ("/version", ["request", "response", "end"]), ("/upgrade", ["request", "response", "end"])]
     for sock in (idle.sock, upgraded, half_head):
         try:
             assert b"HTTP/1.1" not in read_all(sock)
         except ConnectionResetError:  # closed with bytes it had not read yet: as closed as an end of stream
             pass
         sock.close()
+
+
+# -- the facts of build, push and pull answers ------------------------------------------------------------
+
+def split_at_random(data, seed, most=5000):
+    rng = random.Random(seed)
+    pieces, at = [], 0
+    while at < len(data):
+        size = rng.randint(1, most)
+        pieces.append(data[at:at + size])
+        at += size
+    return pieces
+
+
+def test_the_line_splitter_gives_each_line_whole_wherever_the_pieces_split_it():
+    stream = b'{"stream":"Step 1/2 : RUN true"}\r\n{"stream":"\\n"}\r\n\n{"aux":{"ID":"x"}}\r\nlast'
+    for cut in range(1, len(stream)):
+        lines = []
+        splitter = LineSplitter(lines.append)
+        splitter.feed(stream[:cut])
+        splitter.feed(stream[cut:])
+        splitter.close()
+        assert lines == stream.split(b"\n"), cut
+    lines = []
+    splitter = LineSplitter(lines.append)
+    for byte in range(len(stream)):
+        splitter.feed(stream[byte:byte + 1])
+    splitter.close()
+    assert lines == stream.split(b"\n")
+
+
+def test_a_line_over_the_limit_is_dropped_whole_and_the_next_one_read():
+    lines = []
+    splitter = LineSplitter(lines.append, limit=10)
+    for piece in [b"0123456789\n", b"0123456789", b"0\nshort\n", b"01234", b"567890123", b"\n", b"end\n"]:
+        splitter.feed(piece)
+    assert lines == [b"0123456789", b"short", b"end"]  # a line of exactly the limit is kept
+    lines.clear()
+    splitter = LineSplitter(lines.append)  # 1 MiB
+    stream = b'{"a":1}\n' + b"x" * (2 * MiB) + b'\n{"b":2}\n'
+    for piece in split_at_random(stream, 1, most=64 * 1024):
+        splitter.feed(piece)
+    assert lines == [b'{"a":1}', b'{"b":2}'] and len(splitter.buffer) == 0
+
+
+def test_stream_facts_reads_what_the_daemon_writes_and_nothing_else():
+    assert stream_facts(b'{"stream":" ---\\u003e Running in 0123456789ab\\n"}\r') == [
+        ("container", {"container": "0123456789ab"})]
+    assert stream_facts(b'{"aux":{"ID":"%s"}}\r' % IMAGE_ID.encode()) == [("built", {"image_id": IMAGE_ID})]
+    assert stream_facts(b'{"id":"moby.image.id","aux":{"ID":"%s"}}' % IMAGE_ID.encode()) == [
+        ("built", {"image_id": IMAGE_ID})]  # BuildKit's
+    assert stream_facts(b'{"progressDetail":{},"aux":{"Tag":"1","Digest":"%s","Size":528}}' % DIGEST.encode()) == [
+        ("pushed", {"tag": "1", "digest": DIGEST, "size": 528})]
+    assert stream_facts(b'{"status":"Digest: %s"}\r' % DIGEST.encode()) == [("pulled", {"digest": DIGEST})]
+    for nothing in [b'{"id":"moby.buildkit.trace","aux":"CnsKR3NoYTI1Njo0"}', b'{"stream":"Running in 0123"}',
+                    b'{"stream":"Step 1/2 : RUN echo \\" ---\\u003e Running in\\""}', b'{"aux":{"ID":"sha256:12"}}',
+                    b"not json", b"\xff\xfe", b"[1, 2]", b"[" * 100_000, b'{"status":"Downloading"}', b""]:
+        assert stream_facts(nothing) == [], nothing
+
+
+BUILD_LINES = [
+    b'{"stream":"Step 1/2 : RUN true"}\r\n',
+    b'{"stream":"\\n"}\r\n',
+    b'{"stream":" ---\\u003e Running in 0123456789ab\\n"}\r\n',
+    b'{"aux":{"ID":"sha256:' + b"f" * 64 + b'"},"stream":"' + b"x" * (2 * MiB) + b'"}\r\n',  # too long to read
+    b'{"aux":{"ID":"' + IMAGE_ID.encode() + b'"}}\r\n',
+    b'{"stream":"Successfully built bbbbbbbbbbbb\\n"}\r\n',
+]
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length", "close"])
+def test_a_build_answer_passes_unchanged_and_its_facts_are_reported(setup, framing):
+    proxy, server, seen = setup
+    body = b"".join(BUILD_LINES)
+    answer = answer_bytes(200, body, framing, [len(piece) for piece in split_at_random(body, 2)])
+    if framing == "chunked":  # with a chunk extension and a trailer
+        answer = answer[:-len(b"0\r\n\r\n")] + b"0;last=1\r\nX-Trailer: 1\r\n\r\n"
+    server.answers["/v1.41/build"] = answer
+    context = os.urandom(MiB)
+    sock = raw(proxy.listen_path)
+    sock.sendall(b"POST /v1.41/build?t=x%%2Fy:1&rm=1 HTTP/1.1\r\nHost: d\r\nContent-Type: application/x-tar\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (len(context), context))
+    assert read_all(sock) == answer
+    sock.close()
+    wait_until(lambda: seen.of("end"))
+    (build,) = seen.requests()
+    assert build["kinds"] == ["request", "response", "container", "built", "end"]
+    assert (build["path"], build["query"], build["status"]) == ("/build", {"t": ["x/y:1"], "rm": ["1"]}, 200)
+    assert build["container"] == "0123456789ab" and build["image_id"] == IMAGE_ID
+
+
+def test_a_push_and_a_pull_report_their_digests(setup):
+    proxy, server, seen = setup
+    push = [b'{"status":"The push refers to repository [127.0.0.1:5000/a/b]"}\r\n',
+            b'{"status":"1: digest: %s size: 528"}\r\n' % DIGEST.encode(),
+            b'{"progressDetail":{},"aux":{"Tag":"1","Digest":"%s","Size":528}}\r\n' % DIGEST.encode()]
+    pull = [b'{"status":"Pulling from a/b","id":"1"}\r\n', b'{"status":"Digest: %s"}\r\n' % DIGEST.encode(),
+            b'{"status":"Status: Downloaded newer image for 127.0.0.1:5000/a/b:1"}\r\n']
+    server.answers["/v1.41/images/127.0.0.1:5000/a/b/push"] = answer_bytes(200, b"".join(push), "chunked", [50, 3])
+    server.answers["/v1.41/images/create"] = answer_bytes(200, b"".join(pull), "chunked", [7] * 30)
+    for target in ["/v1.41/images/127.0.0.1:5000/a/b/push?tag=1",
+                   "/v1.41/images/create?fromImage=127.0.0.1:5000/a/b&tag=1"]:
+        connection = UnixHTTPConnection(proxy.listen_path)
+        connection.request("POST", target, body=b"")
+        assert connection.getresponse().read() == b"".join(push if "push" in target else pull)
+        connection.close()
+    wait_until(lambda: len(seen.of("end")) == 2)
+    pushed, pulled = seen.requests()
+    assert pushed["path"] == "/images/127.0.0.1:5000/a/b/push" and pushed["kinds"][2:] == ["pushed", "end"]
+    assert (pushed["tag"], pushed["digest"], pushed["size"]) == ("1", DIGEST, 528)
+    assert pulled["path"] == "/images/create" and pulled["kinds"][2:] == ["pulled", "end"]
+    assert pulled["digest"] == DIGEST
+
+
+def test_an_image_deletes_answer_reports_what_was_untagged_and_deleted(setup):
+    proxy, server, seen = setup
+    deleted = [{"Untagged": "x/y:1"}, {"Untagged": "x/y@" + DIGEST}]
+    deleted += [{"Deleted": f"sha256:{i:064x}"} for i in range(40)]
+    body = json.dumps(deleted).encode() + b"\n"  # over 2 KiB: Go's server sends it chunked
+    server.answers["/v1.41/images/x/y:1"] = answer_bytes(200, body, "chunked", [2048])
+    huge = json.dumps([{"Deleted": f"sha256:{i:064x}"} for i in range(1000)]).encode()  # over 64 KiB
+    server.answers["/v1.41/images/huge"] = answer_bytes(200, huge, "length")
+    for path, expected in [("/v1.41/images/x/y:1", body), ("/v1.41/images/huge", huge)]:
+        connection = UnixHTTPConnection(proxy.listen_path)
+        connection.request("DELETE", path)
+        assert connection.getresponse().read() == expected
+        connection.close()
+    wait_until(lambda: len(seen.of("end")) == 2)
+    small, large = seen.requests()
+    assert small["path"] == "/images/x/y:1" and small["untagged"] == ["x/y:1", "x/y@" + DIGEST]
+    assert small["deleted"] == [f"sha256:{i:064x}" for i in range(40)]
+    assert large["path"] == "/images/huge" and large["status"] == 200 and "deleted" not in large
+
+
+def hold_facts(proxy, seen, kind):
+    """Facts of `kind` held in on_fact (as a slow journal would) until the returned event is set."""
+    release = threading.Event()
+
+    def on_fact(fact):
+        if fact["kind"] == kind:
+            assert release.wait(30)
+        seen.append(fact)
+
+    proxy.on_fact = on_fact
+    return release
+
+
+def nothing_comes(sock, seconds=0.5):
+    """Whatever the socket gives within `seconds` (b"" if nothing)."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(65536)
+    except TimeoutError:
+        return b""
+    finally:
+        sock.settimeout(30)
+
+
+def test_the_daemon_gets_a_request_only_after_its_fact_is_reported(setup):
+    proxy, _, seen = setup
+    release = hold_facts(proxy, seen, "request")
+    sock = raw(proxy.listen_path)
+    sock.sendall(b"GET /v1.41/version HTTP/1.1\r\nHost: d\r\nConnection: close\r\n\r\n")
+    assert nothing_comes(sock) == b""  # answers are not held: the daemon has not had the request
+    release.set()
+    assert read_all(sock).startswith(b"HTTP/1.1 200")
+    sock.close()
+
+
+def test_the_client_gets_a_created_containers_id_only_after_its_fact_is_reported(setup):
+    proxy, _, seen = setup
+    release = hold_facts(proxy, seen, "response")
+    sock = raw(proxy.listen_path)
+    sock.sendall(b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nContent-Length: 2\r\nConnection: close"
+                 b"\r\n\r\n{}")
+    assert nothing_comes(sock) == b""
+    release.set()
+    assert read_all(sock).endswith(b'{"Id": "' + b"c0ffee" * 10 + b'", "Warnings": []}')
+    sock.close()
+    assert seen.of("response")[0]["container"] == "c0ffee" * 10
+
+
+def test_the_client_gets_a_built_images_line_only_after_its_fact_is_reported(setup):
+    proxy, server, seen = setup
+    release = hold_facts(proxy, seen, "built")
+    body = BUILD_LINES[0] + BUILD_LINES[4]
+    server.answers["/v1.41/build"] = answer_bytes(200, body, "chunked", [len(body)])
+    sock = raw(proxy.listen_path)
+    sock.sendall(b"POST /v1.41/build HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n")
+    received = bytearray()
+    while b'"aux"' not in received and (part := nothing_comes(sock)):
+        received += part
+    assert b'"aux"' not in received
+    release.set()
+    received += read_all(sock)
+    sock.close()
+    assert received == server.answers["/v1.41/build"]
+
+
+def test_a_quiet_builds_image_id_is_reported_before_the_client_has_it(setup):
+    proxy, server, seen = setup
+    release = hold_facts(proxy, seen, "built")
+    body = b'{"stream":"' + IMAGE_ID.encode() + b'\\n"}\r\n'
+    server.answers["/v1.41/build"] = answer_bytes(200, body, "chunked", [len(body)])
+    sock = raw(proxy.listen_path)
+    sock.sendall(b"POST /v1.41/build?q=1 HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n")
+    received = bytearray()
+    while b"sha256" not in received and (part := nothing_comes(sock)):
+        received += part
+    assert b"sha256" not in received
+    release.set()
+    received += read_all(sock)
+    sock.close()
+    assert received == server.answers["/v1.41/build"]
+    assert [(f["kind"], f.get("image_id")) for f in seen.of("built")] == [("built", IMAGE_ID)]
+
+
+@pytest.mark.parametrize("query, lines", [
+    ("q=1", [b'{"stream":"' + IMAGE_ID.encode() + b'\\n"}\r\n', b'{"errorDetail":{"message":"no"},"error":"no"}\r\n']),
+    ("q=false", [b'{"stream":"' + IMAGE_ID.encode() + b'\\n"}\r\n']),
+    ("", [b'{"stream":"' + IMAGE_ID.encode() + b'\\n"}\r\n']),
+], ids=["quiet-failed", "q-false", "not-quiet"])
+def test_a_line_that_only_looks_like_a_quiet_builds_id_is_no_image(setup, query, lines):
+    proxy, server, seen = setup
+    body = b"".join(lines)
+    server.answers["/v1.41/build"] = answer_bytes(200, body, "chunked", [len(lines[0]), 5])
+    connection = UnixHTTPConnection(proxy.listen_path)
+    connection.request("POST", f"/v1.41/build?{query}", body=b"")
+    assert connection.getresponse().read() == body
+    connection.close()
+    wait_until(lambda: seen.of("end"))
+    assert seen.requests()[0]["kinds"] == ["request", "response", "end"]

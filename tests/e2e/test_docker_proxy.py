@@ -1,6 +1,6 @@
 """A build's Docker endpoint (agent.docker_proxy, issue 16): Debian's docker CLI works through it as it
 does directly — API calls, run with attach, exec, classic and BuildKit builds — and the proxy reports the
-containers it saw created."""
+containers it saw created (the journal of facts of the proxy process: test_docker_proxy_journal.py)."""
 
 import os
 import shutil
@@ -33,7 +33,7 @@ def proxy(docker_daemon):
     root = short_tempdir("dp-")
     seen = []
     started = DockerProxy(os.path.join(root, "docker.sock"), docker_daemon.host.removeprefix("unix://"),
-                          on_request=seen.append).start()
+                          on_fact=seen.append).start()
     started.seen = seen
     yield started
     started.stop()
@@ -83,10 +83,10 @@ def test_exec_into_a_running_container(docker, busybox_image, docker_client):
 def test_the_created_containers_id_is_reported_with_its_request(docker, proxy, busybox_image, docker_client):
     container = docker("create", "--network", "none", "--name", "proxy-created", busybox_image, "true").stdout.strip()
     try:
-        created = [i for i in proxy.seen if (i["method"], i["path"]) == ("POST", "/containers/create")]
-        assert len(created) == 1
-        assert created[0]["status"] == 201 and created[0]["body"]["Id"] == container
-        assert created[0]["query"]["name"] == ["proxy-created"]
+        (created,) = [f for f in proxy.seen if f["kind"] == "request" and f["path"] == "/containers/create"]
+        assert created["method"] == "POST" and created["query"]["name"] == ["proxy-created"]
+        (response,) = [f for f in proxy.seen if f["kind"] == "response" and f["request"] == created["request"]]
+        assert response["status"] == 201 and response["container"] == container
     finally:
         docker_client.containers.get(container).remove(force=True)
 

@@ -131,11 +131,15 @@ class BuildStarted:
     build: BuildInfo
     token: str  # the build's own token: its later requests, and nothing else
     logins: list[RegistryLogin]
+    # The configuration's setting: give the build its own Docker endpoint (a proxy socket, DOCKER_HOST), so that
+    # its operations are known from its requests. An older server sends none: exact, the default.
+    exact_attribution: bool = True
 
 
 @dataclass
 class Credentials:
     logins: list[RegistryLogin]
+    exact_attribution: bool = True  # as in BuildStarted (an API-driven build's agent learns it here)
 
 
 @dataclass
@@ -146,6 +150,9 @@ class LoginReport:
     warnings: list[str]
     error: str = ""  # a required login failed: the command does not run
     expires_at: datetime | None = None  # when the first expiring token (ECR) of the build expires
+    docker_host: str = ""  # the build's DOCKER_HOST: its own endpoint (unix://...), or the daemon's
+    attribution: str = ""  # "exact" (its own endpoint) or "time" (by time, as before); "": an older agent
+    attribution_note: str = ""  # why it is time-based (the configuration turned it off, the proxy did not start...)
 
 
 @dataclass

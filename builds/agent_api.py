@@ -242,7 +242,8 @@ class BuildCredentialsView(BuildView):
     @extend_schema(responses={200: doc(protocol.Credentials), **ERRORS})
     def get(self, request, pk):
         """The build's registry credentials, fresh (an ECR token from the shared cache or from AWS)."""
-        return answer(protocol.Credentials(logins=login.build_credentials(self.build)))
+        return answer(protocol.Credentials(logins=login.build_credentials(self.build),
+                                           exact_attribution=self.build.configuration.exact_attribution))
 
 
 class BuildLoginsView(BuildView):
@@ -276,6 +277,10 @@ RAW_ACTION_RECEIVED = 65_536
 TEXT_RECEIVED = 8_192  # longer than any secret we hand out (an ECR token is about 2.5 kB)
 _TEXT_LIMITS = {**{name: max(limit, TEXT_RECEIVED) for name, limit in records.TEXT_LIMITS.items()},
                 "raw_action": RAW_ACTION_RECEIVED}
+# How the agent attributed a record, besides the builds it names: `owner_uncertain`, by time while other builds
+# ran on the daemon (its push's owner is uncertain); `unattributed` (with no build named), no build's own Docker
+# endpoint asked for it (kept on the agent's page).
+RECORD_FLAGS = ("owner_uncertain", "unattributed")
 
 
 def _without_nul(value):
@@ -312,8 +317,15 @@ def _checked_records(records_sent: list) -> list[dict]:
             raise wrong("builds: expected a list of build ids")
         if not isinstance(attributes, dict):
             raise wrong("attributes: expected an object")
+        flags = {}
+        for name in RECORD_FLAGS:
+            value = record.get(name, False)
+            if not isinstance(value, bool):
+                raise wrong(f"{name}: expected true or false")
+            if value:
+                flags[name] = True  # kept only when set: batches wait in the database until ingested
         checked.append({**clean, "time_nano": time_nano, "exit_code": exit_code, "builds": builds,
-                        "attributes": attributes})
+                        "attributes": attributes, **flags})
     return checked
 
 

@@ -67,11 +67,17 @@ class BuildSerializer(serializers.ModelSerializer):
     configuration = serializers.SlugRelatedField(slug_field="ident", read_only=True)
     agent = serializers.SlugRelatedField(slug_field="name", read_only=True)
     warnings = serializers.ListField(child=serializers.CharField(), read_only=True)
+    # Declared: a read-only model field loses its blank value from the schema's enum.
+    attribution = serializers.ChoiceField(
+        choices=[*Build.Attribution.choices, ("", "not reported")], read_only=True,
+        help_text="How the build's Docker operations were told from other builds': `exact` (from its own Docker "
+                  "endpoint's requests), `time` (by time: pushes while other builds ran have an uncertain owner), "
+                  "or empty (not reported yet, or by an older agent).")
 
     class Meta:
         model = Build
         fields = ("id", "configuration", "agent", "number", "status", "started_at", "finished_at", "exit_code",
-                  "pinned", "docker_config", "warnings", "error")
+                  "pinned", "docker_config", "warnings", "error", "attribution")
         read_only_fields = fields
 
 
@@ -176,8 +182,19 @@ class BuildStartedSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     number = serializers.IntegerField()
     docker_config = serializers.CharField(help_text="Export it as DOCKER_CONFIG for the build's Docker commands.")
+    docker_host = serializers.CharField(
+        allow_blank=True,
+        help_text="Export it as DOCKER_HOST for the build's Docker commands: the build's own Docker endpoint on its "
+                  "agent (exact attribution), or the agent's daemon.")
     logged_in = serializers.ListField(child=serializers.CharField())
     warnings = serializers.ListField(child=serializers.CharField())
+
+
+def build_started_payload(build: Build, result: dict) -> dict:
+    """The answer to a start from the login result of the build's agent; an older agent's has no docker_host."""
+    docker_host = result.get("docker_host")
+    return {"id": build.pk, "number": build.number, "docker_host": docker_host if isinstance(docker_host, str) else "",
+            **{key: result[key] for key in ("docker_config", "logged_in", "warnings")}}
 
 
 class BuildFinishSerializer(serializers.Serializer):
@@ -306,7 +323,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         504: NO_WORKER,
     })
     def create(self, request):
-        """Starts a build: its agent logs it in to its registries; answers its DOCKER_CONFIG."""
+        """Starts a build: its agent logs it in to its registries; answers its DOCKER_CONFIG and DOCKER_HOST."""
         start = BuildStartSerializer(data=request.data, user=request.user)
         start.is_valid(raise_exception=True)
         configuration = start.validated_data["configuration"]
@@ -318,8 +335,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             raise serializers.ValidationError({exc.field: [str(exc)]}) from None
         if not answer.done:
             return _failed_on_agent(build, answer)
-        payload = {"id": build.pk, "number": build.number,
-                   **{key: answer.result[key] for key in ("docker_config", "logged_in", "warnings")}}
+        payload = build_started_payload(build, answer.result)
         return Response(BuildStartedSerializer(payload).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=BuildFinishSerializer, responses={

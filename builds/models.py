@@ -39,6 +39,13 @@ class BuildConfiguration(models.Model):
         help_text="Tag patterns clean-up never deletes nor lets go by deleting their digest, e.g. `latest v* "
                   "release-*` (shell-style, separated by spaces or commas), besides DOCKERSUPPORT_PROTECTED_TAGS.",
     )
+    exact_attribution = models.BooleanField(
+        "exact attribution", default=True,
+        help_text="Each build gets its own Docker endpoint (DOCKER_HOST, a socket the agent forwards to the daemon), "
+                  "so its Docker operations are known from its own requests, even when builds share a daemon. Turn "
+                  "off only for builds that must talk to the daemon's own socket (they then fall back to time-based "
+                  "attribution: pushes while other builds ran are 'owner uncertain' and not cleaned up).",
+    )
 
     class Meta:
         ordering = ["ident"]
@@ -235,6 +242,18 @@ class Build(models.Model):
     )
     warnings = models.JSONField(default=list, blank=True)
     error = models.TextField(blank=True)
+
+    class Attribution(models.TextChoices):
+        EXACT = "exact", "exact (its own Docker endpoint)"
+        TIME = "time", "time-based"
+
+    attribution = models.CharField(
+        max_length=8, blank=True, choices=Attribution.choices,
+        help_text="How its agent told its Docker operations from other builds': from its own Docker endpoint's "
+                  "requests (exact), or by time (operations while it ran); empty: not reported (an older agent).",
+    )
+    attribution_note = models.CharField(max_length=500, blank=True,
+                                        help_text="Why its attribution is time-based, as its agent said.")
     # The build's own token, hashed: it authorizes the agent's requests for this build only, while it runs.
     token_hash = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
 
@@ -346,6 +365,43 @@ def operation_identity(row: dict) -> str:
         if isinstance(attributes, dict) and PULLED_IMAGE_ID in attributes:
             values[IDENTITY_FIELDS.index("attributes")] = {k: v for k, v in attributes.items() if k != PULLED_IMAGE_ID}
     return sha256(canonical_json(values).encode()).hexdigest()
+
+
+class UnattributedOperation(models.Model):
+    """An event of an agent's daemon that no build's own Docker endpoint asked for while builds ran: something
+    on the build host used the daemon directly. Kept on the agent, never given to a build by guess; only the
+    newest UNATTRIBUTED_KEPT of an agent stay."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="unattributed_operations",
+                              db_index=False)
+    time = models.DateTimeField()
+    time_nano = models.BigIntegerField(help_text="The daemon's event time in nanoseconds since the epoch.")
+    event_type = models.CharField(max_length=20)
+    action = models.CharField(max_length=10, choices=DockerOperation.Action.choices)
+    raw_action = models.CharField(max_length=100, help_text="The daemon's own action name.")
+    image = models.CharField(max_length=500, blank=True)
+    tag = models.CharField(max_length=128, blank=True)
+    digest = models.CharField(max_length=100, blank=True)
+    container_id = models.CharField(max_length=64, blank=True)
+    container_name = models.CharField(max_length=255, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    identity = models.CharField(max_length=64, editable=False,
+                                help_text="The event's identity, as a DockerOperation's: sent again, it is the same.")
+
+    class Meta:
+        ordering = ["-time_nano", "-pk"]
+        verbose_name = "Docker operation no build asked for"
+        verbose_name_plural = "Docker operations no build asked for"
+        constraints = [
+            models.UniqueConstraint(fields=["agent", "identity"], name="unattributed_operation_identity_once"),
+        ]
+        indexes = [models.Index(fields=["agent", "time_nano"])]  # the agent's page, and pruning
+
+    def __str__(self):
+        return f"{self.action} {self.image or self.container_name or self.container_id} on agent {self.agent_id}"
+
+
+UNATTRIBUTED_KEPT = 1000  # an agent's newest Docker operations no build asked for that are kept
 
 
 class SetAsideRecord(models.Model):

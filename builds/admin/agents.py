@@ -17,7 +17,8 @@ from dockersupport_site.admin_display import cut, status_badge
 from ..agents import services as agents
 from ..agents.selectors import agent_is_connected
 from ..cleanup.agent import AgentCleanupError, free_space_history, human, kept_items, parse_size, removed_items
-from ..models import Agent, AgentCleanup, Build
+from ..models import UNATTRIBUTED_KEPT, Agent, AgentCleanup, Build
+from ..operations.selectors import agent_unattributed
 from .free_space_chart import free_space_svg
 
 
@@ -121,7 +122,7 @@ class AgentAdmin(ProjectRolesAdmin):
     search_fields = ("name", "hostname", "docker_host")
     filter_horizontal = ("projects",)
     readonly_fields = ("token", "state", "daemon", "hostname", "agent_version", "reported_docker_host", "connected_at",
-                       "last_seen_at", "free_space", "free_space_chart")
+                       "last_seen_at", "free_space", "free_space_chart", "unattributed")
     fieldsets = (
         (None, {"fields": ("name", "os", "projects", "token")}),
         ("Its Docker daemon", {"fields": ("docker_host", "docker_data_path", "daemon", "reported_docker_host",
@@ -135,7 +136,13 @@ class AgentAdmin(ProjectRolesAdmin):
                                             "changes at its next heartbeat."}),
         ("What it said of itself", {"fields": ("state", "hostname", "agent_version", "connected_at",
                                                "last_seen_at")}),
+        ("Docker operations no build asked for", {
+            "fields": ("unattributed",),
+            "description": "Events of the daemon that no build's own Docker endpoint asked for while builds ran: "
+                           "something on the host used the daemon directly. They belong to no build (never "
+                           f"guessed); the newest {UNATTRIBUTED_KEPT} are kept."}),
     )
+    unattributed_shown = 50
     inlines = [AgentCleanupInline]
     actions = ("replace_token", "revoke_token")
 
@@ -243,6 +250,31 @@ class AgentAdmin(ProjectRolesAdmin):
         for agent in queryset:
             agents.agent_token_revoke(agent=agent)
         self.message_user(request, f"Revoked the tokens of {queryset.count()} agent(s).", messages.SUCCESS)
+
+    def get_fieldsets(self, request, obj=None):
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None:  # a new agent has no daemon events yet
+            return [fieldset for fieldset in fieldsets if "unattributed" not in fieldset[1]["fields"]]
+        return fieldsets
+
+    @admin.display(description="operations")
+    def unattributed(self, obj):
+        """The count, and the newest of them as a table (time, action, image or container)."""
+        count, rows = agent_unattributed(obj, self.unattributed_shown)
+        if not count:
+            return "None recorded."
+        caption = f"{count} kept" + (f"; the newest {len(rows)} shown" if count > len(rows) else "")
+        body = format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td></tr>", (
+            (format_html('<span style="white-space:nowrap" title="{}">{}</span>',
+                         f"{timezone.localtime(row['time']):%Y-%m-%d %H:%M:%S.%f %Z}",
+                         f"{timezone.localtime(row['time']):%m-%d %H:%M:%S}"),
+             format_html('<span title="{}">{}</span>', row["raw_action"], row["action"]),
+             cut(row["what"], 30))
+            for row in rows))
+        return format_html('<p id="agent-unattributed-count">{}</p><table id="agent-unattributed">'
+                           "<thead><tr><th>time</th><th>action</th><th>container (its image), or image</th>"
+                           "</tr></thead>"
+                           "<tbody>{}</tbody></table>", caption, body)
 
     @admin.display(description="free space over time")
     def free_space_chart(self, obj):

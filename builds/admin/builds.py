@@ -19,6 +19,7 @@ from ..cleanup.registry import deletions_waiting
 from ..login.services import builds_set_pinned
 from ..models import Build, DockerOperation, PushedImage
 from ..operations.selectors import (
+    build_attribution,
     build_duration,
     build_logins,
     build_operations,
@@ -154,7 +155,7 @@ class BuildAdmin(ProjectRolesAdmin):
                            if pushed_admin is not None and pushed_admin.has_view_permission(request) else ""),
             "builds_url": (reverse("admin:builds_build_changelist") + f"?configuration__id__exact={configuration.pk}"),
             "may_pin": user.has_perm("builds.change_build", build),
-            "operation_count": build.operations.count(),
+            "operation_count": build.operations.count(), "attribution": build_attribution(build),
             **(extra_context or {}),
         }
         return super().change_view(request, object_id, form_url, context)
@@ -187,7 +188,7 @@ class BuildAdmin(ProjectRolesAdmin):
             **self.admin_site.each_context(request),
             "title": f"Docker Info of build {build}", "opts": self.opts, "build": build, "original": build,
             "status_badge": build_status_badge(build), "duration": duration_text(build_duration(build)),
-            "summary": summary, "containers": shown, "images": info["images"],
+            "summary": summary, "containers": shown, "images": info["images"], "attribution": build_attribution(build),
             "empty": self._empty_reason(request, build) if not summary["operation_count"] else None,
             "pushed_images": [(image, cleanup_status_badge(image)) for image in pushed[:self.docker_info_list_size]],
             "pushed_count": info["pushed_count"],

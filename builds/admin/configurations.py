@@ -95,7 +95,7 @@ class BuildConfigurationAdmin(RelatedLinksAdmin):
     list_display = ("configuration", "project_ident", "login_count", "retention", "build_count")
     list_display_links = ("configuration",)
     list_select_related = ("project",)
-    list_filter = ("cleanup_pushed_images", ("project", admin.RelatedOnlyFieldListFilter))
+    list_filter = ("cleanup_pushed_images", "exact_attribution", ("project", admin.RelatedOnlyFieldListFilter))
     search_fields = ("ident", "name", "project__ident", "project__name")
     autocomplete_fields = ("project",)
     inlines = [LoginConnectionInline]
@@ -104,8 +104,9 @@ class BuildConfigurationAdmin(RelatedLinksAdmin):
         (None, {"fields": ("project", "ident", "name")}),
         ("Retention", {"fields": ("keep_last", "keep_days")}),
         ("Docker Support", {
-            "description": "Clean-up of the images builds push; the registries they log in to are listed below.",
-            "fields": ("cleanup_pushed_images", "protected_tags"),
+            "description": "How builds' Docker operations are told apart, clean-up of the images they push; the "
+                           "registries they log in to are listed below.",
+            "fields": ("exact_attribution", "cleanup_pushed_images", "protected_tags"),
         }),
     )
 

@@ -23,6 +23,7 @@ from connections.selectors import connections_usable_by
 from ..agents import services as agents
 from ..agents.selectors import agent_is_connected
 from ..models import Agent, AgentJob, Build, BuildConfiguration, LoginConnection
+from ..operations.records import text_clean
 from ..operations.selectors import docker_info_summary
 from ..operations.services import event_batches_wait
 from .selectors import configuration_get
@@ -257,8 +258,17 @@ def build_start_on_agent(*, agent: Agent, configuration_ident: str, number: int 
     _check_startable(agent, configuration)
     build = build_start(configuration=configuration, agent=agent, number=number, started_by=started_by)
     token = agents.build_token_issue(build)
-    return protocol.BuildStarted(build=agents.build_info(build), token=token,
-                                 logins=build_credentials(build))
+    return protocol.BuildStarted(build=agents.build_info(build), token=token, logins=build_credentials(build),
+                                 exact_attribution=configuration.exact_attribution)
+
+
+def _attribution_fields(report) -> dict:
+    """The build's attribution as its agent reported it: 'exact' or 'time', with its note. A report without
+    one (an older agent) changes nothing: the build's attribution stays as known, or unknown."""
+    if report.attribution not in Build.Attribution.values:
+        return {}
+    note = text_clean(report.attribution_note)[:Build._meta.get_field("attribution_note").max_length]
+    return {"attribution": report.attribution, "attribution_note": note}
 
 
 def build_login_report(*, build: Build, report) -> Build:
@@ -276,10 +286,13 @@ def build_login_report(*, build: Build, report) -> Build:
             logged_out_at=now, token_hash="", warnings=[*build.warnings, *report.warnings],
         )
     else:
-        Build.objects.filter(pk=build.pk).update(
+        # Still running in the same statement: a finish between the check above and this update would
+        # otherwise get the erased config's path back.
+        Build.objects.filter(pk=build.pk, status=Build.Status.RUNNING).update(
             # The report may come twice (sent, then carried by the finish): its warnings count once.
             docker_config=report.docker_config[:500], warnings=list(dict.fromkeys([*build.warnings, *report.warnings])),
             logged_in_registries=report.registries, login_expires_at=report.expires_at,
+            **_attribution_fields(report),
         )
     build.refresh_from_db()
     return build

@@ -10,6 +10,9 @@ unique per build and identity (records.py).
 No batch is lost for one record: records are made to fit their columns first (records.py), and
 when the database still refuses the batch, its records are stored one by one, each in a savepoint;
 a record it refuses is set aside with the error (SetAsideRecord, in the admin) and the rest stored.
+
+A record the agent could give to no build (`"builds": []` and `"unattributed": true`: no build's own Docker
+endpoint asked for it) is kept on the agent instead (UnattributedOperation, its newest UNATTRIBUTED_KEPT).
 """
 
 import functools
@@ -21,18 +24,32 @@ from datetime import datetime
 from datetime import timezone as dt_timezone
 
 from django.db import DatabaseError, OperationalError, connections, router, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from agent.references import registry_and_repository, registry_identity
 from connections.registries import is_digest, is_repository_name, is_tag
 
-from ..models import AgentImage, Build, DockerOperation, EventBatch, LoginConnection, PushedImage, SetAsideRecord
-from .records import BuildSecrets, RecordError, build_secrets, operation_fields, text_clean, value_clean
+from ..models import (
+    UNATTRIBUTED_KEPT,
+    AgentImage,
+    Build,
+    DockerOperation,
+    EventBatch,
+    LoginConnection,
+    PushedImage,
+    SetAsideRecord,
+    UnattributedOperation,
+)
+from .records import NO_SECRETS, BuildSecrets, RecordError, build_secrets, operation_fields, text_clean, value_clean
 
 log = logging.getLogger(__name__)
 
 OPERATION_FIELDS = ("time_nano", "event_type", "action", "raw_action", "actor_id", "image", "tag", "digest",
                     "container_id", "container_name", "exit_code", "attributes")
+# An operation no build asked for keeps these (no attributes: nobody's labels and command lines are kept for it).
+UNATTRIBUTED_FIELDS = ("time_nano", "event_type", "action", "raw_action", "image", "tag", "digest", "container_id",
+                       "container_name", "exit_code", "identity")
 _Action = DockerOperation.Action
 IMAGE_CREATING_ACTIONS = {_Action.PULL, _Action.BUILD, _Action.IMPORT, _Action.LOAD, _Action.TAG}
 ERROR_LIMIT = 2_000  # characters of a database error kept with a set-aside record
@@ -49,6 +66,7 @@ class _Entry:
     rows: list[dict]
     images: list[PushedImage] = field(default_factory=list)
     trackable: bool = True  # its image reference is as the agent sent it: agent clean-up may act on it
+    unattributed: list[UnattributedOperation] = field(default_factory=list)  # no build asked for it: the agent's
 
 
 @dataclass
@@ -75,6 +93,8 @@ def batch_ingest(*, batch_id: int) -> int:
     entries = [entry for entry in map(functools.partial(_entry, context), records, named) if entry is not None]
     with transaction.atomic():
         stored = _entries_store(context, entries)
+        if any(entry.unattributed for entry in entries):
+            _unattributed_prune(batch.agent_id)
         _set_aside_store(context)
         EventBatch.objects.filter(pk=batch.pk).update(ingested_at=timezone.now(), data=[])
     return stored
@@ -102,7 +122,7 @@ def _batch_context(batch: EventBatch, named: set[int]) -> _Batch:
 def _entry(context: _Batch, record, named: list[int]) -> _Entry | None:
     builds = [build for build in named if build in context.builds]
     if not builds:
-        return None
+        return _unattributed_entry(context, record)
     try:
         fields = operation_fields(record, context.secrets.of(builds))
     except RecordError as exc:
@@ -121,13 +141,41 @@ def _entry(context: _Batch, record, named: list[int]) -> _Entry | None:
     return entry
 
 
+def _unattributed_entry(context: _Batch, record) -> _Entry | None:
+    """A record that names no build and that the agent says no build's own Docker endpoint asked for: kept on
+    the agent (UnattributedOperation), without its attributes. Other records naming no build of the agent (an
+    older agent's, or naming another agent's builds) are not stored, as before."""
+    if not isinstance(record, dict) or record.get("builds") != [] or record.get("unattributed") is not True:
+        return None
+    try:
+        fields = operation_fields(record, NO_SECRETS)  # no build named: no build's secrets to mask
+    except RecordError as exc:
+        context.set_aside.append((record, f"not an operation: {exc}"))
+        return None
+    operation = UnattributedOperation(agent_id=context.batch.agent_id, time=_moment(fields["time_nano"]),
+                                      **{name: fields[name] for name in UNATTRIBUTED_FIELDS})
+    return _Entry(record=record, rows=[], trackable=False, unattributed=[operation])
+
+
+def _unattributed_prune(agent_id: int) -> None:
+    """Keeps the agent's newest UNATTRIBUTED_KEPT operations no build asked for (by the daemon's time)."""
+    kept = UnattributedOperation.objects.filter(agent_id=agent_id).order_by("-time_nano", "-pk")
+    oldest_kept = next(iter(kept.values("time_nano", "pk")[UNATTRIBUTED_KEPT - 1:UNATTRIBUTED_KEPT]), None)
+    if oldest_kept is None:
+        return
+    older = Q(time_nano__lt=oldest_kept["time_nano"]) | Q(time_nano=oldest_kept["time_nano"], pk__lt=oldest_kept["pk"])
+    UnattributedOperation.objects.filter(older, agent_id=agent_id).delete()
+
+
 def _pushed_images(context: _Batch, entry: _Entry, altered: set[str], named: list[int]) -> str:
     """The entry's pushed images, one per build it was given to; or why there are none.
 
     A name is never cut nor changed: a cut repository would name another one, which clean-up would delete.
     A repository, tag or digest outside the distribution spec's grammar is not a pushed image (a digest of
     `../../other/app/manifests/…` would make clean-up delete another repository's image). The owner is
-    uncertain when the agent named several builds, even if some of them are gone since: the image may be theirs.
+    uncertain when the agent named several builds, even if some of them are gone since: the image may be theirs;
+    and when it names one build but says `owner_uncertain` (it attributed the push by time, without the build's
+    own Docker endpoint, while other builds ran on the daemon).
     """
     if altered:
         return f"its {' and '.join(sorted(altered))} had to be cut or cleaned (too long, or holding a secret)"
@@ -142,7 +190,7 @@ def _pushed_images(context: _Batch, entry: _Entry, altered: set[str], named: lis
     if malformed or not values["repository"]:
         return f"its {' and '.join(malformed or ['repository'])} is not one a registry would accept"
     builds = [context.builds[r["build_id"]] for r in entry.rows]
-    uncertain = len(named) > 1
+    uncertain = len(named) > 1 or entry.record.get("owner_uncertain") is True
     for build in builds:
         entry.images.append(PushedImage(
             build=build, project_id=build.configuration.project_id, configuration_ident=build.configuration.ident,
@@ -153,9 +201,15 @@ def _pushed_images(context: _Batch, entry: _Entry, altered: set[str], named: lis
     return ""
 
 
+TIME_ATTRIBUTED_NOTE = "pushed while other builds ran on the same daemon, without their own Docker endpoint"
+
+
 def _owner_note(build: Build, builds: list[Build], named: int) -> str:
     """Why the owner is uncertain; another project's builds are named by id only (the note is shown to
-    this project's members), builds deleted since by their number."""
+    this project's members), builds deleted since by their number. One build named (its owner uncertain by the
+    agent's word): which others ran is the agent's to know, not said."""
+    if named == 1:
+        return TIME_ATTRIBUTED_NOTE
     names = [str(b) if b.configuration.project_id == build.configuration.project_id
              else f"build {b.pk} of another project" for b in builds]
     if named > len(builds):
@@ -196,6 +250,9 @@ def _store(agent_id: int, entries: list[_Entry]) -> None:
     rows = [row for entry in entries for row in entry.rows]
     _insert_operations(rows)
     PushedImage.objects.bulk_create([image for entry in entries for image in entry.images], ignore_conflicts=True)
+    # A batch delivered twice stores each once (unique by agent and identity).
+    UnattributedOperation.objects.bulk_create([operation for entry in entries for operation in entry.unattributed],
+                                              ignore_conflicts=True, batch_size=1000)
     _track_agent_images(agent_id, [row for entry in entries if entry.trackable for row in entry.rows])
 
 

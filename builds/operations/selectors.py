@@ -7,7 +7,7 @@ from django.utils import timezone
 
 from agent.references import DOCKER_HUB, registry_and_repository, registry_identity
 
-from ..models import Build, DockerOperation, LoginConnection, PushedImage
+from ..models import Agent, Build, DockerOperation, LoginConnection, PushedImage, UnattributedOperation
 
 Action = DockerOperation.Action
 # Operations that give an image a name: its ID (in their attributes) is then known by that reference.
@@ -251,3 +251,28 @@ def docker_info_empty_reason(build: Build) -> dict | None:
                                           "here as its agent sends them.", "detail": ""}
     return {"kind": "none", "why": "The build finished without any Docker operation: its command did not use the "
                                    "Docker daemon of its agent.", "detail": ""}
+
+
+def build_attribution(build: Build) -> str:
+    """How the build's Docker operations were told from other builds', for people; '' when its agent did not say
+    (an older agent, or not logged in yet)."""
+    if build.attribution == Build.Attribution.EXACT:
+        return "exact (its own Docker endpoint)"
+    if build.attribution == Build.Attribution.TIME:
+        return f"time-based: {build.attribution_note}" if build.attribution_note else "time-based"
+    return ""
+
+
+def agent_unattributed(agent: Agent, limit: int) -> tuple[int, list[dict]]:
+    """How many Docker operations of the agent's daemon no build asked for are kept, and the newest `limit`
+    of them: `time`, `action`, `raw_action`, `what` (a container's name or id, of the image it runs; else the
+    image:tag)."""
+    operations = UnattributedOperation.objects.filter(agent=agent)
+    newest = operations.order_by("-time_nano", "-pk").values(
+        "time", "action", "raw_action", "image", "tag", "container_name", "container_id")[:limit]
+    rows = []
+    for row in newest:
+        image, container = image_reference(row["image"], row["tag"]), row["container_name"] or row["container_id"]
+        what = f"{container} ({image})" if container and image else container or image
+        rows.append({"time": row["time"], "action": row["action"], "raw_action": row["raw_action"], "what": what})
+    return operations.count(), rows

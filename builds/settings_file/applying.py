@@ -175,6 +175,9 @@ class _Applier(ShapeChecks):
         configuration.cleanup_pushed_images = self.scalar(
             support.get("cleanup_pushed_images"), f"{path}.docker_support.cleanup_pushed_images", (bool,), False,
         )
+        configuration.exact_attribution = self.scalar(
+            support.get("exact_attribution"), f"{path}.docker_support.exact_attribution", (bool,), True,
+        )
         for key in ("keep_last", "keep_days"):
             setattr(configuration, key, self.scalar(retention.get(key), f"{path}.retention.{key}", (int,), None))
         configuration.protected_tags = " ".join(self.tag_patterns(support.get("protected_tags"),

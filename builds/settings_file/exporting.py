@@ -71,7 +71,8 @@ def _configuration_entry(configuration) -> dict:
     entry = {
         "id": configuration.ident,
         "name": _escape(configuration.name),
-        "docker_support": {"login": logins, "cleanup_pushed_images": configuration.cleanup_pushed_images},
+        "docker_support": {"login": logins, "cleanup_pushed_images": configuration.cleanup_pushed_images,
+                           "exact_attribution": configuration.exact_attribution},
     }
     if configuration.protected_tags.strip():
         entry["docker_support"]["protected_tags"] = configuration.protected_tags.replace(",", " ").split()

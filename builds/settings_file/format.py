@@ -11,7 +11,7 @@ PROJECT_KEYS = {"id", "name", "description", "connections", "build_configuration
 CONNECTION_KEYS = {"id", "name", "type", *DOCKER_REGISTRY_KEYS, *ECR_KEYS}
 ALL_TYPE_KEYS = tuple(dict.fromkeys((*DOCKER_REGISTRY_KEYS, *ECR_KEYS)))
 CONFIGURATION_KEYS = {"id", "name", "docker_support", "retention"}
-DOCKER_SUPPORT_KEYS = {"login", "cleanup_pushed_images", "protected_tags"}
+DOCKER_SUPPORT_KEYS = {"login", "cleanup_pushed_images", "protected_tags", "exact_attribution"}
 RETENTION_KEYS = {"keep_last", "keep_days"}
 LOGIN_KEYS = {"connection", "optional"}
 MEMBER_KEYS = {"user", "role"}
@@ -25,6 +25,7 @@ FIELD_KEYS = {
     "keep_last": "retention.keep_last",
     "keep_days": "retention.keep_days",
     "cleanup_pushed_images": "docker_support.cleanup_pushed_images",
+    "exact_attribution": "docker_support.exact_attribution",
 }
 
 

@@ -14,7 +14,15 @@ from django.urls import reverse
 from django.utils import timezone
 
 from agent.events import parse_event
-from builds.models import AgentCleanup, AgentImage, CleanupRun, PushedImage, SetAsideRecord
+from builds.models import (
+    AgentCleanup,
+    AgentImage,
+    Build,
+    CleanupRun,
+    PushedImage,
+    SetAsideRecord,
+    UnattributedOperation,
+)
 from tests.e2e.browser import log_in, overflow, too_wide
 from tests.e2e.conftest import ROOT
 from tests.factories import BuildFactory, EcrConnectionFactory, LoginConnectionFactory, ingest
@@ -42,7 +50,8 @@ def realistic_rows():
     configuration = login.configuration
     EcrConnectionFactory(project=configuration.project, ident="ecr-production-eu-west-1")
     build = BuildFactory(configuration=configuration, started_at=timezone.now(),
-                         logged_in_registries=["127.0.0.1:5000"],
+                         logged_in_registries=["127.0.0.1:5000"], attribution=Build.Attribution.TIME,
+                         attribution_note="its configuration turned exact attribution off: " + "x" * 400,
                          warnings=["anonymous pull of busybox:latest from docker.io: "
                                    "logged-in pulls count against a higher rate limit"])
     ingest(build, [
@@ -69,6 +78,10 @@ def realistic_rows():
                                 bytes_reclaimed=10 << 30, removed=[f"{LONG_REPOSITORY}:1.0.0-rc.1"], met=True)
     SetAsideRecord.objects.create(agent=build.agent, first_seq=1, record={"action": "x" * 300},
                                   error="value too long for type character varying(100)", at=now)
+    UnattributedOperation.objects.create(  # shown on the agent's page
+        agent=build.agent, time=now, time_nano=T0, event_type="container", action="create", raw_action="create",
+        image=LONG_REPOSITORY, tag="1.0.0-rc.1-with-a-long-suffix", container_id="e" * 64,
+        container_name="a-container-someone-started-by-hand-on-the-build-host", identity="f" * 64)
 
 
 def admin_pages(user):

@@ -32,6 +32,13 @@ class RunningBuild:
     servers: list[str] = field(default_factory=list)  # registries it is logged in to
     expires_at: str = ""  # ISO time of its first expiring token (ECR), refreshed before then
     finishing: dict | None = None  # a finish the server has not taken yet: tried again
+    login_report: dict | None = None  # its login report (JSON) until the server has it
+    exact: bool = True  # its configuration gives it its own Docker endpoint (exact attribution)
+    attribution: str = ""  # "exact" (its endpoint runs) or "time"
+    endpoint_pid: int = 0  # its endpoint's process (agent.endpoints), and that process's start time
+    endpoint_started: str = ""
+    journal: str = ""  # its endpoint's journal (agent.attribution)
+    journal_closed: bool = False  # its endpoint was stopped for its finish: never started again
 
     def label(self) -> str:
         return f"{self.configuration} #{self.number}"
@@ -94,4 +101,13 @@ def process_started(pid: int) -> str:
 
 
 def process_alive(pid: int, started: str) -> bool:
-    return bool(pid) and process_started(pid) == started and started != ""
+    """The process of that pid and start time runs (a zombie, ended but not yet waited for, does not)."""
+    return bool(pid) and started != "" and process_started(pid) == started and not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False

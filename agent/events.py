@@ -16,12 +16,14 @@ import itertools
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from docker.errors import DockerException, ImageNotFound
 from requests.exceptions import RequestException
 
+from .attribution import GRACE, Attributor, Decision
 from .references import registry_and_repository, split_reference
 
 log = logging.getLogger(__name__)
@@ -141,6 +143,9 @@ class _Sync:
         self.done = threading.Event()
 
 
+_TICK = object()  # the writer's pause while records wait for journals
+
+
 class EventStream:
     """Reads one daemon's events from `since_nano` on, for as long as the agent runs.
 
@@ -149,8 +154,12 @@ class EventStream:
     `stop()`. `connect()` gives a new docker client (the reader and the writer each hold their own).
     """
 
-    def __init__(self, connect, since_nano: int, windows: BuildWindows, deliver, enrich: bool = True):
+    def __init__(self, connect, since_nano: int, windows: BuildWindows, deliver, enrich: bool = True,
+                 attributor: Attributor | None = None):
         self.connect, self.windows, self.deliver, self.enrich = connect, windows, deliver, enrich
+        self.attributor = attributor  # builds with their own Docker endpoint: which of them asked (issue 16)
+        self._pending: list[tuple[dict, float]] = []  # records waiting for their builds' journals
+        self._refreshed_at = 0  # when the journals were last read (ns)
         self.last_nano = since_nano  # the newest event read
         self.processed_nano = since_nano  # the newest event dealt with (spooled or dropped): resume here
         self.events: queue.Queue = queue.Queue()
@@ -240,33 +249,91 @@ class EventStream:
     def _write(self):
         client = None
         while True:
-            raw = self.events.get()
+            try:
+                raw = self.events.get(timeout=0.05 if self._pending else None)
+            except queue.Empty:
+                raw = _TICK
             if raw is None:
                 break
+            self._release(final=False)
             if isinstance(raw, _Sync):
+                self._release_all()
                 raw.done.set()
+                continue
+            if raw is _TICK:
                 continue
             nano = int(raw.get("timeNano") or 0)
             self.processed_nano = max(self.processed_nano, nano)
             if self._replayed(raw):
                 continue
-            builds = self.windows.builds_at(nano)
-            if not builds:
+            if not self.windows.builds_at(nano):
                 continue
             if client is None and self.enrich:
                 try:
                     client = self.connect()
                 except Exception:  # noqa: BLE001 - enrichment is best effort
                     client = None
+            if self.attributor is not None and self._refreshed_at <= nano:
+                self._refresh()
             for record in self._records(raw, client):
-                try:
-                    self.deliver({**record, "builds": builds})
-                    self.stats.recorded += 1
-                except Exception as exc:  # noqa: BLE001 - a failed record must not stop the stream
-                    log.exception("Spooling a Docker event failed")
-                    self.stats.errors.append(f"spooling an event failed: {exc}")
+                if not self._place(record):
+                    self._pending.append((record, time.monotonic() + GRACE))
         if client is not None:
             client.close()
+
+    def _refresh(self) -> bool:
+        self._refreshed_at = time.time_ns()
+        return self.attributor.refresh(self.processed_nano)
+
+    def _place(self, record: dict, final: bool = False) -> bool:
+        """Delivers the record to its builds; False when it must wait for their journals to say."""
+        if self.attributor is None:
+            decision = Decision(builds=self.windows.builds_at(record["time_nano"]))
+        else:
+            decision = self.attributor.decide(record, final=final)
+        if decision is None:
+            return False
+        if decision.exact and record["action"] == "push" and len(decision.builds) == 1:
+            record["digest"] = self.attributor.pushed_digest(decision.builds[0], record) or record["digest"]
+        record = {**record, "builds": decision.builds}
+        if decision.owner_uncertain:
+            record["owner_uncertain"] = True
+        if decision.unattributed:
+            record["unattributed"] = True
+        try:
+            self.deliver(record)
+            self.stats.recorded += 1
+        except Exception as exc:  # noqa: BLE001 - a failed record must not stop the stream
+            log.exception("Spooling a Docker event failed")
+            self.stats.errors.append(f"spooling an event failed: {exc}")
+        return True
+
+    def _release(self, final: bool):
+        """Places the records kept for their journals again; those past their deadline for good."""
+        if not self._pending:
+            return
+        gained = self._refresh()
+        now = time.monotonic()
+        if not (gained or final or self._pending[0][1] <= now):
+            return  # nothing new to decide on (the oldest record comes first)
+        # One assignment: resume_nano, read by another thread, never sees the list half done.
+        self._pending = [(record, deadline) for record, deadline in self._pending
+                         if not self._place(record, final=final or now >= deadline)]
+
+    def _release_all(self):
+        """Before a sync's mark: every record kept is placed, at the latest when its deadline comes."""
+        while self._pending:
+            self._release(final=False)
+            if self._pending:
+                time.sleep(0.05)
+
+    @property
+    def resume_nano(self) -> int:
+        """Where a restarted agent reads the daemon's events from: not past a record still kept."""
+        pending = self._pending
+        if not pending:
+            return self.processed_nano
+        return min(self.processed_nano, min(record["time_nano"] for record, _ in pending) - 1)
 
     def _replayed(self, raw) -> bool:
         actor = raw.get("Actor") or {}

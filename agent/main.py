@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from . import __version__, cleanup, protocol
+from . import __version__, cleanup, endpoints, protocol
+from .attribution import Attributor
 from .builds import BuildBook, BuildFailed, RunningBuild, process_alive, process_started
 from .config_dirs import config_dir_create, config_dir_remove, config_write, host_settings
 from .daemon import Daemon, DaemonError
@@ -63,6 +64,11 @@ class Agent:
         self.book = BuildBook(config.directory / "builds")
         self.spool = Spool(config.directory / "spool")
         self.windows = BuildWindows()
+        self.attributor = Attributor(self.windows)  # builds with their own Docker endpoint: what they asked
+        self.endpoints_dir = config.directory / "endpoints"  # their journals and logs: the agent's, not theirs
+        self.endpoints_dir.mkdir(exist_ok=True, mode=0o700)
+        self._endpoints: dict[int, object] = {}  # build id -> the endpoint process this agent started
+        self._endpoints_lock = threading.RLock()  # a finish's stop and the heartbeat's restart never cross
         self.stopped = threading.Event()
         self.refused = ""  # the server refused this agent (revoked token, protocol): it stops for good
         self.failed = ""  # one of its threads failed: it stops, and is started again
@@ -72,7 +78,6 @@ class Agent:
         self.config_root = config.directory / "configs"
         self._threads: list[threading.Thread] = []
         self._local = None
-        self._reports: dict[int, protocol.LoginReport] = {}  # login reports not sent yet
         self._send_limit = protocol.EVENT_BATCH_SIZE
         self._clients: set[int] = set()  # builds whose run_build is connected now
         self._clients_lock = threading.Lock()
@@ -99,7 +104,8 @@ class Agent:
         self.daemon = Daemon(self._docker_host(self.settings), str(login_config))
         self._adopt()
         since = self.spool.position() or self._daemon_now_or_clock()
-        self.stream = EventStream(self._stream_client, since, self.windows, self._spool_record)
+        self.stream = EventStream(self._stream_client, since, self.windows, self._spool_record,
+                                  attributor=self.attributor)
         self.stream.start()
         self._local = LocalServer(self, self.config.socket_path, self.config.socket_group)
         self._local.start()
@@ -117,7 +123,8 @@ class Agent:
             # No agent of this token will adopt these builds: nothing of their credentials may stay.
             for build in self.book.all():
                 self._erase(build)
-                self.book.remove(build.id)
+                self._endpoint_stop(build)
+                self._forget(build)
             self.say(f"dockersupport agent: stopped: {self.refused}")
             return 2
         if self.failed:
@@ -138,7 +145,7 @@ class Agent:
             self._local.stop()
         if self.stream is not None:
             self.stream.stop()
-            self.spool.save_position(self.stream.processed_nano)
+            self.spool.save_position(self.stream.resume_nano)
         self.spool.close()
 
     def _guarded(self, target):
@@ -211,7 +218,7 @@ class Agent:
                 self._report_not_run(build, str(exc))
                 self.book.remove(build.id)
                 raise
-        outcome = self.login(build, started.logins)
+        outcome = self.login(build, started.logins, exact=started.exact_attribution)
         return build, outcome
 
     def _free_for_build(self, build: RunningBuild, required: int, progress) -> None:
@@ -234,9 +241,10 @@ class Agent:
         except ServerError as exc:
             self._warn(f"build {build.label()}: could not tell the server it did not run: {exc}")
 
-    def login(self, build: RunningBuild, logins: list[protocol.RegistryLogin]) -> dict:
-        """Verifies each login with the daemon and writes the build's config; raises BuildFailed when a
-        required login fails (the build is then recorded as not run, and nothing stays on disk)."""
+    def login(self, build: RunningBuild, logins: list[protocol.RegistryLogin], exact: bool = True) -> dict:
+        """Verifies each login with the daemon, writes the build's config and starts its own Docker endpoint
+        (`exact`); raises BuildFailed when a required login fails (the build is then recorded as not run,
+        and nothing stays on disk)."""
         try:
             self.daemon.ping()
         except DaemonError as exc:
@@ -244,7 +252,7 @@ class Agent:
             self._report_not_run(build, message)
             self.book.remove(build.id)
             raise BuildFailed(message) from None
-        path = config_dir_create(self.config_root, f"{build.configuration}-{build.number}", owner=build.uid)
+        path = config_dir_create(self.config_root, self._config_dir_name(build), owner=build.uid)
         build.docker_config = str(path)
         self.book.add(build)
         logged_in, warnings, written, expiries = [], [], [], []
@@ -272,16 +280,22 @@ class Agent:
         self._config_files.setdefault(build.id, set()).add(identity)
         expires_at = min(expiries) if expiries else None
         build.expires_at = expires_at.isoformat() if expires_at else ""
+        build.exact = exact
+        docker_host, note = self._endpoint_start(build)
+        if note and exact:
+            warnings.append(f"Docker operations attributed by time, not exactly: {note}")
+        # Followed before its window opens: none of its events is ever decided by time.
         build.window_start = self.daemon.now_nano()
         self.windows.open(build.id, build.window_start)
         self.book.save(build)
         report = protocol.LoginReport(docker_config=str(path), logged_in=logged_in, warnings=warnings,
                                       registries=sorted({login.registry for login in logins
                                                          if login.server in build.servers}),
-                                      expires_at=expires_at)
+                                      expires_at=expires_at, docker_host=docker_host,
+                                      attribution=build.attribution, attribution_note=note)
         # The report is for the build's page; the command need not wait for it (finish does).
         self._report_logins(build, report)
-        return {"docker_config": str(path), "docker_host": self.daemon.docker_host, "logged_in": logged_in,
+        return {"docker_config": str(path), "docker_host": docker_host, "logged_in": logged_in,
                 "warnings": warnings, "build": {"id": build.id, "number": build.number,
                                                 "configuration": build.configuration, "label": build.label()},
                 "agent": self.settings.name}
@@ -292,7 +306,7 @@ class Agent:
         """Sends the report for the build's page a moment later, unless the build has finished by then
         (a build step of a few milliseconds then costs one request less)."""
         def send():
-            if build.id not in self._reports:
+            if build.login_report is None:
                 return  # the finish took it
             try:
                 retrying(lambda: self.api.logins(build.id, build.token, report), stopped=self.stopped,
@@ -301,19 +315,23 @@ class Agent:
                 # The finish, if it comes first, carries the report still kept here.
                 self._warn(f"build {build.label()}: the server did not take its login report yet: {exc}")
                 return
-            self._reports.pop(build.id, None)
-        self._reports[build.id] = report
+            build.login_report = None
+            self.book.save(build)
+        # Kept in the book until sent: an agent restarted meanwhile sends it (or the finish carries it).
+        build.login_report = protocol.to_json(report)
+        self.book.save(build)
         timer = threading.Timer(self.REPORT_AFTER, send)
         timer.daemon = True
         timer.start()
 
     def finish_build(self, build: RunningBuild, exit_code: int | None = None, lost: str = "") -> dict:
         """Erases the build's config at once, then closes it on the server once it holds its events."""
-        report = self._reports.pop(build.id, None)
+        report, build.login_report = build.login_report, None
         self._erase(build)
+        self._endpoint_stop(build)  # its journal is whole: every event of the build can be decided
         through = self._events_through(build)
         build.finishing = {"exit_code": exit_code, "lost": lost, "events_through": through,
-                           "logins": protocol.to_json(report) if report is not None else None}
+                           "logins": report}
         self.book.save(build)
         return self._send_finish(build, wait_for_server=FINISH_EVENTS_TIMEOUT)
 
@@ -339,10 +357,10 @@ class Agent:
             return {"status": "unreported", "summary": None, "error": str(exc)}
         except ServerError as exc:
             # 401: the server closed the build already (lost while the agent was away, say).
-            self.book.remove(build.id)
+            self._forget(build)
             self.windows.forget(build.id)
             return {"status": "closed by the server", "summary": None, "error": _server_words(exc)}
-        self.book.remove(build.id)
+        self._forget(build)
         return {"status": answer.status, "summary": answer.summary}
 
     def _erase(self, build: RunningBuild) -> None:
@@ -353,6 +371,74 @@ class Agent:
                 self._warn(f"build {build.label()}: erasing {build.docker_config} failed: {exc}")
             build.docker_config = ""
             self.book.save(build)
+
+    # A build's own Docker endpoint ---------------------------------------------------------------------
+    def _config_dir_name(self, build: RunningBuild) -> str:
+        """The build's directory's name, short enough for its endpoint's socket path."""
+        room = endpoints.UNIX_PATH_MAX - len(os.fsencode(str(self.config_root))) - len("/-xxxxxxxx/") \
+            - len(endpoints.SOCKET_NAME)
+        return f"{build.configuration}-{build.number}"[:max(room, 1)]
+
+    def _endpoint_start(self, build: RunningBuild) -> tuple[str, str]:
+        """Starts the build's endpoint when it wants one: (its DOCKER_HOST, why attribution is by time or '')."""
+        if not build.exact:
+            build.attribution = "time"
+            return self.daemon.docker_host, "its configuration turned exact attribution off"
+        with self._endpoints_lock:  # the heartbeat's _endpoint_ensure sees it started, or not yet at all
+            build.journal = str(self.endpoints_dir / f"{build.id}.jsonl")
+            try:
+                self._endpoint_process(build)
+            except (endpoints.EndpointError, OSError) as exc:
+                build.attribution, build.journal = "time", ""
+                self._warn(f"build {build.label()}: no Docker endpoint of its own: {exc}")
+                return self.daemon.docker_host, f"no Docker endpoint of its own: {exc}"
+            build.attribution = "exact"
+            self.attributor.follow(build.id, build.journal)
+            self.book.save(build)
+        return f"unix://{endpoints.socket_path(build.docker_config)}", ""
+
+    def _endpoint_process(self, build: RunningBuild) -> None:
+        """Starts the build's endpoint process (on its socket and journal); EndpointError if it does not listen."""
+        with self._endpoints_lock:
+            process = endpoints.start(directory=build.docker_config,
+                                      daemon_path=endpoints.daemon_socket(self.daemon.docker_host),
+                                      journal=build.journal, log=self.endpoints_dir / f"{build.id}.log",
+                                      owner=build.uid)
+            self._endpoints[build.id] = process
+            build.endpoint_pid, build.endpoint_started = endpoints.identity(process)
+            self.book.save(build)
+
+    def _endpoint_stop(self, build: RunningBuild) -> None:
+        with self._endpoints_lock:
+            build.journal_closed = True
+            if build.endpoint_pid:
+                endpoints.stop(build.endpoint_pid, build.endpoint_started, self._endpoints.pop(build.id, None))
+                build.endpoint_pid, build.endpoint_started = 0, ""
+                self.book.save(build)
+
+    def _endpoint_ensure(self, build: RunningBuild) -> None:
+        """A running build's endpoint runs: one a previous agent started goes on, one that died is started
+        again on the same socket (the build's DOCKER_HOST) and journal."""
+        with self._endpoints_lock:
+            if build.attribution != "exact" or not build.journal or build.journal_closed:
+                return
+            if not process_alive(build.endpoint_pid, build.endpoint_started) and os.path.isdir(build.docker_config):
+                self._endpoints.pop(build.id, None)
+                try:
+                    self._endpoint_process(build)
+                except (endpoints.EndpointError, OSError) as exc:
+                    self._warn(f"build {build.label()}: its Docker endpoint could not be started again: {exc}")
+            self.attributor.follow(build.id, build.journal)
+
+    def _forget(self, build: RunningBuild) -> None:
+        """The build is done with on this agent: out of the book, its journal read for the last time."""
+        self.book.remove(build.id)
+        if build.journal:
+            self.attributor.forget(build.id)
+            self.windows.forget(build.id)  # no event of its is still to come: none goes to it by time
+            for path in (build.journal, self.endpoints_dir / f"{build.id}.log"):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
     def attach(self, build_id: int) -> None:
         with self._clients_lock:
@@ -380,16 +466,21 @@ class Agent:
         """Builds of a previous run of the agent: those whose run_build lives are adopted (it reconnects)."""
         for build in self.book.all():
             if build.finishing is not None:
+                self._endpoint_stop(build)
                 continue  # the heartbeat sends its finish again
             if build.started_by == "run_build" and not process_alive(build.pid, build.pid_started):
                 self._erase(build)
+                self._endpoint_stop(build)
                 build.finishing = {"exit_code": None, "events_through": self.spool.last_seq,
                                    "lost": "run_build ended while the agent was away; its credentials were erased"}
                 self.book.save(build)
                 continue
             if build.window_start:
+                self._endpoint_ensure(build)
                 self.windows.open(build.id, build.window_start)
                 self._adopted.add(build.id)
+            if build.login_report is not None:
+                self._report_logins(build, protocol.from_json(protocol.LoginReport, build.login_report))
             if build.started_by == "run_build":
                 self.client_gone(build)  # lost if its run_build dies before it reconnects
 
@@ -405,7 +496,7 @@ class Agent:
         while not self.stopped.is_set():
             batch = self.spool.batch(self._send_limit, wait=1.0)
             if time.monotonic() - position_saved > 2 and self.stream is not None:
-                self.spool.save_position(self.stream.processed_nano)
+                self.spool.save_position(self.stream.resume_nano)
                 position_saved = time.monotonic()
             if not batch:
                 continue
@@ -450,12 +541,15 @@ class Agent:
                 if build is not None and build.finishing is None:
                     # Closed on the server (timed out, lost while the agent was away): nothing of it stays.
                     self._erase(build)
-                    self.book.remove(build_id)
+                    self._endpoint_stop(build)
+                    self._forget(build)
                     self.windows.close(build_id, self._daemon_now_or_clock())
             for build in self.book.all():
                 if build.finishing is not None:
                     self._send_finish(build, wait_for_server=5)
-                elif build.expires_at and datetime.fromisoformat(build.expires_at) - REFRESH_LEAD < _now():
+                    continue
+                self._endpoint_ensure(build)
+                if build.expires_at and datetime.fromisoformat(build.expires_at) - REFRESH_LEAD < _now():
                     self._refresh(build)
             self.uses.forget_builds_except(build.id for build in self.book.all())
             self._keep_free_check(free)
@@ -463,7 +557,7 @@ class Agent:
     def _refresh(self, build: RunningBuild) -> None:
         """Fresh tokens (ECR) in a running build's config, before its expiring ones run out."""
         try:
-            logins = self.api.credentials(build.id, build.token)
+            logins = self.api.credentials(build.id, build.token).logins
         except ServerError as exc:
             self._warn(f"build {build.label()}: refreshing its tokens failed: {exc}")
             return
@@ -507,12 +601,14 @@ class Agent:
             build = self.book.get(info.id)
             if build is not None:  # a login job given again (the agent restarted): start clean
                 self._erase(build)
-                self.book.remove(build.id)
+                self._endpoint_stop(build)
+                self._forget(build)
             build = RunningBuild(id=info.id, number=info.number, configuration=info.configuration,
                                  project=info.project, token=job.token, started_by="api",
                                  uid=self.config.api_build_uid)
             try:
-                outcome = self.login(build, self.api.credentials(build.id, build.token))
+                credentials = self.api.credentials(build.id, build.token)
+                outcome = self.login(build, credentials.logins, exact=credentials.exact_attribution)
             except BuildFailed as exc:
                 return protocol.JobResult(ok=False, error=str(exc))
             return protocol.JobResult(ok=True, result=outcome)

@@ -110,8 +110,8 @@ class ServerAPI:
     def build_start(self, start: protocol.BuildStartRequest) -> protocol.BuildStarted:
         return self.request("POST", "/builds/", start, answer=protocol.BuildStarted)
 
-    def credentials(self, build_id: int, token: str) -> list[protocol.RegistryLogin]:
-        return self.request("GET", f"/builds/{build_id}/credentials/", token=token, answer=protocol.Credentials).logins
+    def credentials(self, build_id: int, token: str) -> protocol.Credentials:
+        return self.request("GET", f"/builds/{build_id}/credentials/", token=token, answer=protocol.Credentials)
 
     def logins(self, build_id: int, token: str, report: protocol.LoginReport) -> None:
         self.request("POST", f"/builds/{build_id}/logins/", report, token=token)

@@ -15,6 +15,7 @@ answers() {  # answers PORT: something listens on 127.0.0.1:PORT
 need_package docker.io        # dockerd, containerd, runc
 need_package docker-registry  # distribution v2 registry
 need_package busybox-static   # the busybox test image needs a static binary
+need_package docker-compose   # Debian's docker-compose (1.29), run through a build's own Docker endpoint
 need_package chromium
 if ! command -v postgres >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null && ! answers 5432; then
   need_package postgresql

@@ -42,11 +42,17 @@ def test_start_logs_in_and_finish_logs_out(api, agent, registry_configuration, r
     config = Path(body["docker_config"]) / "config.json"
     assert list(json.loads(config.read_text())["auths"]) == [registry.address]
     assert registry.password not in response.content.decode()
+    # The build's own Docker endpoint (exact attribution), next to its config.
+    assert body["docker_host"] == f"unix://{body['docker_config']}/docker.sock"
+    version = subprocess.run(["docker", "version", "--format", "{{.Server.APIVersion}}"], capture_output=True,
+                             text=True, env={**os.environ, "DOCKER_HOST": body["docker_host"]})
+    assert version.returncode == 0 and version.stdout.strip(), version.stderr
 
     response = api("post", f"/api/v1/builds/{body['id']}/finish/", {"exit_code": 0})
     assert response.status_code == 200
     assert response.json()["status"] == "succeeded"
     assert not config.exists() and list(config_root.iterdir()) == []
+    assert not agent.process.endpoint_processes()  # the endpoint ended with the build
     again = api("post", f"/api/v1/builds/{body['id']}/finish/", {"exit_code": 0})
     assert again.status_code == 409 and "has already finished (succeeded)" in again.json()["detail"]
     assert registry.password not in caplog.text
@@ -176,7 +182,7 @@ def test_with_a_broker_builds_are_logged_in_out_and_recorded_and_no_secret_reach
     body = response.json()
     pulled = subprocess.run(["docker", "pull", private_image], capture_output=True, text=True,
                             env={**os.environ, "DOCKER_CONFIG": body["docker_config"],
-                                 "DOCKER_HOST": agent.docker_host, "HOME": str(home)})
+                                 "DOCKER_HOST": body["docker_host"], "HOME": str(home)})
     assert pulled.returncode == 0, pulled.stderr
     response = api.post(f"{api.base}/builds/{body['id']}/finish/", json={"exit_code": 0}, timeout=90)
     assert response.status_code == 200, response.text

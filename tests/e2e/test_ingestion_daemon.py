@@ -1,5 +1,6 @@
 """Ingestion of a real daemon's events (issue 14): an exec's whole command line stored cut and without the
-build's secrets, and a push seen while two builds ran on the daemon recorded on both with its owner uncertain.
+build's secrets, and a push seen while two builds ran by time (without their own Docker endpoint) on the
+daemon recorded on both with its owner uncertain (tests/e2e/test_exact_attribution.py: with their endpoints).
 Real server, agent, daemon and registry processes."""
 
 import json
@@ -39,11 +40,12 @@ def test_a_10_kb_exec_command_holding_the_builds_password_is_stored_cut_without_
     assert not SetAsideRecord.objects.exists()
 
 
-def test_a_push_while_two_builds_ran_on_the_daemon_is_recorded_on_both_owner_uncertain(manage, agent, home,
-                                                                                        registry_configuration,
-                                                                                        registry, busybox_image,
-                                                                                        tmp_path):
-    other = BuildConfigurationFactory(project=registry_configuration.project)
+def test_a_push_while_two_builds_ran_by_time_on_the_daemon_is_recorded_on_both_owner_uncertain(
+        manage, agent, home, registry_configuration, registry, busybox_image, tmp_path):
+    # Builds without their own Docker endpoint (exact attribution turned off) are attributed by time.
+    registry_configuration.exact_attribution = False
+    registry_configuration.save()
+    other = BuildConfigurationFactory(project=registry_configuration.project, exact_attribution=False)
     login = LoginConnectionFactory(configuration=other, connection=registry_configuration.logins.get().connection)
     started, pushed = tmp_path / "started", tmp_path / "pushed"
     waiting = subprocess.Popen(

@@ -41,14 +41,16 @@ def test_a_private_image_pulls_only_inside_a_build_with_login(manage, agent, reg
 
 def test_the_command_sees_a_private_config_with_0700_and_0600(manage, agent, registry_configuration, registry):
     script = ('stat -c "%a" "$DOCKER_CONFIG" "$DOCKER_CONFIG/config.json"; '
-              'cat "$DOCKER_CONFIG/config.json"; echo; echo "host=$DOCKER_HOST"')
+              'cat "$DOCKER_CONFIG/config.json"; echo; echo "host=$DOCKER_HOST"; echo "config=$DOCKER_CONFIG"')
     result = manage("run_build", registry_configuration.ident, "--agent", agent.name, "--", "sh", "-c", script)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "700" in lines and "600" in lines
     config = json.loads(next(line for line in lines if line.startswith("{")))
     assert list(config["auths"]) == [registry.address]
-    assert f"host={agent.docker_host}" in lines
+    # The build's own Docker endpoint, in its private directory (exact attribution).
+    config_dir = next(line for line in lines if line.startswith("config=")).removeprefix("config=")
+    assert f"host=unix://{config_dir}/docker.sock" in lines
 
 
 def test_the_exit_code_of_the_command_is_the_exit_code_of_run_build(manage, agent, registry_configuration):
@@ -179,7 +181,7 @@ def test_run_build_and_its_command_see_no_server_setting_and_no_token(manage, ag
     for secret in ("db-password-71", "secret-key-72", "encryption-key-73", "broker-74", "cache-75"):
         assert secret not in command_env
     assert agent.process.token not in command_env
-    assert f"DOCKER_HOST={agent.docker_host}" in command_env
+    assert "DOCKER_HOST=unix://" in command_env and "/configs/" in command_env  # the build's own endpoint
 
 
 def test_run_build_runs_with_no_server_setting_at_all(agent, registry_configuration, home, private_image):

@@ -89,19 +89,22 @@ class DockerDaemon(Service):
         return super().stop(keep_data)
 
     def _after_stop(self):
-        """Kill container shims left behind by a killed daemon, then unmount what it left mounted."""
-        _kill_processes_mentioning(self.root)
+        """Kill container shims left behind by a killed daemon, then unmount what it left mounted. A build's
+        own Docker endpoint names the daemon's socket too: it outlives a daemon restart, as it would on a host."""
+        _kill_processes_mentioning(self.root, unless=b"agent.docker_proxy")
         _unmount_below(self.root)
 
 
-def _kill_processes_mentioning(path):
-    """SIGKILL the processes whose command line names a path of ours (shims run in their own session)."""
+def _kill_processes_mentioning(path, unless=None):
+    """SIGKILL the processes whose command line names a path of ours (shims run in their own session),
+    but those whose command line holds `unless`."""
     needle = path.encode()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if needle in f.read():
-                    os.kill(int(pid), signal.SIGKILL)
+                command = f.read()
+            if needle in command and not (unless and unless in command):
+                os.kill(int(pid), signal.SIGKILL)
         except (OSError, ProcessLookupError):
             pass
     time.sleep(0.05)

@@ -110,6 +110,30 @@ class AgentProcess(Service):
         with open(self.log_path, errors="replace") as log:
             return log.read()
 
+    def stop(self, keep_data=False):
+        """Stops the agent; for good (not keep_data), the builds' own Docker endpoints it left running too
+        (they outlive an agent by design: agent.endpoints)."""
+        directory = self.directory if self.root else None
+        super().stop(keep_data=keep_data)
+        if directory and not keep_data:
+            from .dockerd import _kill_processes_mentioning
+
+            _kill_processes_mentioning(os.path.join(directory, "endpoints") + os.sep)
+        return self
+
+    def endpoint_processes(self) -> list[int]:
+        """The pids of the builds' own Docker endpoints this agent started that still run."""
+        needle = os.fsencode(os.path.join(self.directory, "endpoints") + os.sep)
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    if needle in handle.read():
+                        found.append(int(pid))
+            except OSError:
+                pass
+        return found
+
 
 def private_ca(folder: str, host: str = "localhost") -> tuple[str, str, str]:
     """A CA of our own and a server certificate for `host` it signed: (certificate, key, CA) files."""

@@ -1,0 +1,402 @@
+"""Which build asked for a Docker event: exact attribution from each build's own Docker endpoint (issue 16).
+
+The daemon's event stream does not say which client caused an event. A build with exact attribution
+talks to the daemon only through its own endpoint (agent.docker_proxy), whose journal says what the
+build asked for: each request as it began and ended, the containers created for it (create's answer,
+a classic build's "Running in" lines), the digests its pushes reported. An event goes to the builds
+whose requests name its object:
+
+- a container event to the build that created the container (its id, for good: follow-on events
+  like an auto-removed container's die and destroy, or a detached container's end, come with no
+  request), and to any build whose request in flight named the container (by id, prefix or name:
+  `docker exec`, `docker rm -f` of another's container);
+- a pull, push or tag event to the builds whose request in flight named that repository and tag
+  (`docker pull`, `docker push`, `docker tag`, `docker build -t`, `docker commit`, an import);
+- events whose object no request names (the image ID an `rmi` untags and deletes, what `docker load`
+  tags, a quiet classic build's intermediate containers) to the builds with a request in flight of
+  the one kind that causes them. Never a push: a push is attributed only to a build that asked to
+  push that repository and tag.
+
+An event is waited for (GRACE) while a build's journal may not yet hold what claims it (the daemon
+reports a created container before its answer gives the client the id). An event no build with its
+own endpoint claims goes, by time as before, to the builds without one (opted out) running then,
+marked owner-uncertain when other builds ran too; and when there are none, it is unattributed:
+recorded on the agent, never guessed.
+"""
+
+import collections
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass, field
+
+from .references import registry_and_repository, split_reference
+
+GRACE = 2.0  # seconds an unclaimed event waits for the journals to catch up
+SLACK = 1_000_000_000  # ns: a request counts as in flight this long after its end (clock and order noise)
+KEEP_ENDED = 120 * 1_000_000_000  # ns: requests ended this long before the events read are forgotten
+_HEX = re.compile(r"^[0-9a-f]{12,64}$")
+_CONTAINER_PATH = re.compile(r"^/containers/([^/]+)(?:/([a-z_]+))?$")
+_IMAGE_PATH = re.compile(r"^/images/(.+?)(?:/(push|tag|get|history|json))?$")
+_EXEC_START = re.compile(r"^/exec/([^/]+)/start$")
+
+# Events whose object no request names, and the requests that cause them: (method, path kind).
+_CAUSES = {
+    ("image", "untag"): {"image-delete", "image-prune", "load"},
+    ("image", "delete"): {"image-delete", "image-prune", "build"},
+    ("image", "load"): {"load"},
+    ("image", "import"): {"import"},
+    ("image", "tag"): {"load"},
+    ("container", "create"): {"build"},
+    ("container", "start"): {"build"},
+    ("container", "die"): {"build"},
+    ("container", "destroy"): {"build", "container-prune"},
+}
+
+
+def _key(name: str, tag: str) -> tuple[str, str, str]:
+    """An image reference as (registry, repository, tag), however Docker spells the name."""
+    registry, repository = registry_and_repository(name)
+    return registry, repository, tag or "latest"
+
+
+@dataclass
+class _Request:
+    """One request of a build's endpoint: when it was in flight, what kind it is, what it names."""
+
+    begin: int
+    kind: str = ""
+    references: set = field(default_factory=set)  # (registry, repository, tag or digest); tag "*": all
+    containers: set = field(default_factory=set)  # container ids, prefixes or names the request names
+    image_ids: set = field(default_factory=set)  # image IDs its answer named (deleted)
+    end: int | None = None
+    pushed: dict = field(default_factory=dict)  # tag -> digest the push reported
+
+
+def _first(query: dict, name: str) -> str:
+    values = query.get(name) if isinstance(query, dict) else None
+    return values[0] if isinstance(values, list) and values and isinstance(values[0], str) else ""
+
+
+def _describe(method: str, path: str, query: dict) -> _Request:
+    """What a request names and causes, from its method, path and query alone."""
+    request = _Request(begin=0)
+    if method == "POST" and path == "/images/create":
+        source, image, tag = _first(query, "fromSrc"), _first(query, "fromImage"), _first(query, "tag")
+        if source:
+            request.kind = "import"
+            name, own_tag, _ = split_reference(_first(query, "repo"))
+            if name:  # `repo` may hold its tag
+                request.references.add(_key(name, tag or own_tag))
+        elif image:
+            request.kind = "pull"
+            name, own_tag, digest = split_reference(image)
+            if tag.startswith("sha256:") or digest:
+                request.references.add((*registry_and_repository(name), tag if tag.startswith("sha256:") else digest))
+            else:
+                request.references.add(_key(name, tag or own_tag))
+        return request
+    if method == "POST" and path == "/build":
+        request.kind = "build"
+        for reference in (query.get("t") or []) if isinstance(query, dict) else []:
+            if isinstance(reference, str) and reference:
+                name, tag, _ = split_reference(reference)
+                request.references.add(_key(name, tag))
+        return request
+    if method == "POST" and path == "/commit":
+        request.kind = "commit"
+        repository = _first(query, "repo")
+        if repository:
+            request.references.add(_key(repository, _first(query, "tag")))
+        container = _first(query, "container")
+        if container:
+            request.containers.add(container)
+        return request
+    if method == "POST" and path == "/images/load":
+        request.kind = "load"
+        return request
+    if method == "POST" and path == "/images/prune":
+        request.kind = "image-prune"
+        return request
+    if method == "POST" and path == "/containers/prune":
+        request.kind = "container-prune"
+        return request
+    if method == "POST" and path == "/containers/create":
+        request.kind = "container-create"
+        name = _first(query, "name").lstrip("/")
+        if name:
+            request.containers.add(name)
+        return request
+    match = _CONTAINER_PATH.match(path)
+    if match and match.group(1) not in ("create", "json", "prune"):
+        request.kind = f"container-{match.group(2) or method.lower()}"
+        request.containers.add(match.group(1).lstrip("/"))
+        return request
+    match = _IMAGE_PATH.match(path)
+    if match and path not in ("/images/json", "/images/search", "/images/get"):
+        name, action = match.group(1), match.group(2)
+        if method == "DELETE" and action is None:
+            request.kind = "image-delete"
+        elif method == "POST" and action == "push":
+            request.kind = "push"
+            tag = _first(query, "tag")
+            base, own_tag, _ = split_reference(name)
+            request.references.add((*registry_and_repository(base), tag or own_tag or "*"))
+        elif method == "POST" and action == "tag":
+            request.kind = "tag"
+            repository = _first(query, "repo")
+            if repository:
+                request.references.add(_key(repository, _first(query, "tag")))
+        return request
+    match = _EXEC_START.match(path)
+    if match and method == "POST":
+        request.kind = "exec-start"
+        request.containers.add("exec:" + match.group(1))  # replaced by the exec's container when known
+    return request
+
+
+class Claims:
+    """What one build asked of the daemon, from its endpoint's journal facts."""
+
+    def __init__(self):
+        self.containers: set[str] = set()  # ids (or 12-hex prefixes) of the containers created for it
+        # Requests not ended yet, by number; and those ended, in the order they ended (facts come in time
+        # order), so that an event is compared with the requests around its time only, not all kept.
+        self.open: dict[int, _Request] = {}
+        self.ended: collections.deque[_Request] = collections.deque()
+        self.execs: dict[str, str] = {}  # exec id -> the container reference it was created on
+        self.listening = False
+        self.stopped = False
+
+    def add(self, fact: dict) -> None:
+        kind, number = fact.get("kind"), fact.get("request")
+        nano = fact.get("time_nano") if isinstance(fact.get("time_nano"), int) else 0
+        if kind == "listening":
+            self.listening = True
+        elif kind == "stopped":
+            self.stopped = True
+            for request in self.open.values():
+                request.end = nano
+                self.ended.append(request)
+            self.open.clear()
+        elif kind == "request" and isinstance(number, int):
+            method, path = str(fact.get("method") or ""), str(fact.get("path") or "")
+            request = _describe(method, path, fact.get("query") or {})
+            request.begin = nano
+            if request.kind == "exec-start":
+                exec_id = path.split("/")[2]
+                request.containers = {self.execs[exec_id]} if exec_id in self.execs else set()
+            self.open[number] = request
+        elif number in self.open:
+            request = self.open[number]
+            if kind == "response":
+                container, exec_id = fact.get("container"), fact.get("exec")
+                if isinstance(container, str) and _HEX.match(container):
+                    self.containers.add(container)
+                    request.containers.add(container)
+                if isinstance(exec_id, str) and exec_id and request.containers:
+                    self.execs[exec_id] = next(iter(request.containers))
+                for image_id in fact.get("deleted") or ():
+                    if isinstance(image_id, str):
+                        request.image_ids.add(image_id)
+            elif kind == "container":
+                container = fact.get("container")
+                if isinstance(container, str) and _HEX.match(container):
+                    self.containers.add(container)
+            elif kind == "pushed":
+                tag, digest = fact.get("tag"), fact.get("digest")
+                if isinstance(tag, str) and isinstance(digest, str):
+                    request.pushed[tag] = digest
+            elif kind == "end":
+                request.end = nano
+                self.ended.append(self.open.pop(number))
+
+    def forget_before(self, nano: int) -> None:
+        """Drops requests ended long before `nano`: no event of theirs is still to come."""
+        while self.ended and self.ended[0].end < nano - KEEP_ENDED:
+            self.ended.popleft()
+
+    def around(self, nano: int):
+        """The requests in flight at `nano` (ended ones within SLACK of it)."""
+        for request in list(self.open.values()):
+            if request.begin <= nano:
+                yield request
+        for request in reversed(self.ended):
+            if request.end + SLACK < nano:
+                break  # those before it ended earlier still
+            if request.begin <= nano:
+                yield request
+
+    def busy_at(self, nano: int) -> bool:
+        """A request of the build was in flight at `nano`, or may still claim an event of then."""
+        return any(True for _ in self.around(nano))
+
+    def owns_container(self, container_id: str) -> bool:
+        return any(container_id.startswith(known) for known in self.containers)
+
+    def claims(self, record: dict) -> bool:
+        """The build asked for this event: its object is one the build created or named in a request then."""
+        nano, kind, action = record["time_nano"], record["event_type"], record["action"]
+        if kind == "container":
+            container, name = record["container_id"], record["container_name"]
+            if container and self.owns_container(container):
+                return True
+            return any(_names_container(request.containers, container, name) for request in self.around(nano))
+        if action in ("untag", "delete"):  # named by image ID: only a deletion's answer names it
+            image_id = record["attributes"].get("image_id")
+            return any(image_id in request.image_ids for request in self.around(nano))
+        key = _record_key(record)
+        if key is None:
+            return False
+        tagging = {"tag", "build", "commit", "import"}
+        # "build": the agent's own record of a tag of an image made during the build (events.py)
+        wanted = {"pull": {"pull"}, "push": {"push"}, "tag": tagging, "build": tagging, "import": {"import"}}.get(
+            action, ())
+        return any(request.kind in wanted
+                   and (key in request.references or (action == "push" and (*key[:2], "*") in request.references))
+                   for request in self.around(nano))
+
+    def caused(self, record: dict) -> bool:
+        """A request of the kind that causes this event (whose object no request names) was in flight then."""
+        kinds = _CAUSES.get((record["event_type"], record["action"]))
+        return bool(kinds) and any(request.kind in kinds for request in self.around(record["time_nano"]))
+
+    def push_reporting(self, record: dict) -> bool:
+        """A push of this record's tag is still in flight and has not reported its digest yet."""
+        return any(request.kind == "push" and request.end is None and record["tag"] not in request.pushed
+                   for request in self.around(record["time_nano"]))
+
+    def pushed_digest(self, record: dict) -> str:
+        """The digest the build's push of this image reported, if it did."""
+        for request in self.around(record["time_nano"]):
+            if request.kind == "push" and record["tag"] in request.pushed:
+                return request.pushed[record["tag"]]
+        return ""
+
+def _record_key(record: dict):
+    """The image reference of a pull, push, tag or import record as (registry, repository, tag or digest)."""
+    if not record["image"]:
+        return None
+    if record["digest"] and not record["tag"]:
+        return (*registry_and_repository(record["image"]), record["digest"])
+    return _key(record["image"], record["tag"])
+
+
+def _names_container(references: set, container_id: str, name: str) -> bool:
+    for reference in references:
+        if reference == name or (container_id and _HEX.match(reference) and container_id.startswith(reference)):
+            return True
+    return False
+
+
+class _Journal:
+    """A build's journal file, read as it grows; a line is taken only once it is whole."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.offset = 0
+        self.partial = b""
+        self.claims = Claims()
+
+    def read(self) -> bool:
+        """Takes the facts written since the last read; whether there were any."""
+        try:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return False
+        if not data:
+            return False
+        self.offset += len(data)
+        lines = (self.partial + data).split(b"\n")
+        self.partial = lines.pop()
+        for line in lines:
+            try:
+                fact = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(fact, dict):
+                self.claims.add(fact)
+        return True
+
+
+@dataclass
+class Decision:
+    builds: list[int]
+    owner_uncertain: bool = False  # attributed by time while other builds ran
+    unattributed: bool = False
+    exact: bool = False
+
+
+class Attributor:
+    """Decides which builds an event record belongs to, from the builds' journals and their windows."""
+
+    def __init__(self, windows):
+        self.windows = windows
+        self._journals: dict[int, _Journal] = {}
+        self._lock = threading.Lock()
+
+    def follow(self, build_id: int, journal_path: str) -> None:
+        """From now on the build's events are known from its journal (read from its start)."""
+        with self._lock:
+            if build_id not in self._journals or self._journals[build_id].path != journal_path:
+                self._journals[build_id] = _Journal(journal_path)
+                self._journals[build_id].read()
+
+    def forget(self, build_id: int) -> None:
+        with self._lock:
+            self._journals.pop(build_id, None)
+
+    def following(self, build_id: int) -> bool:
+        with self._lock:
+            return build_id in self._journals
+
+    def claims(self, build_id: int) -> Claims | None:
+        with self._lock:
+            journal = self._journals.get(build_id)
+            return journal.claims if journal else None
+
+    def refresh(self, horizon_nano: int = 0) -> bool:
+        """Reads what the journals gained; whether they gained anything. Requests that ended well before
+        `horizon_nano` (the newest event read: events come in order) are forgotten."""
+        with self._lock:
+            journals = list(self._journals.values())
+        gained = False
+        for journal in journals:
+            gained = journal.read() or gained
+            if horizon_nano:
+                journal.claims.forget_before(horizon_nano)
+        return gained
+
+    def decide(self, record: dict, final: bool) -> Decision | None:
+        """The builds the record goes to; None while it may still be claimed (ask again, final=True at last)."""
+        nano = record["time_nano"]
+        running = self.windows.builds_at(nano)
+        with self._lock:
+            exact = {build: self._journals[build].claims for build in running if build in self._journals}
+        if not exact:
+            return Decision(builds=running)
+        claimers = [build for build, claims in exact.items() if claims.claims(record)]
+        if claimers:
+            if not final and record["action"] == "push" and any(exact[b].push_reporting(record) for b in claimers):
+                return None  # the digest the push reports comes with its last lines
+            return Decision(builds=claimers, exact=True)
+        if not final and any(claims.busy_at(nano) for claims in exact.values()):
+            return None
+        causers = [build for build, claims in exact.items() if claims.caused(record)]
+        if causers and record["action"] != "push":
+            return Decision(builds=causers, exact=True)
+        by_time = [build for build in running if build not in exact]
+        if by_time:
+            return Decision(builds=by_time, owner_uncertain=len(running) > 1)
+        return Decision(builds=[], unattributed=True)
+
+    def pushed_digest(self, build_id: int, record: dict) -> str:
+        claims = self.claims(build_id)
+        return claims.pushed_digest(record) if claims else ""
+
+
+def journal_path(directory, build_id: int) -> str:
+    return os.path.join(str(directory), f"{build_id}.jsonl")

@@ -157,14 +157,20 @@ def _describe(method: str, path: str, query: dict) -> _Request:
 
 
 class Claims:
-    """What one build asked of the daemon, from its endpoint's journal facts."""
+    """What one build asked of the daemon, from its endpoint's journal facts.
+
+    Requests are indexed by what they name (container names, ids and prefixes; image references; image
+    IDs), so that deciding an event costs the same whatever the number of requests kept.
+    """
 
     def __init__(self):
-        self.containers: set[str] = set()  # ids (or 12-hex prefixes) of the containers created for it
+        self.containers: set[str] = set()  # ids (whole, or a build's 12-hex prefixes) of the containers it created
         # Requests not ended yet, by number; and those ended, in the order they ended (facts come in time
-        # order), so that an event is compared with the requests around its time only, not all kept.
+        # order): forgotten from the oldest.
         self.open: dict[int, _Request] = {}
         self.ended: collections.deque[_Request] = collections.deque()
+        self._named: dict[object, list[_Request]] = collections.defaultdict(list)  # what a request names -> it
+        self._prefixes: list[tuple[str, _Request]] = []  # other hex prefixes a request named a container by
         self.execs: dict[str, str] = {}  # exec id -> the container reference it was created on
         self.listening = False
         self.stopped = False
@@ -188,6 +194,10 @@ class Claims:
                 exec_id = path.split("/")[2]
                 request.containers = {self.execs[exec_id]} if exec_id in self.execs else set()
             self.open[number] = request
+            for name in request.containers:
+                self._name_container(name, request)
+            for key in request.references:
+                self._named[key].append(request)
         elif number in self.open:
             request = self.open[number]
             if kind == "response":
@@ -195,11 +205,13 @@ class Claims:
                 if isinstance(container, str) and _HEX.match(container):
                     self.containers.add(container)
                     request.containers.add(container)
+                    self._name_container(container, request)
                 if isinstance(exec_id, str) and exec_id and request.containers:
                     self.execs[exec_id] = next(iter(request.containers))
                 for image_id in fact.get("deleted") or ():
                     if isinstance(image_id, str):
                         request.image_ids.add(image_id)
+                        self._named[("image", image_id)].append(request)
             elif kind == "container":
                 container = fact.get("container")
                 if isinstance(container, str) and _HEX.match(container):
@@ -212,10 +224,26 @@ class Claims:
                 request.end = nano
                 self.ended.append(self.open.pop(number))
 
+    def _name_container(self, name: str, request: _Request) -> None:
+        if _HEX.match(name) and len(name) not in (12, 64):
+            self._prefixes.append((name, request))
+        else:
+            self._named[("container", name)].append(request)
+
     def forget_before(self, nano: int) -> None:
         """Drops requests ended long before `nano`: no event of theirs is still to come."""
+        forgotten = set()
         while self.ended and self.ended[0].end < nano - KEEP_ENDED:
-            self.ended.popleft()
+            forgotten.add(id(self.ended.popleft()))
+        if not forgotten:
+            return
+        for key in list(self._named):
+            kept = [request for request in self._named[key] if id(request) not in forgotten]
+            if kept:
+                self._named[key] = kept
+            else:
+                del self._named[key]
+        self._prefixes = [(name, request) for name, request in self._prefixes if id(request) not in forgotten]
 
     def around(self, nano: int):
         """The requests in flight at `nano` (ended ones within SLACK of it)."""
@@ -228,12 +256,17 @@ class Claims:
             if request.begin <= nano:
                 yield request
 
+    def _naming(self, nano: int, *keys) -> list[_Request]:
+        """The requests in flight at `nano` that name one of `keys`."""
+        return [request for key in keys for request in self._named.get(key, ())
+                if request.begin <= nano and (request.end is None or nano <= request.end + SLACK)]
+
     def busy_at(self, nano: int) -> bool:
         """A request of the build was in flight at `nano`, or may still claim an event of then."""
         return any(True for _ in self.around(nano))
 
     def owns_container(self, container_id: str) -> bool:
-        return any(container_id.startswith(known) for known in self.containers)
+        return container_id in self.containers or container_id[:12] in self.containers
 
     def claims(self, record: dict) -> bool:
         """The build asked for this event: its object is one the build created or named in a request then."""
@@ -242,10 +275,16 @@ class Claims:
             container, name = record["container_id"], record["container_name"]
             if container and self.owns_container(container):
                 return True
-            return any(_names_container(request.containers, container, name) for request in self.around(nano))
+            keys = [("container", name)] if name else []
+            if container:
+                keys += [("container", container), ("container", container[:12])]
+            if self._naming(nano, *keys):
+                return True
+            return bool(container) and any(
+                container.startswith(prefix) and request.begin <= nano
+                and (request.end is None or nano <= request.end + SLACK) for prefix, request in self._prefixes)
         if action in ("untag", "delete"):  # named by image ID: only a deletion's answer names it
-            image_id = record["attributes"].get("image_id")
-            return any(image_id in request.image_ids for request in self.around(nano))
+            return bool(self._naming(nano, ("image", record["attributes"].get("image_id"))))
         key = _record_key(record)
         if key is None:
             return False
@@ -253,9 +292,8 @@ class Claims:
         # "build": the agent's own record of a tag of an image made during the build (events.py)
         wanted = {"pull": {"pull"}, "push": {"push"}, "tag": tagging, "build": tagging, "import": {"import"}}.get(
             action, ())
-        return any(request.kind in wanted
-                   and (key in request.references or (action == "push" and (*key[:2], "*") in request.references))
-                   for request in self.around(nano))
+        keys = [key, (*key[:2], "*")] if action == "push" else [key]
+        return any(request.kind in wanted for request in self._naming(nano, *keys))
 
     def caused(self, record: dict) -> bool:
         """A request of the kind that causes this event (whose object no request names) was in flight then."""
@@ -265,14 +303,19 @@ class Claims:
     def push_reporting(self, record: dict) -> bool:
         """A push of this record's tag is still in flight and has not reported its digest yet."""
         return any(request.kind == "push" and request.end is None and record["tag"] not in request.pushed
-                   for request in self.around(record["time_nano"]))
+                   for request in self._pushes(record))
 
     def pushed_digest(self, record: dict) -> str:
         """The digest the build's push of this image reported, if it did."""
-        for request in self.around(record["time_nano"]):
+        for request in self._pushes(record):
             if request.kind == "push" and record["tag"] in request.pushed:
                 return request.pushed[record["tag"]]
         return ""
+
+    def _pushes(self, record: dict) -> list[_Request]:
+        key = _record_key(record)
+        return self._naming(record["time_nano"], key, (*key[:2], "*")) if key else []
+
 
 def _record_key(record: dict):
     """The image reference of a pull, push, tag or import record as (registry, repository, tag or digest)."""
@@ -281,13 +324,6 @@ def _record_key(record: dict):
     if record["digest"] and not record["tag"]:
         return (*registry_and_repository(record["image"]), record["digest"])
     return _key(record["image"], record["tag"])
-
-
-def _names_container(references: set, container_id: str, name: str) -> bool:
-    for reference in references:
-        if reference == name or (container_id and _HEX.match(reference) and container_id.startswith(reference)):
-            return True
-    return False
 
 
 class _Journal:

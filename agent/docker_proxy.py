@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
 PEEK = 64 * 1024
+LINE_PEEK = 64  # a chunk's size line fits, usually
 MAX_HEAD = 1024 * 1024  # Go's net/http default (MaxHeaderBytes): the daemon accepts no longer head
 MAX_LINE = 4096  # a chunk's size line or a trailer line
 MAX_CAPTURED_BODY = 64 * 1024
@@ -305,13 +306,14 @@ class _Direction:
         self.src, self.dst = src, dst
         self.mover = _Mover()
 
-    def read_until(self, terminator, limit, eof_ok=False):
+    def read_until(self, terminator, limit, eof_ok=False, peek_size=PEEK):
         """Bytes up to and including `terminator`, taken from the socket without reading past it;
-        None if the stream ends before any byte (and eof_ok)."""
+        None if the stream ends before any byte (and eof_ok). `peek_size`: how much to look at at once
+        (a chunk's size line is short: peeking a whole chunk's data each time would copy it for nothing)."""
         got = bytearray()
         keep = len(terminator) - 1
         while True:
-            peek = self.src.recv(PEEK, socket.MSG_PEEK)
+            peek = self.src.recv(peek_size, socket.MSG_PEEK)
             if not peek:
                 if not got and eof_ok:
                     return None
@@ -351,7 +353,7 @@ class _Direction:
     def forward_chunked(self):
         """A chunked body: only its size lines and trailers come to Python; the data is moved."""
         while True:
-            line = self.read_until(b"\r\n", MAX_LINE)
+            line = self.read_until(b"\r\n", MAX_LINE, peek_size=LINE_PEEK)
             size = _chunk_size(line)
             self.send(line)
             if not size:

@@ -36,11 +36,21 @@ from .references import registry_and_repository, split_reference
 GRACE = 2.0  # seconds an unclaimed event waits for the journals to catch up
 SLACK = 1_000_000_000  # ns: a request counts as in flight this long after its end (clock and order noise)
 KEEP_ENDED = 120 * 1_000_000_000  # ns: requests ended this long before the events read are forgotten
+MAX_ENDED = 50_000  # ended requests kept per build at most
+READ_LIMIT = 8 * 1024 * 1024  # bytes of a journal read at once
 _HEX = re.compile(r"^[0-9a-f]{12,64}$")
 _CONTAINER_PATH = re.compile(r"^/containers/([^/]+)(?:/([a-z_]+))?$")
 _IMAGE_PATH = re.compile(r"^/images/(.+?)(?:/(push|tag|get|history|json))?$")
 _EXEC_START = re.compile(r"^/exec/([^/]+)/start$")
 
+# The requests that cause a container's event, when the container is not the build's own.
+_CONTAINER_CAUSES = {
+    "create": {"container-create", "build"},
+    "start": {"container-start", "container-restart", "build"},
+    "die": {"container-kill", "container-stop", "container-restart", "container-delete", "build"},
+    "destroy": {"container-delete", "build"},
+    "exec": {"container-exec", "exec-start"},
+}
 # Events whose object no request names, and the requests that cause them: (method, path kind).
 _CAUSES = {
     ("image", "untag"): {"image-delete", "image-prune", "load"},
@@ -174,18 +184,20 @@ class Claims:
         self.execs: dict[str, str] = {}  # exec id -> the container reference it was created on
         self.listening = False
         self.stopped = False
+        self.behind = False  # its journal holds more than was read yet
 
     def add(self, fact: dict) -> None:
         kind, number = fact.get("kind"), fact.get("request")
         nano = fact.get("time_nano") if isinstance(fact.get("time_nano"), int) else 0
-        if kind == "listening":
-            self.listening = True
-        elif kind == "stopped":
-            self.stopped = True
+        if kind in ("listening", "stopped"):
+            # A (re)started endpoint process: what its dead predecessor had in flight ended with it.
+            self.listening = self.listening or kind == "listening"
+            self.stopped = kind == "stopped"
             for request in self.open.values():
                 request.end = nano
                 self.ended.append(request)
             self.open.clear()
+            self._forget_excess()
         elif kind == "request" and isinstance(number, int):
             method, path = str(fact.get("method") or ""), str(fact.get("path") or "")
             request = _describe(method, path, fact.get("query") or {})
@@ -213,9 +225,12 @@ class Claims:
                         request.image_ids.add(image_id)
                         self._named[("image", image_id)].append(request)
             elif kind == "container":
+                # A classic build's "Running in <id>": only for as long as that build runs (its intermediate
+                # containers live and die within it), since a RUN step's output can print the same line.
                 container = fact.get("container")
                 if isinstance(container, str) and _HEX.match(container):
-                    self.containers.add(container)
+                    request.containers.add(container)
+                    self._name_container(container, request)
             elif kind == "pushed":
                 tag, digest = fact.get("tag"), fact.get("digest")
                 if isinstance(tag, str) and isinstance(digest, str):
@@ -223,6 +238,7 @@ class Claims:
             elif kind == "end":
                 request.end = nano
                 self.ended.append(self.open.pop(number))
+                self._forget_excess()
 
     def _name_container(self, name: str, request: _Request) -> None:
         if _HEX.match(name) and len(name) not in (12, 64):
@@ -235,6 +251,18 @@ class Claims:
         forgotten = set()
         while self.ended and self.ended[0].end < nano - KEEP_ENDED:
             forgotten.add(id(self.ended.popleft()))
+        self._unindex(forgotten)
+
+    def _forget_excess(self) -> None:
+        """At most MAX_ENDED ended requests are kept: a build flooding its endpoint with requests costs the
+        agent bounded memory (its oldest requests claim nothing any more)."""
+        if len(self.ended) > MAX_ENDED + MAX_ENDED // 10:  # in batches: the index is rebuilt once a tenth
+            forgotten = set()
+            while len(self.ended) > MAX_ENDED:
+                forgotten.add(id(self.ended.popleft()))
+            self._unindex(forgotten)
+
+    def _unindex(self, forgotten: set) -> None:
         if not forgotten:
             return
         for key in list(self._named):
@@ -263,7 +291,7 @@ class Claims:
 
     def busy_at(self, nano: int) -> bool:
         """A request of the build was in flight at `nano`, or may still claim an event of then."""
-        return any(True for _ in self.around(nano))
+        return self.behind or any(True for _ in self.around(nano))
 
     def owns_container(self, container_id: str) -> bool:
         return container_id in self.containers or container_id[:12] in self.containers
@@ -275,13 +303,17 @@ class Claims:
             container, name = record["container_id"], record["container_name"]
             if container and self.owns_container(container):
                 return True
+            # A container of another build (or not known yet) only through a request that causes this event
+            # on it: `docker rm -f` its destroy, `docker exec` its exec; naming it (`docker wait`, `inspect`)
+            # claims nothing.
+            causes = _CONTAINER_CAUSES.get(action, ())
             keys = [("container", name)] if name else []
             if container:
                 keys += [("container", container), ("container", container[:12])]
-            if self._naming(nano, *keys):
+            if any(request.kind in causes for request in self._naming(nano, *keys)):
                 return True
             return bool(container) and any(
-                container.startswith(prefix) and request.begin <= nano
+                request.kind in causes and container.startswith(prefix) and request.begin <= nano
                 and (request.end is None or nano <= request.end + SLACK) for prefix, request in self._prefixes)
         if action in ("untag", "delete"):  # named by image ID: only a deletion's answer names it
             return bool(self._naming(nano, ("image", record["attributes"].get("image_id"))))
@@ -340,9 +372,12 @@ class _Journal:
         try:
             with open(self.path, "rb") as handle:
                 handle.seek(self.offset)
-                data = handle.read()
+                data = handle.read(READ_LIMIT)
         except FileNotFoundError:
             return False
+        # A journal grown faster than it is read is read in bounded steps; until it is caught up, what its
+        # build may still claim is not known.
+        self.claims.behind = len(data) == READ_LIMIT
         if not data:
             return False
         self.offset += len(data)
@@ -414,17 +449,25 @@ class Attributor:
             exact = {build: self._journals[build].claims for build in running if build in self._journals}
         if not exact:
             return Decision(builds=running)
+        # Builds without an endpoint cannot show they did not cause it: they get every event of their time,
+        # and what they share is of uncertain owner (a push then is never cleaned up automatically).
+        by_time = [build for build in running if build not in exact]
         claimers = [build for build, claims in exact.items() if claims.claims(record)]
         if claimers:
-            if not final and record["action"] == "push" and any(exact[b].push_reporting(record) for b in claimers):
-                return None  # the digest the push reports comes with its last lines
-            return Decision(builds=claimers, exact=True)
+            certain = True
+            if record["action"] == "push":
+                if not final and any(exact[b].push_reporting(record) for b in claimers):
+                    return None  # the digest the push reports comes with its last lines
+                # The daemon reported a push to the builds whose push it did: one that only asked (a request
+                # that never ran, or failed) is not its owner.
+                reported = [b for b in claimers if exact[b].pushed_digest(record)]
+                claimers, certain = (reported, True) if reported else (claimers, False)
+            return Decision(builds=claimers + by_time, exact=True, owner_uncertain=bool(by_time) or not certain)
         if not final and any(claims.busy_at(nano) for claims in exact.values()):
             return None
         causers = [build for build, claims in exact.items() if claims.caused(record)]
         if causers and record["action"] != "push":
-            return Decision(builds=causers, exact=True)
-        by_time = [build for build in running if build not in exact]
+            return Decision(builds=causers + by_time, exact=True, owner_uncertain=bool(by_time))
         if by_time:
             return Decision(builds=by_time, owner_uncertain=len(running) > 1)
         return Decision(builds=[], unattributed=True)

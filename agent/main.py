@@ -387,7 +387,7 @@ class Agent:
         with self._endpoints_lock:  # the heartbeat's _endpoint_ensure sees it started, or not yet at all
             build.journal = str(self.endpoints_dir / f"{build.id}.jsonl")
             try:
-                self._endpoint_process(build)
+                self._endpoint_process(build, build.docker_config)
             except (endpoints.EndpointError, OSError) as exc:
                 build.attribution, build.journal = "time", ""
                 self._warn(f"build {build.label()}: no Docker endpoint of its own: {exc}")
@@ -397,10 +397,10 @@ class Agent:
             self.book.save(build)
         return f"unix://{endpoints.socket_path(build.docker_config)}", ""
 
-    def _endpoint_process(self, build: RunningBuild) -> None:
+    def _endpoint_process(self, build: RunningBuild, directory: str) -> None:
         """Starts the build's endpoint process (on its socket and journal); EndpointError if it does not listen."""
         with self._endpoints_lock:
-            process = endpoints.start(directory=build.docker_config,
+            process = endpoints.start(directory=directory,
                                       daemon_path=endpoints.daemon_socket(self.daemon.docker_host),
                                       journal=build.journal, log=self.endpoints_dir / f"{build.id}.log",
                                       owner=build.uid)
@@ -422,10 +422,11 @@ class Agent:
         with self._endpoints_lock:
             if build.attribution != "exact" or not build.journal or build.journal_closed:
                 return
-            if not process_alive(build.endpoint_pid, build.endpoint_started) and os.path.isdir(build.docker_config):
+            directory = build.docker_config  # read once: a finish may erase it meanwhile
+            if directory and not process_alive(build.endpoint_pid, build.endpoint_started) and os.path.isdir(directory):
                 self._endpoints.pop(build.id, None)
                 try:
-                    self._endpoint_process(build)
+                    self._endpoint_process(build, directory)
                 except (endpoints.EndpointError, OSError) as exc:
                     self._warn(f"build {build.label()}: its Docker endpoint could not be started again: {exc}")
             self.attributor.follow(build.id, build.journal)

@@ -226,3 +226,59 @@ def test_requests_ended_long_before_the_events_read_are_forgotten_and_those_in_f
     claims = attributor.claims(1)
     assert [r.references for r in claims.ended] == [{("docker.io", "library/app", "99")}]
     assert list(claims.open) == [still]
+
+
+def test_a_push_only_asked_for_is_not_owned_and_one_the_daemon_reported_is(two_builds):
+    """A build that keeps a push request 'in flight' that never runs (pipelined behind a blocking one, or
+    refused) does not own a push another build made; and alone, it makes the push's owner uncertain."""
+    attributor, one, two = two_builds
+    one.request(at(10), "POST", "/images/registry.example/app/push", tag="1")  # never answered
+    b = two.request(at(10), "POST", "/images/registry.example/app/push", tag="1")
+    two.fact(kind="pushed", request=b, time_nano=at(11), tag="1", digest="sha256:" + "d" * 64, size=9)
+    two.end(b, at(11))
+    push = event("image", "push", "registry.example/app:1", at(11), name="registry.example/app")
+    decision = decide(attributor, push, final=True)
+    assert decision.builds == [2] and not decision.owner_uncertain
+    alone = event("image", "push", "registry.example/app:1", at(20), name="registry.example/app")
+    one.request(at(19), "POST", "/images/registry.example/app/push", tag="1")
+    decision = decide(attributor, alone, final=True)
+    assert decision.builds == [1] and decision.owner_uncertain
+
+
+def test_while_a_build_without_an_endpoint_runs_it_shares_every_event_and_the_owner_is_uncertain(two_builds):
+    attributor, one, two = two_builds
+    attributor.windows_.open(3, T0)  # opted out: it could have done anything, through the daemon's socket
+    p = one.request(at(10), "POST", "/images/registry.example/app/push", tag="1")
+    one.fact(kind="pushed", request=p, time_nano=at(11), tag="1", digest="sha256:" + "d" * 64, size=9)
+    one.end(p, at(11))
+    decision = decide(attributor, event("image", "push", "registry.example/app:1", at(11)), final=True)
+    assert decision.builds == [1, 3] and decision.owner_uncertain
+
+
+def test_naming_another_builds_container_claims_only_the_events_its_request_causes(two_builds):
+    attributor, one, two = two_builds
+    a = one.request(at(10), "POST", "/containers/create", name="db")
+    one.end(a, at(10), status=201, container=ID_A)
+    two.request(at(20), "POST", "/containers/db/wait")  # waits for ever: causes nothing
+    assert decide(attributor, event("container", "die", ID_A, at(30), name="db"), final=True).builds == [1]
+    k = two.request(at(40), "POST", f"/containers/{ID_A[:12]}/kill")
+    two.end(k, at(40))
+    assert decide(attributor, event("container", "die", ID_A, at(40), name="db"), final=True).builds == [1, 2]
+
+
+def test_a_running_in_line_claims_a_container_only_while_its_build_runs(two_builds):
+    attributor, one, two = two_builds
+    b = one.request(at(10), "POST", "/build", t=["app:1"])
+    one.fact(kind="container", request=b, time_nano=at(11), container=ID_B[:12])  # printed by a RUN step?
+    one.end(b, at(12))
+    two.end(two.request(at(5), "POST", "/containers/create"), at(5), status=201, container=ID_B)
+    assert decide(attributor, event("container", "die", ID_B, at(60), name="web"), final=True).builds == [2]
+
+
+def test_a_restarted_endpoint_ends_what_its_dead_predecessor_had_in_flight(two_builds):
+    attributor, one, two = two_builds
+    one.request(at(10), "POST", "/images/registry.example/app/push", tag="1")  # the endpoint then died
+    one.fact(kind="listening", pid=4242, time_nano=at(20))
+    push = event("image", "push", "registry.example/app:1", at(3600), name="registry.example/app")
+    decision = decide(attributor, push)
+    assert decision.builds == [] and decision.unattributed

@@ -3,7 +3,6 @@
 In process (Django's test client); the agent's side of it runs for real in tests/e2e.
 """
 
-import json
 import threading
 import time
 
@@ -23,19 +22,6 @@ from tests.factories import (
 )
 
 pytestmark = pytest.mark.django_db
-HEADER = {"HTTP_X_DOCKERSUPPORT_PROTOCOL": str(protocol.PROTOCOL_VERSION)}
-
-
-@pytest.fixture
-def call(client, django_capture_on_commit_callbacks):
-    def request(method, url, token, data=None, **extra):
-        headers = {**HEADER, "HTTP_AUTHORIZATION": f"Bearer {token}", **extra}
-        body = json.dumps(data) if data is not None else None
-        # What a request enqueues after its commit (event ingestion) runs, as in a real request.
-        with django_capture_on_commit_callbacks(execute=True):
-            return getattr(client, method)(url, data=body, content_type="application/json", **headers)
-
-    return request
 
 
 @pytest.fixture

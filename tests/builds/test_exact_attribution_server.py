@@ -32,35 +32,18 @@ from builds.models import (
 )
 from builds.operations import ingestion
 from builds.settings_file import SettingsFileError, apply_settings, export_settings, parse_settings
+from tests.builds.test_ingestion import send
 from tests.connections.test_admin_roles import page_data
 from tests.factories import BuildConfigurationFactory, ProjectFactory, api_token_for
 
 pytestmark = pytest.mark.django_db
-HEADER = {"HTTP_X_DOCKERSUPPORT_PROTOCOL": str(protocol.PROTOCOL_VERSION)}
 T0 = 1_790_000_000_000_000_000
 PROXY_SOCKET = "unix:///var/lib/dockersupport-agent/configs/app-1-x/docker.sock"
 
 
 @pytest.fixture
-def call(client, django_capture_on_commit_callbacks):
-    def request(method, url, token, data=None):
-        with django_capture_on_commit_callbacks(execute=True):
-            return getattr(client, method)(url, data=json.dumps(data) if data is not None else None,
-                                           content_type="application/json",
-                                           **HEADER, HTTP_AUTHORIZATION=f"Bearer {token}")
-
-    return request
-
-
-@pytest.fixture
 def configuration():
     return BuildConfigurationFactory(ident="app", project=ProjectFactory(ident="acme"))
-
-
-@pytest.fixture
-def agent_token():
-    _, token, _ = agent_services.agent_token_issue(name="agent-1")
-    return token
 
 
 def start(call, token, configuration="app") -> dict:
@@ -81,13 +64,6 @@ def stray(nano, action="create", name="monitoring", **more):
             "actor_id": "c" * 64, "image": "busybox", "tag": "latest", "digest": "", "container_id": "c" * 64,
             "container_name": name, "exit_code": None, "attributes": {"name": name, "label": "kept nowhere"},
             "builds": [], "unattributed": True, **more}
-
-
-def send(call, token, records, first_seq=1):
-    response = call("post", "/api/v1/agent/events/", token,
-                    {"first_seq": first_seq, "last_seq": first_seq + len(records) - 1, "records": records})
-    assert response.status_code == 200, response.content
-    return response
 
 
 def kept_batch(agent_id, records, first_seq=1):

@@ -16,7 +16,6 @@ from django.core.cache import cache
 from django.db import connection as db
 from django.urls import reverse
 
-from agent import protocol
 from builds.agents import services as agent_services
 from builds.models import (
     AgentImage,
@@ -43,20 +42,8 @@ from tests.factories import (
 )
 
 pytestmark = pytest.mark.django_db
-HEADER = {"HTTP_X_DOCKERSUPPORT_PROTOCOL": str(protocol.PROTOCOL_VERSION)}
 SECRET = "registry-secret-19"
 IMAGE_ID = "sha256:" + "a" * 64
-
-
-@pytest.fixture
-def call(client, django_capture_on_commit_callbacks):
-    def request(method, url, token, data=None):
-        with django_capture_on_commit_callbacks(execute=True):
-            return getattr(client, method)(url, data=json.dumps(data) if data is not None else None,
-                                           content_type="application/json",
-                                           **HEADER, HTTP_AUTHORIZATION=f"Bearer {token}")
-
-    return request
 
 
 @pytest.fixture
@@ -65,12 +52,6 @@ def configuration():
     LoginConnectionFactory(configuration=configuration, connection__password=SECRET,
                            connection__registry="registry.example.test:5000")
     return configuration
-
-
-@pytest.fixture
-def agent_token():
-    _, token, _ = agent_services.agent_token_issue(name="agent-1")
-    return token
 
 
 def start(call, token, configuration="app") -> int:

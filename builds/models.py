@@ -272,7 +272,25 @@ class Build(models.Model):
         return self.status == self.Status.RUNNING
 
 
-class DockerOperation(models.Model):
+class DockerEvent(models.Model):
+    """What the daemon said of one event, as an operation of a build and as one no build asked for keep it."""
+
+    time = models.DateTimeField()
+    time_nano = models.BigIntegerField(help_text="The daemon's event time in nanoseconds since the epoch.")
+    event_type = models.CharField(max_length=20)
+    raw_action = models.CharField(max_length=100, help_text="The daemon's own action name.")
+    image = models.CharField(max_length=500, blank=True)
+    tag = models.CharField(max_length=128, blank=True)
+    digest = models.CharField(max_length=100, blank=True)
+    container_id = models.CharField(max_length=64, blank=True)
+    container_name = models.CharField(max_length=255, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class DockerOperation(DockerEvent):
     """One event of the agent's Docker daemon during a build."""
 
     class Action(models.TextChoices):
@@ -294,18 +312,8 @@ class DockerOperation(models.Model):
     # ingestion time (benchmarks/event_ingestion.py).
     build = models.ForeignKey(Build, on_delete=models.CASCADE, related_name="operations", db_index=False)
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="operations", db_index=False)
-    time = models.DateTimeField()
-    time_nano = models.BigIntegerField(help_text="The daemon's event time in nanoseconds since the epoch.")
-    event_type = models.CharField(max_length=20)
     action = models.CharField(max_length=10, choices=Action.choices)
-    raw_action = models.CharField(max_length=100, help_text="The daemon's own action name.")
     actor_id = models.CharField(max_length=255)
-    image = models.CharField(max_length=500, blank=True)
-    tag = models.CharField(max_length=128, blank=True)
-    digest = models.CharField(max_length=100, blank=True)
-    container_id = models.CharField(max_length=64, blank=True)
-    container_name = models.CharField(max_length=255, blank=True)
-    exit_code = models.IntegerField(null=True, blank=True)
     attributes = models.JSONField(default=dict, blank=True)
     identity = models.CharField(
         max_length=64, editable=False,
@@ -367,24 +375,14 @@ def operation_identity(row: dict) -> str:
     return sha256(canonical_json(values).encode()).hexdigest()
 
 
-class UnattributedOperation(models.Model):
+class UnattributedOperation(DockerEvent):
     """An event of an agent's daemon that no build's own Docker endpoint asked for while builds ran: something
     on the build host used the daemon directly. Kept on the agent, never given to a build by guess; only the
     newest UNATTRIBUTED_KEPT of an agent stay."""
 
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="unattributed_operations",
                               db_index=False)
-    time = models.DateTimeField()
-    time_nano = models.BigIntegerField(help_text="The daemon's event time in nanoseconds since the epoch.")
-    event_type = models.CharField(max_length=20)
     action = models.CharField(max_length=10, choices=DockerOperation.Action.choices)
-    raw_action = models.CharField(max_length=100, help_text="The daemon's own action name.")
-    image = models.CharField(max_length=500, blank=True)
-    tag = models.CharField(max_length=128, blank=True)
-    digest = models.CharField(max_length=100, blank=True)
-    container_id = models.CharField(max_length=64, blank=True)
-    container_name = models.CharField(max_length=255, blank=True)
-    exit_code = models.IntegerField(null=True, blank=True)
     identity = models.CharField(max_length=64, editable=False,
                                 help_text="The event's identity, as a DockerOperation's: sent again, it is the same.")
 

@@ -14,7 +14,6 @@ from builds.cleanup.registry import build_delete, pending_deletions_process
 from builds.models import Build, DockerOperation, PushedImage, SetAsideRecord
 from connections.registries import RegistryError
 from connections.registries.v2 import MAX_TAG_PAGES, RegistrySession
-from tests.builds import test_ingestion
 from tests.builds.test_ingestion import record, send, start
 from tests.factories import (
     BuildConfigurationFactory,
@@ -26,7 +25,6 @@ from tests.harness.referrers_registry import OCI_INDEX, OCI_MANIFEST, ReferrersR
 from tests.harness.stand_in import StandIn
 
 pytestmark = pytest.mark.django_db
-call, agent_token = test_ingestion.call, test_ingestion.agent_token  # the agent API's fixtures
 PASSWORD = "registry-secret-1234567890"
 
 

@@ -12,12 +12,10 @@ import pytest
 
 from builds.models import DockerOperation, PushedImage, SetAsideRecord
 from builds.operations.records import MASK, NAME_MINIMUM, TEXT_MINIMUM, Secrets, operation_fields
-from tests.builds import test_ingestion
 from tests.builds.test_ingestion import record, send, start
 from tests.factories import BuildConfigurationFactory, LoginConnectionFactory, ProjectFactory
 
 pytestmark = pytest.mark.django_db
-call, agent_token = test_ingestion.call, test_ingestion.agent_token  # the fixtures, as ingestion's tests use them
 PASSWORD = 'S3cr&t/pa ss"w\\rd'
 USER = "ci"
 REGISTRY = "registry.example.test:5000"

@@ -21,9 +21,17 @@ appends its facts to FILE, one JSON object a line, each line written whole by on
 
 Each fact has "time_nano" (time.time_ns() when the proxy saw it); the lines are in that order. N numbers
 the requests: a proxy restarted on the same journal (mode 0600, appended to) numbers on from its last
-one. path is without the /v1.NN prefix and unquoted; query is parse_qs's dict of lists (a build's
-buildargs included). A "container" fact repeats what a classic build's output says, and its RUN steps
-can print such a line too; a quiet classic build (`-q`) says none, so its containers are in no fact.
+one. path is without the /v1.NN prefix and unquoted (cut at 4,096 characters); query is parse_qs's dict of
+lists, of the keys that name something only (JOURNALED_KEYS: no buildargs), each value cut at 1,024
+characters. A "container" fact repeats what a classic build's output says, and its RUN steps can print
+such a line too; a quiet classic build (`-q`) says none, so its containers are in no fact.
+
+Against a hostile build: a request whose "request" fact cannot be written (a full disk, the journal past
+--journal-limit) is answered 503 and never forwarded; a request head with a bare CR or LF or another
+control byte, a malformed one, or one with more than 64 values of a journaled key is answered 400; a
+connection carries one request at a time (the next head is read once the previous answer ended), so no
+request hides behind another; at most --max-connections connections are served. The socket is made in
+the journal's folder and renamed to --listen: nothing else is done in the build's folder.
 
 Standard library only. One thread per direction of each connection; request and response heads are
 read exactly (peeked, never past their end). Request bodies (build contexts), most response bodies and
@@ -36,6 +44,7 @@ API call.
 
 import argparse
 import collections
+import contextlib
 import errno
 import itertools
 import json
@@ -61,7 +70,23 @@ MAX_LINE = 4096  # a chunk's size line or a trailer line
 MAX_CAPTURED_BODY = 64 * 1024
 MAX_STREAM_LINE = 1024 * 1024  # a longer JSON line of a build, push or pull answer is passed on unread
 SPLICE = hasattr(os, "splice")  # Linux; elsewhere (or if the kernel refuses) recv_into + sendall
+UNIX_PATH_MAX = 107  # bytes of a unix socket's path (Linux's sun_path, less its NUL)
+MAX_CONNECTIONS = 256  # per endpoint; a build's docker CLI opens a few at a time
+JOURNAL_LIMIT = 256 * 1024 * 1024  # past it a request is refused (503), never forwarded unrecorded
+# A "request" fact keeps only the query keys that say what a request names (agent.attribution reads
+# them; "q" tells a quiet build), each value cut at MAX_VALUE characters; a request with more than
+# MAX_VALUES of one of them is refused: no build tags an image 64 times, and each value costs the agent.
+JOURNALED_KEYS = ("t", "tag", "repo", "fromImage", "fromSrc", "container", "name", "force", "q")
+MAX_VALUES = 64
+MAX_VALUE = 1024
+MAX_PATH = 4096
 _VERSION_PREFIX = re.compile(r"^/v\d+(?:\.\d+)?(?=/|$)")
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() takes "²", which int() refuses
+_CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
+# What a request head's line may not hold (the daemon's parser could read it otherwise: a bare "\n"
+# ends a line for Go, not for this parser): control bytes but the tab of a header value, and DEL.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL_OR_TAB = re.compile(rb"[\x00-\x1f\x7f]")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$", re.MULTILINE)
 _IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
@@ -86,6 +111,11 @@ class _Truncated(Exception):
     """The stream ended inside a head or a body."""
 
 
+class _Refused(Exception):
+    """A request answered by the proxy itself and never forwarded: (status, reason, text); the
+    connection is closed after the answer."""
+
+
 def _headers(lines):
     headers = {}
     for line in lines:
@@ -106,31 +136,54 @@ def _framing(headers):
         return "chunked", None
     if lengths:
         values = {v for value in lengths for v in (p.strip() for p in value.split(","))}
-        if len(values) != 1 or not next(iter(values)).isdigit():
+        if len(values) != 1 or not _DIGITS.fullmatch(next(iter(values))):
             raise _Malformed(f"bad Content-Length {lengths}")
         return "length", int(values.pop())
     return None, None
 
 
-def _chunk_size(line):
-    size = line[:-2].split(b";")[0].strip()
-    if not size or size.strip(b"0123456789abcdefABCDEF"):
+def _strict_line(line: bytes, what="line"):
+    """A line of a request's head, chunk size line or trailer (without its CRLF) that holds no byte the
+    daemon could read otherwise: a bare CR or LF, another control byte but a tab, DEL."""
+    if _CONTROL.search(line):
+        raise _Malformed(f"a control byte in a request's {what} {line[:80]!r}")
+
+
+def _chunk_size(line, strict=False):
+    """The size a chunk's size line (with its CRLF) says. strict (requests): nothing but hex digits and
+    an extension without control bytes; responses (the daemon's) may have spaces around."""
+    if strict:
+        _strict_line(line[:-2], "chunk size line")
+        size = line[:-2].split(b";")[0].rstrip(b" \t")
+    else:
+        size = line[:-2].split(b";")[0].strip()
+    if not _CHUNK_SIZE.fullmatch(size):
         raise _Malformed(f"bad chunk size line {line[:80]!r}")
     return int(size, 16)
 
 
+def _strict_head(head: bytes):
+    """A request head's lines (latin-1, without their CRLF); _Malformed if a line ends with a bare LF
+    or holds a bare CR or another control byte (a tab only in a header's value)."""
+    lines = head[:-4].split(b"\r\n")
+    if _CONTROL_OR_TAB.search(lines[0]):
+        raise _Malformed(f"a control byte in the request line {lines[0][:80]!r}")
+    for line in lines[1:]:
+        _strict_line(line, "header line")
+    return [line.decode("latin-1") for line in lines]
+
+
 class _Request:
-    __slots__ = ("method", "path", "query", "upgrade", "framing", "length", "number")
+    __slots__ = ("method", "path", "query", "framing", "length", "number")
 
     def __init__(self, head: bytes):
-        lines = head[:-4].decode("latin-1").split("\r\n")
+        lines = _strict_head(head)
         parts = lines[0].split(" ")
         if len(parts) != 3 or not _TOKEN.match(parts[0]) or parts[2] not in ("HTTP/1.1", "HTTP/1.0"):
             raise _Malformed(f"bad request line {lines[0][:80]!r}")
         method, target, _ = parts
         headers = _headers(lines[1:])
         self.framing, self.length = _framing(headers)
-        self.upgrade = "upgrade" in headers
         split = urllib.parse.urlsplit(target)
         if not split.path.startswith("/"):
             raise _Malformed(f"bad request target {target[:80]!r}")
@@ -138,6 +191,19 @@ class _Request:
         self.path = _VERSION_PREFIX.sub("", urllib.parse.unquote(split.path)) or "/"
         self.query = urllib.parse.parse_qs(split.query, keep_blank_values=True)
         self.number = None
+
+    def fields(self):
+        """Its "request" fact's fields: only what says what it names (JOURNALED_KEYS), each value cut at
+        MAX_VALUE characters, the path at MAX_PATH; _Refused if a key has more than MAX_VALUES values."""
+        query = {}
+        for key in JOURNALED_KEYS:
+            values = self.query.get(key)
+            if values is None:
+                continue
+            if len(values) > MAX_VALUES:
+                raise _Refused(400, "Bad Request", f"too many values for {key} ({len(values)}, at most {MAX_VALUES})")
+            query[key] = [value[:MAX_VALUE] for value in values]
+        return {"method": self.method[:MAX_VALUE], "path": self.path[:MAX_PATH], "query": query}
 
     def reading(self, status):
         """How its answer's body is read: "stream", a small JSON answer's kind, or None (moved unread)."""
@@ -302,8 +368,9 @@ class _Mover:
 class _Direction:
     """One direction of a connection: heads read exactly, everything else moved as it comes."""
 
-    def __init__(self, src, dst):
+    def __init__(self, src, dst, strict=False):
         self.src, self.dst = src, dst
+        self.strict = strict  # a client's requests: chunk size lines and trailers checked as heads are
         self.mover = _Mover()
 
     def read_until(self, terminator, limit, eof_ok=False, peek_size=PEEK):
@@ -354,13 +421,16 @@ class _Direction:
         """A chunked body: only its size lines and trailers come to Python; the data is moved."""
         while True:
             line = self.read_until(b"\r\n", MAX_LINE, peek_size=LINE_PEEK)
-            size = _chunk_size(line)
+            size = _chunk_size(line, self.strict)
             self.send(line)
             if not size:
                 break
             self.forward(size + 2)  # the data and its CRLF
         while line != b"\r\n":  # trailer lines, up to the empty one
             line = self.read_until(b"\r\n", MAX_LINE)
+            if self.strict and line != b"\r\n":
+                _strict_line(line[:-2], "trailer line")
+                _headers([line[:-2].decode("latin-1")])
             self.send(line)
 
     def pieces(self, framing, length):
@@ -402,12 +472,28 @@ def _shutdown(sock, how):
         pass
 
 
+def _answer(sock, status, reason, text):
+    """A short plain text answer of the proxy's own, with which it closes a connection."""
+    body = (text + "\n").encode()
+    try:
+        sock.sendall(b"HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n"
+                     b"Connection: close\r\n\r\n%s" % (status, reason.encode(), len(body), body))
+    except OSError:
+        pass
+
+
 class _Connection:
+    """A client's connection and the proxy's own to the daemon: two threads, `up` (requests) and `down`
+    (responses). One request at a time: the next request's head is read (reported, forwarded) only once
+    the previous one's response has ended, so that no request is in flight behind another one."""
+
     def __init__(self, proxy, client, number):
         self.proxy = proxy
         self.client = client
         self.upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.pending = collections.deque()  # requests forwarded whose final response has not come yet
+        self.answered = threading.Condition()
+        self.state = "idle"  # "busy" (a request forwarded, its response not ended), "upgraded", "closed"
         self.up = threading.Thread(target=self.run, name=f"docker-proxy-{number}-up", daemon=True)
         self.down = threading.Thread(target=self.responses, name=f"docker-proxy-{number}-down", daemon=True)
 
@@ -415,6 +501,14 @@ class _Connection:
         """Both sides closed: wakes both threads of this connection."""
         _shutdown(self.client, socket.SHUT_RDWR)
         _shutdown(self.upstream, socket.SHUT_RDWR)
+
+    def settle(self, state):
+        """The response thread's word: the response "ended", the connection was "upgraded" or "closed"
+        (both final)."""
+        with self.answered:
+            if self.state not in ("upgraded", "closed"):
+                self.state = state
+            self.answered.notify_all()
 
     def run(self):
         try:
@@ -434,8 +528,7 @@ class _Connection:
             self.proxy._forget(self)
 
     def refuse(self, exc):
-        body = f"the Docker daemon's socket {self.proxy.daemon_path} cannot be reached: {exc.strerror or exc}\n"
-        body = body.encode()
+        text = f"the Docker daemon's socket {self.proxy.daemon_path} cannot be reached: {exc.strerror or exc}"
         way = _Direction(self.client, None)
         try:  # the request's head first, so that the client reads the answer rather than a broken pipe
             self.client.settimeout(5)
@@ -444,39 +537,82 @@ class _Connection:
             pass
         finally:
             way.close()
-        try:
-            self.client.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain; charset=utf-8\r\n"
-                                b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
-        except OSError:
-            pass
+        _answer(self.client, 502, "Bad Gateway", text)
 
     def requests(self):
-        """Client to daemon, one request after another; after an upgrade, raw bytes."""
-        way = _Direction(self.client, self.upstream)
+        """Client to daemon, one request after another, each once the previous one was answered; after
+        an upgrade, raw bytes."""
+        way = _Direction(self.client, self.upstream, strict=True)
         try:
             while True:
                 head = way.read_until(b"\r\n\r\n", MAX_HEAD, eof_ok=True)
                 if head is None:
                     break
-                request = _Request(head)
-                request.number = self.proxy._number()
-                self.emit("request", request, method=request.method, path=request.path, query=request.query)
-                self.pending.append(request)
-                way.send(head)
-                if request.upgrade:
-                    way.forward_until_end()
+                request = self.admit(head)
+                with self.answered:
+                    closed = self.state == "closed"
+                    if not closed:
+                        self.state = "busy"
+                        self.pending.append(request)
+                if closed:  # the daemon closed the connection: the request goes nowhere
+                    self.emit("end", request)
                     break
+                way.send(head)
                 if request.framing == "chunked":
                     way.forward_chunked()
                 elif request.length:
                     way.forward(request.length)
+                state = self.await_answer()
+                if state == "upgraded":
+                    way.forward_until_end()
+                    break
+                if state == "closed":
+                    break
             _shutdown(self.upstream, socket.SHUT_WR)  # the client's half-close, passed on
+        except _Refused as refused:
+            status, reason, text = refused.args
+            _answer(self.client, status, reason, text)
+            self.abort()
         except (OSError, _Malformed, _Truncated) as exc:
             if not self.proxy._stopping:
                 logger.debug("docker proxy: client connection closed: %r", exc)
             self.abort()
         finally:
             way.close()
+
+    def admit(self, head):
+        """The request of a head, numbered and its "request" fact recorded; _Refused (nothing forwarded)
+        if the head is malformed, names too much, or its fact cannot be recorded."""
+        try:
+            request = _Request(head)
+        except _Malformed as exc:
+            raise _Refused(400, "Bad Request", f"this build's Docker endpoint refused a malformed request: {exc}") \
+                from None
+        fields = request.fields()
+        request.number = self.proxy._number()
+        failure = self.proxy._emit({"kind": "request", "request": request.number, **fields})
+        if failure is not None:
+            raise _Refused(503, "Service Unavailable",
+                           f"this build's Docker endpoint cannot record requests: {_reason(failure)}")
+        return request
+
+    def await_answer(self):
+        """Waits until the response to the request just forwarded ended (or the connection was upgraded
+        or closed): its state then. Meanwhile the client's end, if it comes, is passed on to the daemon
+        (which then ends what it was doing, a stream of events or logs); the client's next bytes wait."""
+        with self.answered:
+            if self.state != "busy":
+                return self.state
+        try:
+            ended = not self.client.recv(1, socket.MSG_PEEK)
+        except OSError:
+            ended = True
+        if ended:
+            _shutdown(self.upstream, socket.SHUT_WR)
+        with self.answered:
+            while self.state == "busy":
+                self.answered.wait()
+            return self.state
 
     def responses(self):
         """Daemon to client: each response head read to pair it with its request, its body streamed."""
@@ -500,6 +636,7 @@ class _Connection:
                 request = self.pending.popleft() if self.pending else None
                 if status == 101 or (request and request.method == "CONNECT" and status < 300):
                     self.emit("response", request, status=status)
+                    self.settle("upgraded")
                     way.send(head)
                     way.forward_until_end()
                     break
@@ -525,6 +662,7 @@ class _Connection:
                     break
                 self.emit("end", request)
                 request = None
+                self.settle("ended")
             _shutdown(self.client, socket.SHUT_WR)
         except (OSError, _Malformed, _Truncated) as exc:
             if not self.proxy._stopping:
@@ -533,8 +671,11 @@ class _Connection:
         finally:
             way.close()
             self.emit("end", request)
-            while self.pending:  # requests that never had an answer
-                self.emit("end", self.pending.popleft())
+            with self.answered:  # no request comes after: those that never had an answer are ended
+                self.state = "closed"
+                while self.pending:
+                    self.emit("end", self.pending.popleft())
+                self.answered.notify_all()
 
     def stream(self, way, request, framing, length):
         """A build's, push's or pull's JSON lines: each line's facts reported before the client has it.
@@ -601,14 +742,24 @@ class DockerProxy:
     daemon has the head, "response" (with the ids of create, exec create and image delete answers)
     before the client has it, then the stream's facts, then "end"; and {"kind": "listening", "pid"} once
     it listens, before any connection's facts, {"kind": "stopped"} after stop(). It is called from the
-    connections' threads, one call at a time, in the order of the facts' time_nano. Requests are
-    numbered from first_request on."""
+    connections' threads, one call at a time, in the order of the facts' time_nano; if it raises for a
+    "request" fact, that request is answered 503 and never forwarded. Requests are numbered from
+    first_request on.
 
-    def __init__(self, listen_path, daemon_path, on_fact=None, owner=None, first_request=1):
+    The socket is made in private_dir (by default listen_path's own folder), which must be the proxy's
+    own (its owner's, writable by nobody else), then renamed to listen_path: nothing is done at
+    listen_path but that rename, which replaces what someone put there without following it. At most
+    max_connections connections are served at once; more are answered 503 and closed."""
+
+    def __init__(self, listen_path, daemon_path, on_fact=None, owner=None, first_request=1, private_dir=None,
+                 max_connections=MAX_CONNECTIONS):
         self.listen_path = str(listen_path)
         self.daemon_path = str(daemon_path)
         self.on_fact = on_fact
         self.owner = owner
+        self.private_dir = str(private_dir) if private_dir is not None else os.path.dirname(self.listen_path)
+        self.max_connections = max_connections
+        self.turned_away = 0  # connections refused for being one too many
         self._listener = None
         self._inode = None
         self._wake = None
@@ -619,25 +770,13 @@ class DockerProxy:
         self._count = 0
         self._requests = itertools.count(first_request)
         self._stopping = False
+        self._said = {}  # what was logged when: some warnings once a minute at most
 
     def start(self):
-        _remove_stale_socket(self.listen_path)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            try:
-                os.fchmod(listener.fileno(), 0o600)  # Linux: bind() makes the socket's file 0600, never wider
-            except OSError:
-                pass
-            listener.bind(self.listen_path)
-            status = os.lstat(self.listen_path)
-            if not stat.S_ISSOCK(status.st_mode):
-                raise OSError(errno.EEXIST, f"{self.listen_path} was replaced after bind")
-            if stat.S_IMODE(status.st_mode) != 0o600:
-                os.chmod(self.listen_path, 0o600)
-            if self.owner is not None:  # a symbolic link put in its place would be changed, not its target
-                os.chown(self.listen_path, self.owner, -1, follow_symlinks=False)
-            self._inode = (status.st_dev, status.st_ino)
-            listener.listen(128)  # only now can anyone connect: mode and owner are final
+            self._inode = _bind_privately(listener, self.listen_path, self.private_dir, self.owner)
+            listener.listen(128)
             listener.setblocking(False)
         except BaseException:
             listener.close()
@@ -651,29 +790,80 @@ class DockerProxy:
         return self
 
     def _accept(self):
+        """Accepts connections until stop(). When accept() or a connection's start fails (no file
+        descriptor left: EMFILE, ENFILE; no thread), it waits, 50 ms doubling to 1 s, rather than spin,
+        and says so once per outage."""
+        backoff = 0
         with selectors.DefaultSelector() as selector:
             selector.register(self._listener, selectors.EVENT_READ)
             selector.register(self._wake[0], selectors.EVENT_READ)
             while not self._stopping:
+                if backoff:
+                    selector.unregister(self._listener)
+                    selector.select(backoff)  # only stop() wakes it
+                    selector.register(self._listener, selectors.EVENT_READ)
+                    if self._stopping:
+                        return
                 selector.select()
                 try:
-                    client, _ = self._listener.accept()
-                except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                    continue
-                except OSError:
+                    failure = self._take()
+                except OSError as exc:
+                    failure = exc
+                if failure is None:
+                    if backoff:
+                        logger.warning("docker proxy: accepting connections again")
+                    backoff = 0
+                elif failure is not False:
                     if self._stopping:
                         return
-                    logger.exception("docker proxy: accept failed")
-                    continue
-                client.setblocking(True)
-                with self._lock:
-                    if self._stopping:
-                        client.close()
-                        return
-                    self._count += 1
-                    connection = _Connection(self, client, self._count)
-                    self._connections.add(connection)
+                    if not backoff:
+                        logger.warning("docker proxy: cannot take connections (%s): waiting to try again", failure)
+                    backoff = min(backoff * 2, 1.0) if backoff else 0.05
+
+    def _take(self):
+        """One connection accepted and started: None; False if there was none to accept; what failed."""
+        try:
+            client, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return False
+        try:
+            client.setblocking(True)
+            with self._lock:
+                if self._stopping:
+                    client.close()
+                    return False
+                if len(self._connections) >= self.max_connections:
+                    self._turn_away(client)
+                    return None
+                self._count += 1
+                connection = _Connection(self, client, self._count)
+                self._connections.add(connection)
+            try:
                 connection.up.start()
+            except RuntimeError as exc:  # no thread to be had
+                self._forget(connection)
+                connection.upstream.close()
+                raise OSError(errno.EAGAIN, str(exc)) from None
+        except OSError:
+            client.close()
+            raise
+        return None
+
+    def _turn_away(self, client):
+        """A connection over max_connections: answered 503 and closed at once (not waited on)."""
+        self.turned_away += 1
+        client.setblocking(False)
+        _answer(client, 503, "Service Unavailable",
+                f"this build's Docker endpoint has {self.max_connections} connections open already")
+        client.close()
+        self._say_once_a_minute("connections", "docker proxy: %d connections open: turned %d away so far",
+                                self.max_connections, self.turned_away)
+
+    def _say_once_a_minute(self, topic, message, *args):
+        now = time.monotonic()
+        if now - self._said.get(topic, -60) >= 60:
+            self._said[topic] = now
+            logger.warning(message, *args)
 
     def _forget(self, connection):
         with self._lock:
@@ -684,14 +874,18 @@ class DockerProxy:
             return next(self._requests)
 
     def _emit(self, fact):
+        """fact given to on_fact, its time_nano set; what on_fact raised (logged), else None."""
         if not self.on_fact:
-            return
+            return None
         with self._facts_lock:  # one at a time: the journal's lines are in the order of their times
             fact["time_nano"] = time.time_ns()
             try:
                 self.on_fact(fact)
-            except Exception:
-                logger.exception("docker proxy: on_fact failed for %s", fact)
+            except Exception as exc:
+                self._say_once_a_minute("facts", "docker proxy: a %s fact could not be recorded: %s",
+                                        fact.get("kind"), _reason(exc))
+                return exc
+        return None
 
     def stop(self):
         """The socket removed, every open connection closed, every thread joined."""
@@ -725,9 +919,56 @@ class DockerProxy:
         self.stop()
 
 
+def _reason(exc):
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+_binds = itertools.count()
+
+
+def _bind_privately(listener, listen_path, private_dir, owner):
+    """listener bound to a socket made in private_dir (born 0600: umask 0o177; given to owner there),
+    then renamed to listen_path, which the build's user may own and change at any time: nothing done
+    there can be turned onto another file by a symbolic link. What is at listen_path stays unless it is
+    a stale socket (OSError). The socket's (st_dev, st_ino)."""
+    status = os.stat(private_dir)
+    if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid() or status.st_mode & 0o022:
+        raise OSError(errno.EPERM, f"{private_dir} is not a folder of this user's own that nobody else can write "
+                                   "(the socket is made there first)")
+    temporary = os.path.join(private_dir, f".{os.getpid()}-{next(_binds)}.sock")
+    if len(os.fsencode(temporary)) > UNIX_PATH_MAX:
+        raise OSError(errno.ENAMETOOLONG, f"{temporary} is longer than the {UNIX_PATH_MAX} bytes of a unix "
+                                          "socket's path (the socket is made there first)")
+    _remove_stale_socket(listen_path)
+    if os.path.lexists(listen_path):
+        raise OSError(errno.EEXIST, f"{listen_path} exists and is not a stale socket")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # left by a process of the same pid that died
+    mask = os.umask(0o177)
+    try:
+        listener.bind(temporary)
+    finally:
+        os.umask(mask)
+    try:
+        os.chmod(temporary, 0o600)  # in the private folder: nobody can have put a link in its place
+        if owner is not None:
+            os.lchown(temporary, owner, -1)
+        made = os.lstat(temporary)
+        try:
+            os.rename(temporary, listen_path)
+        except OSError as exc:
+            raise OSError(exc.errno, f"the socket made in {private_dir} cannot be moved to {listen_path}: "
+                                     f"{exc.strerror}") from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    return made.st_dev, made.st_ino
+
+
 def _remove_stale_socket(path):
     """A socket left at path by a proxy that died (nothing answers it) is removed; a socket someone
-    listens on, or anything that is not a socket, stays and makes bind() fail."""
+    listens on, or anything that is not a socket, stays."""
     try:
         if not stat.S_ISSOCK(os.lstat(path).st_mode):
             return
@@ -738,7 +979,8 @@ def _remove_stale_socket(path):
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
     except OSError:
         pass
     finally:
@@ -748,12 +990,18 @@ def _remove_stale_socket(path):
 class Journal:
     """The file of facts the agent tails: one JSON object a line, each line appended whole by one write
     (O_APPEND), unbuffered. A journal that exists is continued: a proxy restarted for the same build
-    numbers its requests on from the last one there (last_request), so that a number names one request."""
+    numbers its requests on from the last one there (last_request), so that a number names one request.
 
-    def __init__(self, path):
+    Past `limit` bytes a "request" fact is refused (OSError EFBIG: the request is then refused, not
+    forwarded), and so are the facts a stream says (container, built, pushed, pulled); the response and
+    end of requests already recorded are still written (one each)."""
+
+    def __init__(self, path, limit=JOURNAL_LIMIT):
         self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         self.lock = threading.Lock()
+        self.limit = limit
         self.last_request = 0
+        self.cut = False  # a write failed in the middle of a line: the next one starts a line of its own
         with open(path, "rb", opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW)) as f:
             read, written = os.fstat(f.fileno()), os.fstat(self.fd)
             if (read.st_dev, read.st_ino) != (written.st_dev, written.st_ino):
@@ -766,17 +1014,42 @@ class Journal:
                     self.last_request = max(self.last_request, int(fact.get("request") or 0))
                 except (ValueError, RecursionError, TypeError, AttributeError):
                     pass
-        if not last.endswith(b"\n"):  # a line cut short (a full disk): the next fact starts a line of its own
-            os.write(self.fd, b"\n")
+        self.size = os.fstat(self.fd).st_size
+        self.cut = not last.endswith(b"\n")  # a line cut short (a full disk)
 
     def write(self, fact):
-        line = memoryview((json.dumps(fact, separators=(",", ":")) + "\n").encode())
+        line = (json.dumps(fact, separators=(",", ":")) + "\n").encode()
         with self.lock:
-            while line:  # one write unless the disk fills up
-                line = line[os.write(self.fd, line):]
+            if self.size + len(line) > self.limit and fact.get("kind") not in ("response", "end", "listening",
+                                                                                "stopped"):
+                raise OSError(errno.EFBIG, f"the journal is full ({self.limit} bytes)")
+            if self.cut:
+                line = b"\n" + line
+            view = memoryview(line)
+            while view:  # one write unless the disk fills up
+                try:
+                    written = os.write(self.fd, view)
+                except OSError:
+                    self.cut = self.cut or len(view) < len(line)
+                    raise
+                self.size += written
+                view = view[written:]
+            self.cut = False
 
     def close(self):
         os.close(self.fd)
+
+
+def _raise_open_files_limit():
+    """The soft limit of open files raised to the hard one: each connection takes six (two sockets,
+    two pipes)."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError) as exc:
+        logger.warning("cannot raise the limit of open files: %s", exc)
 
 
 def main(argv=None):
@@ -787,20 +1060,29 @@ def main(argv=None):
                     "appends the facts of what passed to --journal, until SIGTERM or SIGINT.")
     parser.add_argument("--listen", required=True, help="the socket to create (the build's DOCKER_HOST)")
     parser.add_argument("--daemon", required=True, help="the Docker daemon's socket")
-    parser.add_argument("--journal", required=True, help="the file the facts are appended to")
+    parser.add_argument("--journal", required=True,
+                        help="the file the facts are appended to; its folder must be this user's own (the "
+                             "socket is made there, then moved to --listen)")
     parser.add_argument("--owner", type=int, help="the uid the socket is given to (the build's user)")
+    parser.add_argument("--journal-limit", type=int, default=JOURNAL_LIMIT, metavar="BYTES",
+                        help="past this size of the journal, requests are refused (503) (default: %(default)s)")
+    parser.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS,
+                        help="connections served at once; more are refused (503) (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s docker_proxy[%(process)d] %(levelname)s %(message)s")
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)  # before any thread: only sigwait() takes them
+    _raise_open_files_limit()
     try:
-        journal = Journal(args.journal)
+        journal = Journal(args.journal, limit=args.journal_limit)
     except OSError as exc:
         logger.error("cannot open the journal %s: %s", args.journal, exc)
         return 1
     proxy = DockerProxy(args.listen, args.daemon, on_fact=journal.write, owner=args.owner,
-                        first_request=journal.last_request + 1)
+                        first_request=journal.last_request + 1,
+                        private_dir=os.path.dirname(os.path.abspath(args.journal)),
+                        max_connections=args.max_connections)
     try:
         proxy.start()
     except OSError as exc:

@@ -14,6 +14,9 @@ DOCKER_HUB = "docker.io"
 DOCKER_HUB_ALIASES = frozenset({DOCKER_HUB, "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 # The key Docker's own clients file Docker Hub's credentials under in config.json.
 DOCKER_HUB_CONFIG_KEY = "https://index.docker.io/v1/"
+# Amazon ECR Public: one registry for every account (images `public.ecr.aws/<alias>/<repository>`), apart
+# from each account's private `<registry ID>.dkr.ecr.<region>.amazonaws.com`.
+ECR_PUBLIC = "public.ecr.aws"
 
 
 def registry_identity(address: str) -> str:

@@ -64,6 +64,17 @@ class ConnectionForm(forms.ModelForm):
             stored = bool(self.instance.pk and getattr(self.instance, name))
             state = "A value is stored; leave empty to keep it." if stored else "Nothing stored yet."
             field.help_text = f"{field.help_text} {state}".strip()
+        if "repository_type" in self.fields:
+            self.fields["repository_type"].required = False  # only ECR's fieldset shows it; none sent means private
+
+    def clean_repository_type(self):
+        return self.cleaned_data.get("repository_type") or Connection.RepositoryType.PRIVATE
+
+    @property
+    def changed_data(self):
+        # No repository type sent (a Docker registry's POST, a script's) is private: no change for the history.
+        return [name for name in super().changed_data
+                if name != "repository_type" or self.data.get(self.add_prefix(name))]
 
     def _post_clean(self):
         # What was typed is given, even when equal to the stored value (see Connection._clean_destination).
@@ -229,6 +240,9 @@ def test_report(connection: Connection, result: ConnectionTestResult) -> dict:
     steps = [_step(line) for line in result.verified]
     if not result.ok:
         title = f"✗ {result.error}"
+    elif connection.is_ecr_public:
+        title = (f"✓ Amazon ECR Public accepted the credentials: ecr-public (us-east-1) gave a token for {address} "
+                 "(public.ecr.aws itself is not asked)")
     elif "the registry asks for no login" in result.verified:
         title = (f"✓ {address} reached: it asks for no login (its /v2/ answered 200 without credentials), "
                  "so the credentials were not checked")
@@ -262,7 +276,7 @@ class ConnectionAdmin(RelatedLinksAdmin):
         }),
         ("Amazon ECR", {
             "classes": ("ds-type", "ds-type-amazon-ecr"),
-            "fields": ("region", "registry_id", "credentials", "access_key_id", "secret_access_key",
+            "fields": ("repository_type", "region", "registry_id", "credentials", "access_key_id", "secret_access_key",
                        "role_arn", "external_id", "endpoint_url"),
         }),
         ("History", {"fields": ("created_at", "updated_at"), "classes": ("collapse",)}),

@@ -7,6 +7,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
+from agent.references import ECR_PUBLIC
+
 from . import validators
 from .fields import EncryptedTextField
 
@@ -149,6 +151,10 @@ class Connection(models.Model):
         TEMPORARY = "temporary", "Temporary credentials (STS AssumeRole)"
         DEFAULT_CHAIN = "default-chain", "Default AWS credential provider chain"
 
+    class RepositoryType(models.TextChoices):
+        PRIVATE = "private", "Private (<registry ID>.dkr.ecr.<region>.amazonaws.com)"
+        PUBLIC = "public", f"Public ({ECR_PUBLIC})"
+
     SECRET_FIELDS = ("password", "secret_access_key", "external_id")
     TYPE_SECRETS = {
         Type.DOCKER_REGISTRY: ("password",),
@@ -157,7 +163,8 @@ class Connection(models.Model):
     # Where the secrets (or the tokens they buy) are sent. A stored secret only ever goes where it was
     # given for: changing any of these needs the secrets again (see `_clean_destination`).
     # The IAM role is one too: AssumeRole hands the external ID to the account that owns the role.
-    DESTINATION_FIELDS = ("type", "registry", "registry_id", "region", "endpoint_url", "role_arn")
+    # The repository type is one: a public connection sends its keys to ecr-public and its token to public.ecr.aws.
+    DESTINATION_FIELDS = ("type", "repository_type", "registry", "registry_id", "region", "endpoint_url", "role_arn")
     # The external ID goes to AWS inside an AssumeRole call signed by the base credentials: whoever sets other
     # base keys would have it sent under an identity of theirs (and read it in their CloudTrail).
     EXTERNAL_ID_IDENTITY = ("credentials", "access_key_id")
@@ -181,6 +188,12 @@ class Connection(models.Model):
     password = EncryptedTextField(help_text="Password or access token. Write-only.")
 
     # Amazon ECR
+    repository_type = models.CharField(
+        "repository type", max_length=10, choices=RepositoryType.choices, default=RepositoryType.PRIVATE,
+        help_text=f"Private: the account's own registry. Public: Amazon ECR Public "
+                  f"({ECR_PUBLIC}/<alias>/<repository>); its token always comes from ecr-public in us-east-1, "
+                  "whatever the region below (which STS uses), and the registry address stays empty.",
+    )
     region = models.CharField("AWS region", max_length=32, blank=True)
     credentials = models.CharField(
         "credentials type", max_length=20, choices=Credentials.choices, blank=True,
@@ -221,9 +234,15 @@ class Connection(models.Model):
     @property
     def registry_address(self) -> str:
         """The registry host[:port] that images of this connection are named with."""
+        if self.is_ecr_public:
+            return ECR_PUBLIC
         if self.type == self.Type.AMAZON_ECR and not self.registry:
             return f"{self.registry_id}.dkr.ecr.{self.region}.amazonaws.com"
         return validators.registry_host(self.registry)
+
+    @property
+    def is_ecr_public(self) -> bool:
+        return self.type == self.Type.AMAZON_ECR and self.repository_type == self.RepositoryType.PUBLIC
 
     @property
     def is_docker_hub(self) -> bool:
@@ -295,6 +314,8 @@ class Connection(models.Model):
                           "external_id", "registry_id", "endpoint_url"):
                 if getattr(self, field):
                     errors[field] = "only Amazon ECR connections use this field"
+            if self.repository_type != self.RepositoryType.PRIVATE:
+                errors["repository_type"] = "only Amazon ECR connections have a repository type: leave it private"
         elif self.type == self.Type.AMAZON_ECR:
             errors.update(self._clean_ecr())
         if errors:
@@ -337,6 +358,23 @@ class Connection(models.Model):
                 )
         return problems
 
+    def _clean_ecr_repository(self) -> dict:
+        """Private needs its account's registry ID; public is public.ecr.aws alone (the registry ID, optional, names
+        the account that owns the public registry). Neither sends its token to the other's host."""
+        errors = {}
+        registry_host = validators.registry_host(self.registry) if self.registry else ""
+        if self.repository_type == self.RepositoryType.PUBLIC:
+            if self.registry:
+                errors["registry"] = (f"an Amazon ECR Public connection logs in to {ECR_PUBLIC} only: leave the "
+                                      "registry address empty")
+        elif self.repository_type == self.RepositoryType.PRIVATE:
+            if not self.registry_id:
+                errors["registry_id"] = "an Amazon ECR connection needs the registry ID (12-digit AWS account ID)"
+            if registry_host == ECR_PUBLIC:
+                errors["registry"] = (f"{ECR_PUBLIC} is Amazon ECR Public: choose repository type public and leave "
+                                      "the registry address empty")
+        return errors
+
     def _clean_ecr(self) -> dict:
         errors = {}
         for field in ("username", "password"):
@@ -346,8 +384,7 @@ class Connection(models.Model):
             validators.validate_aws_region(self.region)
         except ValidationError as exc:
             errors["region"] = exc.messages[0]
-        if not self.registry_id:
-            errors["registry_id"] = "an Amazon ECR connection needs the registry ID (12-digit AWS account ID)"
+        errors.update(self._clean_ecr_repository())
         if not self.credentials:
             errors["credentials"] = "choose access-keys, temporary or default-chain"
         needs_keys = self.credentials in (self.Credentials.ACCESS_KEYS, self.Credentials.TEMPORARY)

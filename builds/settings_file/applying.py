@@ -154,6 +154,12 @@ class _Applier(ShapeChecks):
             if key in Connection.SECRET_FIELDS and key not in entry and key in TYPE_KEYS[kind]:
                 continue  # an exported file carries no secrets: keep what is stored
             setattr(connection, key, value if key in TYPE_KEYS[kind] else "")
+        connection.repository_type = connection.repository_type or Connection.RepositoryType.PRIVATE
+        if connection.repository_type not in Connection.RepositoryType.values:
+            self.errors.append(f"{join_path(path, 'repository_type')}: '{connection.repository_type}' is not a "
+                               f"repository type ({', '.join(Connection.RepositoryType.values)})")
+            self.invalid_connections.add((project.pk, ident))
+            return
         if not self.save(connection, path, "connection"):
             self.invalid_connections.add((project.pk, ident))
 

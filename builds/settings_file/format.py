@@ -3,8 +3,8 @@
 from connections.models import Connection
 
 DOCKER_REGISTRY_KEYS = ("registry", "username", "password")
-ECR_KEYS = ("registry", "region", "credentials", "access_key_id", "secret_access_key", "role_arn", "external_id",
-            "registry_id", "endpoint_url")
+ECR_KEYS = ("repository_type", "registry", "region", "credentials", "access_key_id", "secret_access_key", "role_arn",
+            "external_id", "registry_id", "endpoint_url")
 TYPE_KEYS = {Connection.Type.DOCKER_REGISTRY: DOCKER_REGISTRY_KEYS, Connection.Type.AMAZON_ECR: ECR_KEYS}
 
 PROJECT_KEYS = {"id", "name", "description", "connections", "build_configurations", "members", "subprojects"}

@@ -42,7 +42,8 @@ def open_registry(connection: Connection, *, session_name: str = "dockersupport"
     if connection.type == Connection.Type.AMAZON_ECR:
         from . import ecr
 
-        return ecr.EcrRegistry(connection, address, session_name=session_name)
+        kind = ecr.EcrPublicRegistry if connection.is_ecr_public else ecr.EcrRegistry
+        return kind(connection, address, session_name=session_name)
     from .v2_registry import V2Registry
 
     return V2Registry(address, credentials_for(connection, session_name=session_name), concurrency=concurrency)

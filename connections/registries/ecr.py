@@ -1,5 +1,6 @@
 """Amazon ECR through boto3 (STS AssumeRole when asked): authorization tokens, cached per connection,
-and EcrRegistry, the session `open_registry` gives for an ECR connection.
+and EcrRegistry (EcrPublicRegistry for Amazon ECR Public), the session `open_registry` gives for an ECR
+connection. ECR Public (`ecr-public`) answers in us-east-1 alone, whatever the connection's region.
 
 GetAuthorizationToken is throttled (about 20 calls a second per account) and its tokens live 12
 hours, so a token is shared by every process through the Django cache (Redis in production),
@@ -39,6 +40,7 @@ from .base import (
     TransientRegistryError,
 )
 
+ECR_PUBLIC_REGION = "us-east-1"  # the only region where ecr-public's API (and its tokens) are served
 _BOTO_CONFIG = Config(retries={"mode": "standard", "max_attempts": 4}, connect_timeout=10, read_timeout=30)
 _SESSION_NAME_RE = re.compile(r"[^\w+=,.@-]")
 
@@ -58,7 +60,7 @@ def cache_key(connection: Connection) -> str:
     material = json.dumps([
         connection.pk, connection.region, connection.registry_id, connection.registry, connection.credentials,
         connection.access_key_id, connection.role_arn, connection.external_id, connection.endpoint_url,
-        connection.secret_access_key,
+        connection.secret_access_key, connection.repository_type,
     ])
     return "dockersupport:ecr-token:" + hashlib.sha256(material.encode()).hexdigest()
 
@@ -101,6 +103,19 @@ def aws_session(connection: Connection, *, session_name: str, details: list | No
         aws_session_token=temporary["SessionToken"],
         region_name=connection.region,
     )
+
+
+def ecr_client(session, connection: Connection):
+    """The repository API of the connection's kind: `ecr` in its region, or `ecr-public` in us-east-1 (the
+    endpoint URL, when set, stands for either)."""
+    if connection.is_ecr_public:
+        return session.client("ecr-public", region_name=ECR_PUBLIC_REGION, **_client_args(connection))
+    return session.client("ecr", **_client_args(connection))
+
+
+def _registry_args(connection: Connection) -> dict:
+    """registryId: always for private ECR; for ECR Public only when set (else the caller's own registry)."""
+    return {"registryId": connection.registry_id} if connection.registry_id else {}
 
 
 def _client_args(connection: Connection) -> dict:
@@ -169,13 +184,17 @@ def fetch_token(connection: Connection, *, session_name: str) -> RegistryCredent
     details: list[str] = []
     with aws_errors(connection):
         session = aws_session(connection, session_name=session_name, details=details)
-        answer = session.client("ecr", **_client_args(connection)).get_authorization_token(
-            registryIds=[connection.registry_id])
-    data = answer["authorizationData"][0]
+        client = ecr_client(session, connection)
+        if connection.is_ecr_public:  # one token for the whole public registry: no registry IDs to name
+            data = client.get_authorization_token()["authorizationData"]
+        else:
+            data = client.get_authorization_token(registryIds=[connection.registry_id])["authorizationData"][0]
     username, _, password = base64.b64decode(data["authorizationToken"]).decode().partition(":")
     expires_at = data.get("expiresAt")
-    details.append(f"token for registry {connection.registry_id} expires {expires_at:%Y-%m-%d %H:%M:%S %Z}"
-                   if expires_at else f"token for registry {connection.registry_id} without expiry")
+    whose = (f"{connection.registry_address} (ecr-public, {ECR_PUBLIC_REGION})" if connection.is_ecr_public
+             else f"registry {connection.registry_id}")
+    details.append(f"token for {whose} expires {expires_at:%Y-%m-%d %H:%M:%S %Z}"
+                   if expires_at else f"token for {whose} without expiry")
     return RegistryCredentials(
         server=connection.registry_address, username=username, password=password, expires_at=expires_at,
         detail="; ".join(details),
@@ -201,8 +220,7 @@ class EcrRegistry(Registry):
     def _client(self):
         if self._ecr is None:
             with aws_errors(self.connection):
-                self._ecr = aws_session(self.connection, session_name=self.session_name).client(
-                    "ecr", **_client_args(self.connection))
+                self._ecr = ecr_client(aws_session(self.connection, session_name=self.session_name), self.connection)
         return self._ecr
 
     def check_login(self) -> Iterator[str]:
@@ -232,7 +250,7 @@ class EcrRegistry(Registry):
         client = self._client()
         with aws_errors(self.connection):
             try:
-                answer = client.describe_images(registryId=self.connection.registry_id, repositoryName=repository,
+                answer = client.describe_images(**_registry_args(self.connection), repositoryName=repository,
                                                 imageIds=[{"imageTag": tag}])
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") == "ImageNotFoundException":
@@ -250,7 +268,7 @@ class EcrRegistry(Registry):
             chunk = requests[start:start + BATCH_DELETE_LIMIT]
             with aws_errors(self.connection):
                 answer = self._client().batch_delete_image(
-                    registryId=self.connection.registry_id, repositoryName=repository, imageIds=chunk)
+                    **_registry_args(self.connection), repositoryName=repository, imageIds=chunk)
             deleted.extend(answer.get("imageIds", []))
             failures.extend(answer.get("failures", []))
         outcomes: dict[ImageRef, Deletion] = {}
@@ -268,6 +286,59 @@ class EcrRegistry(Registry):
         for image in pending.values():
             outcomes[image] = Deletion.failed("ECR answered nothing about this image")
         return outcomes
+
+
+class EcrPublicRegistry(EcrRegistry):
+    """Amazon ECR Public (public.ecr.aws) through `ecr-public` in us-east-1: the same deletions and answers as
+    EcrRegistry (BatchDeleteImage, by digest or one tag alone), the tags read with DescribeImages (it has no
+    ListImages). Its login test stops at the token: the server itself never calls public.ecr.aws.
+
+    Images are named `public.ecr.aws/<alias>/<repository>` and the API knows the repository alone: the alias must
+    be one of the connection's registry's (DescribeRegistries), else another account's repository of the same
+    name would be the one asked."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._aliases: set[str] | None = None
+
+    def check_login(self) -> Iterator[str]:
+        credentials = ecr_credentials(self.connection, session_name=self.session_name)
+        yield credentials.detail or f"ecr-public gave a token for {credentials.server}"
+
+    def _repository_name(self, repository: str) -> str:
+        """'<alias>/<name>' → '<name>' when the alias is this registry's; RefusedByRegistry otherwise."""
+        alias, _, name = repository.partition("/")
+        if self._aliases is None:
+            aliases: set[str] = set()
+            with aws_errors(self.connection):
+                for page in self._client().get_paginator("describe_registries").paginate():
+                    for registry in page.get("registries", []):
+                        if registry.get("registryId") == (self.connection.registry_id or registry.get("registryId")):
+                            aliases.update(item["name"] for item in registry.get("aliases", []) if item.get("name"))
+            self._aliases = aliases
+        if not name or alias not in self._aliases:
+            owned = ", ".join(sorted(self._aliases)) or "none"
+            raise RefusedByRegistry(f"'{alias}' is not an alias of this connection's ECR Public registry (its aliases: "
+                                    f"{owned}): its repository '{name or repository}' is another registry's")
+        return name
+
+    def digest_of(self, repository: str, tag: str) -> str | None:
+        return super().digest_of(self._repository_name(repository), tag)
+
+    def delete(self, repository: str, images: Iterable[ImageRef]) -> dict[ImageRef, Deletion]:
+        return super().delete(self._repository_name(repository), images)
+
+    def tags_by_digest(self, repository: str) -> dict[str, set[str]]:
+        result: dict[str, set[str]] = {}
+        name = self._repository_name(repository)
+        client = self._client()
+        with aws_errors(self.connection):
+            pages = client.get_paginator("describe_images").paginate(
+                **_registry_args(self.connection), repositoryName=name)
+            for page in pages:
+                for image in page.get("imageDetails", []):
+                    result.setdefault(image["imageDigest"], set()).update(image.get("imageTags") or ())
+        return result
 
 
 def _failure_outcome(code: str, reason: str) -> Deletion:

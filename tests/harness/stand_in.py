@@ -22,6 +22,7 @@ class Recorded:
     method: str
     path: str
     headers: dict
+    body: bytes = b""
 
 
 class StandIn:
@@ -38,9 +39,8 @@ class StandIn:
         class Handler(BaseHTTPRequestHandler):
             def _answer(self):
                 length = int(self.headers.get("Content-Length") or 0)
-                if length:
-                    self.rfile.read(length)
-                recorded = Recorded(self.command, self.path, dict(self.headers.items()))
+                body = self.rfile.read(length) if length else b""
+                recorded = Recorded(self.command, self.path, dict(self.headers.items()), body)
                 stand_in.requests.append(recorded)
                 answer = stand_in.script(recorded)
                 self.send_response(answer.status)

@@ -28,7 +28,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from .stand_in import Answer, StandIn
+from .stand_in import Answer, ScriptedService, StandIn
 
 TARGET_PREFIX = "SpencerFrontendService."
 REGION = "us-east-1"
@@ -44,7 +44,7 @@ def aws_error(code: str, message: str, status: int = 400) -> Answer:
     return _json({"__type": code, "message": message}, status)
 
 
-class EcrPublicStandIn:
+class EcrPublicStandIn(ScriptedService):
     """`EcrPublicStandIn(keys={access key ID: secret key})`, started with `with` on a free port of 127.0.0.1.
 
     `.push(repository, digest, *tags)` puts an image; `.repositories[repository][digest]` is its set of tags;
@@ -66,20 +66,6 @@ class EcrPublicStandIn:
         self._sessions: dict[str, str] = {}  # temporary access key → its session token
         self.stand_in = StandIn(host, self._answer)
 
-    @property
-    def url(self) -> str:
-        return self.stand_in.url
-
-    @property
-    def requests(self):
-        return self.stand_in.requests
-
-    def __enter__(self):
-        self.stand_in.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stand_in.stop()
 
     def push(self, repository: str, digest: str, *tags: str) -> str:
         images = self.repositories.setdefault(repository, {})

@@ -16,7 +16,7 @@ import json
 import re
 from urllib.parse import parse_qs, quote, urlsplit
 
-from .stand_in import Answer, StandIn
+from .stand_in import Answer, ScriptedService, StandIn
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -31,7 +31,7 @@ def _error(status: int, code: str, message: str, headers=None) -> Answer:
     return _json(status, {"errors": [{"code": code, "message": message}]}, headers)
 
 
-class ReferrersRegistry:
+class ReferrersRegistry(ScriptedService):
     """`ReferrersRegistry("127.0.0.5")`, started with `with`: `.push(repository, manifest, tag=None)` stores a
     manifest (a dict) and gives its digest; `.address`, `.requests` (every request received, in order)."""
 
@@ -44,20 +44,6 @@ class ReferrersRegistry:
         self.bodies: dict[str, bytes] = {}  # digest → what is served instead of its manifest: a lying registry
         self.stand_in = StandIn(host, self._answer)
 
-    @property
-    def address(self) -> str:
-        return self.stand_in.address
-
-    @property
-    def requests(self):
-        return self.stand_in.requests
-
-    def __enter__(self):
-        self.stand_in.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stand_in.stop()
 
     # Content -------------------------------------------------------------------------------------
     def push(self, repository: str, manifest: dict, tag: str | None = None) -> str:

@@ -85,3 +85,29 @@ class StandIn:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class ScriptedService:
+    """A stand-in service answered by its own `_answer` script: its StandIn's address and requests, and a
+    context manager that starts and stops it. Subclasses set `self.stand_in = StandIn(host, self._answer)`."""
+
+    stand_in: StandIn
+
+    @property
+    def address(self) -> str:
+        return self.stand_in.address
+
+    @property
+    def url(self) -> str:
+        return self.stand_in.url
+
+    @property
+    def requests(self):
+        return self.stand_in.requests
+
+    def __enter__(self):
+        self.stand_in.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stand_in.stop()

@@ -72,7 +72,10 @@ def exchange(proxy, data):
     """data sent on a new connection; all the proxy answered until it closed (a reset after the answer
     counts as a close: the proxy closed with bytes of the client it had not read)."""
     sock = raw(proxy if isinstance(proxy, str) else proxy.listen_path)
-    sock.sendall(data)
+    try:
+        sock.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # a proxy that answers without reading (503 over the connection limit) may have closed already
     answer = bytearray()
     try:
         while part := sock.recv(65536):

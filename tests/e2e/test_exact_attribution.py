@@ -7,8 +7,6 @@ import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 
@@ -18,7 +16,8 @@ import pytest
 from builds.cleanup.registry import build_delete, pending_deletions_process
 from builds.models import Build, PushedImage, UnattributedOperation
 from tests.conftest import IN_CI
-from tests.e2e.conftest import ROOT, command_env
+from tests.e2e.test_agent import run_build_process as start_build
+from tests.e2e.test_agent import wait_for
 from tests.factories import BuildConfigurationFactory, LoginConnectionFactory
 
 pytestmark = [pytest.mark.e2e]
@@ -29,19 +28,6 @@ MiB = 1024 * 1024
 def need(program):
     if not (shutil.which(program) or os.access(program, os.X_OK)):
         pytest.fail(f"{program} is needed") if IN_CI else pytest.skip(f"{program} is not installed")
-
-
-def wait_for(condition, what, timeout=60):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def start_build(agent, home, configuration, script, **env):
-    return subprocess.Popen([sys.executable, "manage.py", "run_build", configuration.ident, "--", "sh", "-c", script],
-                            cwd=ROOT, env=command_env(home, DOCKERSUPPORT_AGENT_DIR=str(agent.dir), **env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def finished(process, timeout=300):

@@ -45,8 +45,8 @@ class Daemon:
 
     CALIBRATE_EVERY = 60  # seconds between two readings of the daemon's clock
 
-    def __init__(self, docker_host: str, login_config: str = ""):
-        self.docker_host = docker_host
+    def __init__(self, docker_host: str, login_config: str = "", engine: str = "docker"):
+        self.docker_host, self.engine = docker_host, engine
         self.api_version: str | None = None
         self._offset: int | None = None  # daemon clock minus this host's, in nanoseconds
         self._calibrated = 0.0
@@ -95,7 +95,17 @@ class Daemon:
             version = self._call("version", lambda: self.api.version())
         except DaemonError as exc:
             return False, str(exc), ""
-        return True, "", str(version.get("Version", ""))
+        podman = any(str(component.get("Name", "")).startswith("Podman")
+                     for component in version.get("Components") or [] if isinstance(component, dict))
+        number = str(version.get("Version", ""))
+        if podman != (self.engine == "podman"):
+            # Podman's events differ from Docker's (agent/events.py podman_event): read as the other's, they
+            # would be recorded wrong.
+            served, wanted = ("Podman", "podman") if podman else ("Docker", "docker")
+            return False, (f"{self.docker_host or 'DOCKER_HOST'} is served by {served} {number}, but the agent runs "
+                           f"with --engine {self.engine}: start it with --engine {wanted} (DOCKERSUPPORT_ENGINE)"), \
+                f"{served} {number}".strip()
+        return True, "", f"Podman {number}" if podman else number
 
     def now_nano(self) -> int:
         """The daemon's own clock, which its events are stamped with (not this host's).

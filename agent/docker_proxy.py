@@ -14,7 +14,8 @@ appends its facts to FILE, one JSON object a line, each line written whole by on
     {"kind": "container", "request": N, "container"}   a classic build's " ---> Running in <id>" line
     {"kind": "built", "request": N, "image_id"}    a build's aux {"ID": "sha256:..."} (classic, BuildKit),
                                                   or the ID a quiet build (-q) ends with
-    {"kind": "pushed", "request": N, "tag", "digest", "size"}   a push's aux {"Tag", "Digest", "Size"}
+    {"kind": "pushed", "request": N, "tag", "digest", "size"}   a push's aux {"Tag", "Digest", "Size"}, or
+                                                  its status "TAG: digest: DIGEST size: N" alone (Podman)
     {"kind": "pulled", "request": N, "digest"}     a pull's (or a classic build's FROM) "Digest: " status
     {"kind": "end", "request": N}                  its response ended, or its connection closed first
     {"kind": "stopped"}                            SIGTERM or SIGINT: every connection closed, socket gone
@@ -88,6 +89,7 @@ _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _CONTROL_OR_TAB = re.compile(rb"[\x00-\x1f\x7f]")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_PUSHED_STATUS = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_.-]{0,127}): digest: (sha256:[0-9a-f]{64}) size: ([0-9]{1,19})")
 _RUNNING_IN = re.compile(r"^ ---> Running in ([0-9a-f]{12,64})$", re.MULTILINE)
 _IMAGE_ID = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -262,6 +264,9 @@ def stream_facts(line):
             facts.append(("pushed", {"tag": aux.get("Tag"), "digest": aux["Digest"], "size": aux.get("Size")}))
     if isinstance(status, str) and status.startswith("Digest: "):
         facts.append(("pulled", {"digest": status.removeprefix("Digest: ").strip()}))
+    if isinstance(status, str) and not isinstance(aux, dict) and (pushed := _PUSHED_STATUS.fullmatch(status)):
+        # Podman's push says its digest only so; Docker's says it so too, then again in an aux line (the same fact).
+        facts.append(("pushed", {"tag": pushed[1], "digest": pushed[2], "size": int(pushed[3])}))
     return facts
 
 

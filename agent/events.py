@@ -15,6 +15,7 @@ import collections
 import itertools
 import logging
 import queue
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,8 +30,11 @@ from .references import registry_and_repository, split_reference
 log = logging.getLogger(__name__)
 
 IMAGE_ACTIONS = {"pull": "pull", "push": "push", "tag": "tag", "untag": "untag", "delete": "delete",
-                 "import": "import", "load": "load", "create": "build"}
+                 "import": "import", "load": "load", "create": "build", "build": "build"}  # build: Podman's
 CONTAINER_ACTIONS = {"create": "create", "start": "start", "exec_start": "exec", "die": "die", "destroy": "destroy"}
+_HEX_ID = re.compile(r"[0-9a-f]{64}")
+PODMAN_UNTIL_LEAD = 1_000_000_000  # ns: how much later than asked a bounded read of Podman's events ends
+PODMAN_NAMING_TRIES = 20  # looks at a built image's names, 0.1 s apart (the writer waits: builds are rare)
 SEEN_KEYS = 20_000  # events remembered to drop replays (a reconnect, a sync's bounded read)
 
 
@@ -68,6 +72,42 @@ def parse_event(raw: dict) -> dict | None:
             record["exit_code"] = int(attributes["exitCode"])
         return record
     return None
+
+
+def podman_event(raw: dict) -> dict | None:
+    """An event of Podman's Docker-compatible API in Docker's shape, for parse_event; None when not recorded.
+
+    Podman names an image event's reference only in Attributes.name (Docker: the actor of a pull or push), its
+    image IDs without `sha256:`, a built image by its ID (action `build`), a removed container `remove` (Docker:
+    `destroy`), a removed image `remove` or `delete`. It also reports a `pull` of a `localhost/` image, the name
+    its own builds and imports get: nothing came from a registry then.
+    """
+    actor = raw.get("Actor") or {}
+    # containerExitCode is "0" on every event (the exit code is exitCode, on die); podId and image are often empty.
+    attributes = {key: value for key, value in (actor.get("Attributes") or {}).items()
+                  if key != "containerExitCode" and (value or key not in ("podId", "image"))}
+    actor_id, action = actor.get("ID") or "", (raw.get("Action") or "").split(":", 1)[0]
+    if raw.get("Type") == "container":
+        action = {"remove": "destroy", "died": "die"}.get(action, action)
+        return {**raw, "Action": action, "Actor": {"ID": actor_id, "Attributes": attributes}}
+    if raw.get("Type") != "image":
+        return None
+    name = attributes.pop("name", "")
+    image_id = f"sha256:{actor_id}" if _HEX_ID.fullmatch(actor_id) else actor_id
+    if action in ("pull", "push"):
+        if not name or (action == "pull" and name.startswith("localhost/")):
+            return None
+        if image_id:
+            attributes["image_id"] = image_id
+        actor_id = name
+    elif action == "build":
+        actor_id, action = (f"sha256:{name}" if _HEX_ID.fullmatch(name) else name), "build"
+    else:
+        action = "delete" if action == "remove" else action
+        actor_id = image_id
+        if name and not _HEX_ID.fullmatch(name):
+            attributes["name"] = name
+    return {**raw, "Action": action, "Actor": {"ID": actor_id, "Attributes": attributes}}
 
 
 def since_argument(time_nano: int) -> str:
@@ -155,8 +195,9 @@ class EventStream:
     """
 
     def __init__(self, connect, since_nano: int, windows: BuildWindows, deliver, enrich: bool = True,
-                 attributor: Attributor | None = None):
+                 attributor: Attributor | None = None, engine: str = "docker"):
         self.connect, self.windows, self.deliver, self.enrich = connect, windows, deliver, enrich
+        self.podman = engine == "podman"  # its events are translated (podman_event); its pushes' digests unknown
         self.attributor = attributor  # builds with their own Docker endpoint: which of them asked (issue 16)
         self._pending: list[tuple[dict, float]] = []  # records waiting for their builds' journals
         self._refreshed_at = 0  # when the journals were last read (ns)
@@ -197,10 +238,16 @@ class EventStream:
             client = None
             try:
                 client = self.connect()
-                since = min(self.last_nano, until_nano)
-                for raw in client.events(since=since_argument(since), until=since_argument(until_nano),
+                since, bound = min(self.last_nano, until_nano), until_nano
+                if self.podman:
+                    # Podman ends a read at `until` by its clock, before reading its events file when that moment
+                    # has passed, and writes events to that file a moment after they happen: it is asked a
+                    # moment later, and what came after `until_nano` is left to the live stream.
+                    bound = max(until_nano, time.time_ns()) + PODMAN_UNTIL_LEAD
+                for raw in client.events(since=since_argument(since), until=since_argument(bound),
                                          decode=True, filters={"type": ["image", "container"]}):
-                    self.events.put(raw)
+                    if int(raw.get("timeNano") or 0) <= until_nano:
+                        self.events.put(raw)
             except Exception as exc:  # noqa: BLE001 - the daemon is gone: what was read is all there is
                 self.stats.errors.append(f"reading events up to the end failed: {exc}")
                 return False
@@ -346,7 +393,8 @@ class EventStream:
         return False
 
     def _records(self, raw, client) -> list[dict]:
-        record = parse_event(raw)
+        record = parse_event(raw) if not self.podman else (
+            parse_event(translated) if (translated := podman_event(raw)) is not None else None)
         if record is None:
             return []
         records = [record]
@@ -363,8 +411,16 @@ class EventStream:
             self._seen_images.add(image.id if image is not None else "")
         elif record["action"] in ("import", "load"):
             self._seen_images.add(image_id or self._image_id(client, record))
-        elif record["action"] == "push" and not record["digest"]:
+        elif record["action"] == "push" and not record["digest"] and not self.podman:
+            # Podman's RepoDigests name its local manifest, which a push may convert (another digest), and it
+            # reports a push that failed too: the digest is what the build's endpoint heard the push answer.
             record["digest"] = self._pushed_digest(client, record)
+        elif record["action"] == "build" and self.podman and not record["image"]:
+            # Podman's build event names the image by its ID alone (and no tag event follows): a record for each
+            # of its names, which the build's request named (`-t`).
+            names = [split_reference(tag)[:2] for tag in self._podman_built_tags(client, image_id)]
+            records = [{**record, "image": name, "tag": tag} for name, tag in names] or records
+            self._seen_images.add(image_id)
         elif record["action"] == "tag" and image_id and image_id not in self._seen_images:
             # The daemon has no "build" event for the classic builder: an image made during a
             # build, not pulled, imported or loaded, and then tagged, was built there.
@@ -379,6 +435,15 @@ class EventStream:
             return client.images.get(name)
         except (ImageNotFound, DockerException, RequestException):
             return None
+
+    def _podman_built_tags(self, client, image_id: str) -> list[str]:
+        """The names of an image Podman just built: it reports the build a moment before it names the image."""
+        for _ in range(PODMAN_NAMING_TRIES):
+            image = self._image(client, image_id) if image_id else None
+            if image is None or image.tags:
+                return image.tags if image is not None else []
+            time.sleep(0.1)
+        return []
 
     def _image_id(self, client, record) -> str:
         image = self._image(client, _reference_of(record))

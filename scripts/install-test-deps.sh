@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make test`, step 1: the Debian 12 packages the test suite runs for real (tests/harness): Docker
-# daemon, registry, static busybox for the test image, Chromium for browser tests, and PostgreSQL
+# daemon, Podman, registry, static busybox for the test image, Chromium for browser tests, and PostgreSQL
 # and Redis unless they are already there. Only apt downloads; nothing happens when all is present.
 set -euo pipefail
 
@@ -16,6 +16,7 @@ need_package docker.io        # dockerd, containerd, runc
 need_package docker-registry  # distribution v2 registry
 need_package busybox-static   # the busybox test image needs a static binary
 need_package docker-compose   # Debian's docker-compose (1.29), run through a build's own Docker endpoint
+need_package podman           # an agent driving Podman (its Docker-compatible API service and CLI)
 need_package chromium
 if ! command -v postgres >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null && ! answers 5432; then
   need_package postgresql

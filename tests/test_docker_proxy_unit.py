@@ -427,9 +427,14 @@ def test_stream_facts_reads_what_the_daemon_writes_and_nothing_else():
     assert stream_facts(b'{"progressDetail":{},"aux":{"Tag":"1","Digest":"%s","Size":528}}' % DIGEST.encode()) == [
         ("pushed", {"tag": "1", "digest": DIGEST, "size": 528})]
     assert stream_facts(b'{"status":"Digest: %s"}\r' % DIGEST.encode()) == [("pulled", {"digest": DIGEST})]
+    # Podman's push says its digest in a status line only (Docker's too, before its aux)
+    assert stream_facts(b'{"status":"v1.2: digest: %s size: 343"}' % DIGEST.encode()) == [
+        ("pushed", {"tag": "v1.2", "digest": DIGEST, "size": 343})]
     for nothing in [b'{"id":"moby.buildkit.trace","aux":"CnsKR3NoYTI1Njo0"}', b'{"stream":"Running in 0123"}',
                     b'{"stream":"Step 1/2 : RUN echo \\" ---\\u003e Running in\\""}', b'{"aux":{"ID":"sha256:12"}}',
-                    b"not json", b"\xff\xfe", b"[1, 2]", b"[" * 100_000, b'{"status":"Downloading"}', b""]:
+                    b"not json", b"\xff\xfe", b"[1, 2]", b"[" * 100_000, b'{"status":"Downloading"}', b"",
+                    b'{"status":"1: digest: sha256:12 size: 3"}',
+                    b'{"status":"a b: digest: %s size: 3"}' % DIGEST.encode()]:
         assert stream_facts(nothing) == [], nothing
 
 

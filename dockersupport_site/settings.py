@@ -144,6 +144,14 @@ DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST = env.bool("DOCKERSUPPORT_DEFAULT_CHAIN_ANY
 # configuration besides its own protected tags: shell-style patterns separated by spaces or commas
 # (`latest v* release-*`). Default: none.
 DOCKERSUPPORT_PROTECTED_TAGS = env.str("DOCKERSUPPORT_PROTECTED_TAGS", default="")
+# Docker Hub and GitHub's registry (ghcr.io) refuse manifest DELETE: clean-up deletes through their own APIs, at
+# these base URLs (the only other hosts their connections' credentials go to). *_REGISTRIES: further registry
+# addresses served by those APIs, comma-separated (GitHub Enterprise Server's containers.<host>, with its
+# DOCKERSUPPORT_GITHUB_API=https://<host>/api/v3; tests' local doubles). Default: none beyond docker.io, ghcr.io.
+DOCKERSUPPORT_DOCKER_HUB_API = env.str("DOCKERSUPPORT_DOCKER_HUB_API", default="https://hub.docker.com")
+DOCKERSUPPORT_DOCKER_HUB_REGISTRIES = env.list("DOCKERSUPPORT_DOCKER_HUB_REGISTRIES", default=[])
+DOCKERSUPPORT_GITHUB_API = env.str("DOCKERSUPPORT_GITHUB_API", default="https://api.github.com")
+DOCKERSUPPORT_GITHUB_REGISTRIES = env.list("DOCKERSUPPORT_GITHUB_REGISTRIES", default=[])
 # (The Docker daemon, its data path and the builds' Docker configs are the agents' business: their
 # settings are the agents' own, on the build hosts; see agent/.)
 

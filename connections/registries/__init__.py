@@ -3,8 +3,8 @@
 `credentials_for(connection)` gives the username, password and server address a Docker client logs
 in with; `open_registry(connection)` a session with the registry (Registry): its login checked,
 its tags and digests, deletions answered as Deletion values (`refused`: these credentials may not
-delete it, another connection may). Which kind a registry is (a v2 API, Amazon ECR) stays behind
-the door.
+delete it, another connection may). Which kind a registry is (a v2 API, Amazon ECR, Docker Hub or
+GitHub's registry deleting through their own APIs) stays behind the door.
 """
 
 from .access import credentials_for, docker_server, open_registry

@@ -1,12 +1,16 @@
 """From a connection to its registry: the credentials a Docker login uses, and a session with the registry.
 
-The one place that knows which kind of registry a connection is; boto3 (ECR) and requests (v2) are
-imported only by the processes that talk to them.
+The one place that knows which kind of registry a connection is: ECR (boto3), Docker Hub and GitHub's registry
+(which delete through their own APIs: docker_hub.py, github.py), any other (v2); each is imported only by the
+processes that talk to it.
 """
 
 from datetime import timedelta
 
-from agent.references import docker_config_key
+from django.conf import settings
+
+from agent.references import DOCKER_HUB as DOCKER_HUB_IDENTITY
+from agent.references import docker_config_key, registry_identity
 from connections.models import Connection
 
 from .base import REUSE_MARGIN, Registry, RegistryCredentials
@@ -44,6 +48,37 @@ def open_registry(connection: Connection, *, session_name: str = "dockersupport"
 
         kind = ecr.EcrPublicRegistry if connection.is_ecr_public else ecr.EcrRegistry
         return kind(connection, address, session_name=session_name)
+    kind = deletion_api(connection)
+    credentials = credentials_for(connection, session_name=session_name)
+    if kind == DOCKER_HUB:
+        from .docker_hub import DockerHubRegistry
+
+        return DockerHubRegistry(address, credentials, concurrency=concurrency)
+    if kind == GITHUB:
+        from .github import GitHubRegistry
+
+        return GitHubRegistry(address, credentials, concurrency=concurrency)
     from .v2_registry import V2Registry
 
-    return V2Registry(address, credentials_for(connection, session_name=session_name), concurrency=concurrency)
+    return V2Registry(address, credentials, concurrency=concurrency)
+
+
+DOCKER_HUB, GITHUB = "docker-hub", "github"
+GITHUB_REGISTRY = "ghcr.io"  # GitHub's container registry, under its one name
+
+
+def deletion_api(connection: Connection) -> str:
+    """Which registry refusing manifest DELETE a connection's is, chosen by its identity: DOCKER_HUB (docker.io, and
+    DOCKERSUPPORT_DOCKER_HUB_REGISTRIES), GITHUB (ghcr.io, and DOCKERSUPPORT_GITHUB_REGISTRIES), else ""."""
+    if connection.type != Connection.Type.DOCKER_REGISTRY:
+        return ""
+    identity = connection.registry_address  # its identity (agent/references.py)
+    if identity == DOCKER_HUB_IDENTITY or identity in _identities("DOCKERSUPPORT_DOCKER_HUB_REGISTRIES"):
+        return DOCKER_HUB
+    if identity == GITHUB_REGISTRY or identity in _identities("DOCKERSUPPORT_GITHUB_REGISTRIES"):
+        return GITHUB
+    return ""
+
+
+def _identities(setting: str) -> set[str]:
+    return {registry_identity(name) for name in getattr(settings, setting, None) or () if name.strip()}

@@ -4,8 +4,8 @@ import os
 import sys
 
 # The build host's commands run without Django: a build host has none of the server's settings,
-# and run_build starts on every CI build step (see agent/).
-BUILD_HOST_COMMANDS = {"agent", "run_build"}
+# run_build starts on every CI build step and report_push runs in a build's command (see agent/).
+BUILD_HOST_COMMANDS = {"agent", "run_build", "report_push"}
 
 
 def main():

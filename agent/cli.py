@@ -1,6 +1,7 @@
-"""Command lines of the build host's side: `manage.py agent ...` and `manage.py run_build ...`.
+"""Command lines of the build host's side: `manage.py agent ...`, `manage.py run_build ...` and, in a build's
+command, `manage.py report_push ...`.
 
-manage.py hands these two over before Django loads: a build host needs none of the server's
+manage.py hands these over before Django loads: a build host needs none of the server's
 settings, and run_build starts on every build step.
 """
 
@@ -83,6 +84,10 @@ def main(command: str, argv: list[str]) -> int:
     try:
         if command == "agent":
             return agent_main(argv)
+        if command == "report_push":
+            from .report import main as report_push
+
+            return report_push(argv)
         from .client import main as run_build
 
         return run_build(argv)

@@ -6,7 +6,8 @@ The small client a CI calls on every build step: the standard library only, no D
 server settings. It asks the local agent (its unix socket) to start the build and log it in,
 runs COMMAND with the build's DOCKER_CONFIG and the agent's DOCKER_HOST, asks the agent to
 finish the build, prints the Docker Info summary and exits with COMMAND's exit code. COMMAND's
-environment never holds the server's settings or any token. If the agent restarts meanwhile,
+environment never holds the server's settings nor any token but the build's report token
+(DOCKERSUPPORT_BUILD_TOKEN, for `manage.py report_push`). If the agent restarts meanwhile,
 the command goes on and this client reconnects.
 """
 
@@ -44,6 +45,19 @@ def command_environment(environ, docker_config: str, docker_host: str) -> dict:
     environment["DOCKER_CONFIG"] = docker_config
     if docker_host:
         environment["DOCKER_HOST"] = docker_host
+    return environment
+
+
+# What the command gets of the build to report its pushes (manage.py report_push): the build's report token, which
+# opens that one request for that build while it runs, and the agent's socket it is sent through.
+BUILD_TOKEN_VARIABLE = "DOCKERSUPPORT_BUILD_TOKEN"
+AGENT_SOCKET_VARIABLE = "DOCKERSUPPORT_AGENT_SOCKET"
+
+
+def report_environment(environment: dict, build_token: str, socket_path: str) -> dict:
+    """The command's environment with what report_push needs; an older agent gives no token, and then nothing."""
+    if build_token:
+        environment = {**environment, BUILD_TOKEN_VARIABLE: build_token, AGENT_SOCKET_VARIABLE: socket_path}
     return environment
 
 
@@ -226,8 +240,8 @@ def main(argv: list[str], out=sys.stdout, err=sys.stderr) -> int:
         err.write(f"dockersupport: warning: {warning}\n")
     out.flush()
     channel.follow()
-    exit_code = run_command(command, command_environment(os.environ, answer["docker_config"], answer["docker_host"]),
-                            err)
+    environment = command_environment(os.environ, answer["docker_config"], answer["docker_host"])
+    exit_code = run_command(command, report_environment(environment, answer.get("build_token", ""), path), err)
     finished = channel.finish(exit_code)
     if finished["op"] == "error" or finished.get("summary") is None:
         err.write(f"dockersupport: build {label}: {finished.get('message') or finished.get('error')}\n")

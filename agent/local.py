@@ -4,6 +4,8 @@
     agent     → {"op": "progress", "message"}...  then {"op": "started", ...} or {"op": "error", "message"}
     run_build → {"op": "finish", "exit_code"}      agent → {"op": "finished", "status", "summary"}
     run_build → {"op": "resume", "build"}          (after the agent restarted) agent → {"op": "resumed"}
+    report_push → {"op": "report_push", "token", "reference", "digest"?}
+                                                   agent → {"op": "reported", ...} or {"op": "error", "message"}
 
 run_build keeps its connection open while the command runs: when it ends without a finish
 (run_build killed), the agent notices at once. The peer's process and user come from the
@@ -36,6 +38,9 @@ class _Handler(socketserver.StreamRequestHandler):
         op = message.get("op")
         if op == "ping":
             self._send({"op": "pong", "agent": agent.settings.name})
+            return
+        if op == "report_push":
+            self._send(agent.report_push(message))
             return
         if op == "start":
             build = self._start(agent, message, pid, uid)

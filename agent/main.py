@@ -219,6 +219,8 @@ class Agent:
                 self.book.remove(build.id)
                 raise
         outcome = self.login(build, started.logins, exact=started.exact_attribution)
+        if started.report_token:  # for run_build's command alone: not in the book, nor in any log
+            outcome = {**outcome, "build_token": started.report_token}
         return build, outcome
 
     def _free_for_build(self, build: RunningBuild, required: int, progress) -> None:
@@ -299,6 +301,21 @@ class Agent:
                 "warnings": warnings, "build": {"id": build.id, "number": build.number,
                                                 "configuration": build.configuration, "label": build.label()},
                 "agent": self.settings.name}
+
+    def report_push(self, request: dict) -> dict:
+        """Relays a push a build's command reports (report_push) to the server; the agent's answer to it."""
+        try:
+            report = protocol.PushReport(token=str(request["token"]), reference=str(request["reference"]),
+                                         digest=str(request.get("digest") or ""))
+        except KeyError as exc:
+            return {"op": "error", "message": f"report_push needs {exc.args[0]}"}
+        try:
+            # Sent again only when it never reached the server: recording it twice records it once anyway.
+            recorded = retrying(lambda: self.api.report_push(report), stopped=self.stopped, give_up_after=30,
+                                only=ServerUnreachable)
+        except ServerError as exc:
+            return {"op": "error", "message": _server_words(exc)}
+        return {"op": "reported", **protocol.to_json(recorded)}
 
     REPORT_AFTER = 1.0  # seconds: a build that ends sooner carries its login report in its finish
 

@@ -19,6 +19,8 @@ PROTOCOL_HEADER = "X-Dockersupport-Protocol"
 # Token kinds are told apart by their prefix (and secret scanners can find them in leaked text).
 AGENT_TOKEN_PREFIX = "dsa_"
 BUILD_TOKEN_PREFIX = "dsb_"
+# A build command's own token (DOCKERSUPPORT_BUILD_TOKEN): it reports that build's pushes (report_push), nothing else.
+REPORT_TOKEN_PREFIX = "dsr_"
 
 MAX_SIZE = 2 ** 60  # bytes: no disk is larger (1048576T)
 EVENT_BATCH_SIZE = 500  # records an agent sends at once (the server takes up to twice as many)
@@ -134,6 +136,9 @@ class BuildStarted:
     # The configuration's setting: give the build its own Docker endpoint (a proxy socket, DOCKER_HOST), so that
     # its operations are known from its requests. An older server sends none: exact, the default.
     exact_attribution: bool = True
+    # The token run_build gives the build's command (DOCKERSUPPORT_BUILD_TOKEN) for report_push; the agent keeps it
+    # nowhere. An older server sends none: the command gets none.
+    report_token: str = field(default="", repr=False)
 
 
 @dataclass
@@ -167,6 +172,30 @@ class FinishRequest:
 class FinishAnswer:
     status: str
     summary: dict  # the Docker Info summary (see the API's DockerInfoSummary)
+
+
+@dataclass
+class PushReport:
+    """A push the build's command reports (report_push: one its Docker daemon never saw), relayed by the agent."""
+
+    token: str = field(repr=False)  # the build's report token (DOCKERSUPPORT_BUILD_TOKEN): it names the build
+    reference: str
+    digest: str = ""  # the digest the command pushed, when it knows it; else the registry's for the tag
+
+
+@dataclass
+class PushRecorded:
+    """What the server recorded of a reported push, once its registry was seen holding it."""
+
+    build: int
+    build_label: str  # "configuration #number"
+    registry: str
+    repository: str
+    tag: str
+    digest: str
+    connection: str  # the build's login connection the registry was read with
+    verified_at: datetime
+    recorded_before: bool = False  # the build had this push already (reported twice, or seen by the daemon)
 
 
 # --- Events --------------------------------------------------------------------------------------

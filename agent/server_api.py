@@ -120,6 +120,9 @@ class ServerAPI:
         return self.request("POST", f"/builds/{build_id}/finish/", finish, token=token,
                             answer=protocol.FinishAnswer, timeout=(10, 120))
 
+    def report_push(self, report: protocol.PushReport) -> protocol.PushRecorded:
+        return self.request("POST", "/pushes/", report, answer=protocol.PushRecorded)
+
     def events(self, batch: protocol.EventBatch) -> protocol.EventAck:
         return self.request("POST", "/events/", batch, answer=protocol.EventAck)
 

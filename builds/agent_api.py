@@ -39,6 +39,7 @@ from .login import services as login
 from .models import Agent, Build, DockerOperation
 from .operations import records
 from .operations.services import events_receive
+from .reported import services as reported
 
 REVOKED = ("this agent token is not valid: it was revoked or replaced; make a new one on the server with "
            "`python manage.py agent_token NAME`")
@@ -327,6 +328,26 @@ def _checked_records(records_sent: list) -> list[dict]:
         checked.append({**clean, "time_nano": time_nano, "exit_code": exit_code, "builds": builds,
                         "attributes": attributes, **flags})
     return checked
+
+
+class PushReportView(AgentView):
+    @extend_schema(request=doc(protocol.PushReport), responses={201: doc(protocol.PushRecorded), **ERRORS})
+    def post(self, request):
+        """A push a build's command reported (report_push), relayed with the build's report token: recorded once its
+        registry holds it (builds/reported/). A refusal records nothing."""
+        report = body(protocol.PushReport, request)
+        build = reported.report_authenticate(report.token)
+        if build is None:
+            # Not a 401: that would tell the agent its own token was revoked.
+            raise exceptions.PermissionDenied("this build token is not valid: its build has finished, or it is not "
+                                              "a build's token (DOCKERSUPPORT_BUILD_TOKEN of a running build)")
+        try:
+            image, before = reported.push_report(build=build, reference=report.reference, digest=report.digest,
+                                                 agent=self.agent)
+        except reported.ReportRefused as exc:
+            return Response({exc.field: [str(exc)]} if exc.field else {"detail": str(exc)}, status=exc.status)
+        return answer(reported.push_recorded(image, before),
+                      status.HTTP_200_OK if before else status.HTTP_201_CREATED)
 
 
 class EventsView(AgentView):

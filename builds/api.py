@@ -23,6 +23,7 @@ from connections.permissions import refusal
 from .login import services as login
 from .models import Agent, Build, BuildConfiguration, DockerOperation, PushedImage
 from .operations.selectors import build_operations, build_pushed_images, docker_info_summary
+from .reported.services import report_token_issue
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ class OperationSerializer(serializers.ModelSerializer):
     class Meta:
         model = DockerOperation
         fields = ("time", "time_nano", "action", "event_type", "image", "tag", "digest", "container", "container_id",
-                  "exit_code")
+                  "exit_code", "reported")
 
     def get_container(self, operation) -> str:
         return operation.container_name or operation.container_id
@@ -97,7 +98,7 @@ class PushedImageSerializer(serializers.ModelSerializer):
     class Meta:
         model = PushedImage
         fields = ("registry", "repository", "tag", "digest", "reference", "pushed_at", "cleanup_status",
-                  "cleanup_reason", "owner_uncertain", "owner_note")
+                  "cleanup_reason", "owner_uncertain", "owner_note", "reported")
 
 
 # The two below only describe, in the schema, the dict that selectors.docker_info_summary answers.
@@ -188,6 +189,10 @@ class BuildStartedSerializer(serializers.Serializer):
                   "agent (exact attribution), or the agent's daemon.")
     logged_in = serializers.ListField(child=serializers.CharField())
     warnings = serializers.ListField(child=serializers.CharField())
+    build_token = serializers.CharField(
+        help_text="Answered once: export it as DOCKERSUPPORT_BUILD_TOKEN for the build's command, whose "
+                  "`manage.py report_push` reports pushes its Docker daemon never saw (buildx, kaniko, buildah, "
+                  "podman); it opens nothing else and ends with the build.")
 
 
 def build_started_payload(build: Build, result: dict) -> dict:
@@ -335,7 +340,7 @@ class BuildViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             raise serializers.ValidationError({exc.field: [str(exc)]}) from None
         if not answer.done:
             return _failed_on_agent(build, answer)
-        payload = build_started_payload(build, answer.result)
+        payload = {**build_started_payload(build, answer.result), "build_token": report_token_issue(build)}
         return Response(BuildStartedSerializer(payload).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=BuildFinishSerializer, responses={

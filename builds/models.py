@@ -256,6 +256,9 @@ class Build(models.Model):
                                         help_text="Why its attribution is time-based, as its agent said.")
     # The build's own token, hashed: it authorizes the agent's requests for this build only, while it runs.
     token_hash = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
+    # The token its command gets (DOCKERSUPPORT_BUILD_TOKEN), hashed: it reports the build's pushes the daemon
+    # never saw (report_push), for this build only, while it runs; nothing else (builds/reported/).
+    report_token_hash = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
 
     class Meta:
         ordering = ["-started_at", "-pk"]
@@ -315,6 +318,9 @@ class DockerOperation(DockerEvent):
     action = models.CharField(max_length=10, choices=Action.choices)
     actor_id = models.CharField(max_length=255)
     attributes = models.JSONField(default=dict, blank=True)
+    # A push the build reported itself (report_push) rather than one its daemon's events told. A database default
+    # too: ingestion's bulk INSERT does not name the column.
+    reported = models.BooleanField(default=False, db_default=False)
     identity = models.CharField(
         max_length=64, editable=False,
         help_text="SHA-256 of the event's stored fields and attributes (operation_identity): the same event "
@@ -449,6 +455,15 @@ class PushedImage(models.Model):
     )
     owner_note = models.CharField(max_length=500, blank=True,
                                   help_text="Why its owner is uncertain, or who settled it and when.")
+    reported = models.BooleanField(
+        default=False, help_text="Reported by its build (report_push: a push its Docker daemon never saw), not read "
+                                 "from the daemon's events.",
+    )
+    verified_at = models.DateTimeField(
+        null=True, blank=True,
+        help_text="A reported push: when the registry was seen holding its digest, during its build, with its "
+                  "build's login connection (`connection`). Clean-up deletes a reported push only when set.",
+    )
     cleanup_status = models.CharField(
         max_length=10, choices=CleanupStatus.choices, default=CleanupStatus.KEPT, db_index=True,
     )

@@ -6,6 +6,7 @@ from rest_framework.routers import SimpleRouter
 
 from builds import agent_api
 from builds.api import BuildViewSet
+from builds.reported.api import ReportPushView
 from connections.api import ConnectionTestView
 
 from .api_docs import ApiRootView, RedocView, SchemaView, SwaggerView
@@ -36,6 +37,8 @@ urlpatterns = [
     path("redoc/", RedocView.as_view(url_name="api-schema"), name="api-redoc"),
     path("projects/<str:project>/connections/<str:connection>/test/", ConnectionTestView.as_view(),
          name="connection-test"),
+    # Before the router's: `builds/<id>/` would take it. A build's report token (builds/reported/api.py).
+    path("builds/pushes/", ReportPushView.as_view(), name="build-push-report"),
     *router.urls,
     # Agents on build hosts (agent and build tokens, see builds/agent_api.py).
     path("agent/connect/", agent_api.ConnectView.as_view(), name="agent-connect"),
@@ -46,6 +49,7 @@ urlpatterns = [
     path("agent/builds/<id:pk>/credentials/", agent_api.BuildCredentialsView.as_view(), name="agent-build-credentials"),
     path("agent/builds/<id:pk>/logins/", agent_api.BuildLoginsView.as_view(), name="agent-build-logins"),
     path("agent/builds/<id:pk>/finish/", agent_api.BuildFinishView.as_view(), name="agent-build-finish"),
+    path("agent/pushes/", agent_api.PushReportView.as_view(), name="agent-push-report"),
     path("agent/events/", agent_api.EventsView.as_view(), name="agent-events"),
     path("agent/images/", agent_api.TrackedImagesView.as_view(), name="agent-images"),
     path("agent/cleanups/", agent_api.CleanupReportView.as_view(), name="agent-cleanups"),

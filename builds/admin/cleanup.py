@@ -30,7 +30,7 @@ class PushedImageAdmin(ReadOnlyAdmin):
     list_display = ("image", "build_shown", "status")
     list_display_links = ("image",)
     list_select_related = ("build", "connection__project")
-    list_filter = ("cleanup_status", "owner_uncertain", "registry", ("build", admin.EmptyFieldListFilter))
+    list_filter = ("cleanup_status", "owner_uncertain", "reported", "registry", ("build", admin.EmptyFieldListFilter))
     search_fields = ("repository", "tag", "digest", "configuration_ident")
     actions = ("retry_deletion", "settle_owner")
 
@@ -58,6 +58,8 @@ class PushedImageAdmin(ReadOnlyAdmin):
         parts = [pushed_image_status(obj)]
         if obj.owner_uncertain:
             parts.append(status_badge("owner uncertain", tone="waiting"))
+        if obj.reported:
+            parts.append(status_badge("reported", tone="neutral"))
         if obj.cleanup_status == PushedImage.CleanupStatus.PENDING and obj.next_attempt_at:
             parts.append(format_html('<span class="help">attempt {}, next {}</span>', obj.cleanup_attempts + 1,
                                      f"{timezone.localtime(obj.next_attempt_at):%m-%d %H:%M}"))

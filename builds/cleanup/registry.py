@@ -11,12 +11,19 @@ while the image's project may still use it; then the project's and its ancestors
 registry, nearest first. One that may not delete (401/403/405, AWS access denied) hands the image to
 the next; the record names the connection that answered, and every refusal before it.
 
+A push its build reported (report_push) is deleted only with the login connection that saw it in the registry
+during the build, and only when it was seen so (builds/reported/).
+
 What is never deleted: an image whose owner is uncertain (pushed while other builds ran on its daemon)
 nor its digest; a tag matching a protected pattern (its configuration's and DOCKERSUPPORT_PROTECTED_TAGS)
 nor a digest such a tag points to; a digest a retained build also pushed; a digest that a tag not pushed
 by a deleted build points to (`latest` set by hand) — on ECR only the deleted builds' own tags are
 removed then. The registry's tags are read again just before deleting, once per repository and
 connection in a run. Manifest lists and OCI indexes are deleted as a whole by the digest that was pushed.
+
+Docker Hub and GitHub's registry refuse manifest DELETE; their connections delete through their own APIs
+(connections/registries/docker_hub.py: tags, like ECR's; github.py: package versions, an index's children with it)
+under the same rules.
 """
 
 import fnmatch
@@ -55,11 +62,9 @@ log = logging.getLogger(__name__)
 CONCURRENCY = 8  # requests at a time to one registry
 CLAIM_FOR = timedelta(minutes=15)
 MAX_ATTEMPTS = 10
-DOCKER_HUB_REFUSES = (
-    "Docker Hub refuses to delete manifests through the registry API (HTTP 405); delete the tag in Docker Hub "
-    "itself (web UI or Hub API)"
-)
 OWNER_UNCERTAIN = "owner uncertain"  # how the reason of an image kept for that starts; settling looks for it
+REPORTED_UNVERIFIED = ("reported by its build, but its registry was not seen holding it during the build with one of "
+                       "the build's login connections (or that connection is gone): nothing is deleted for it")
 _PATTERN_SEPARATORS = re.compile(r"[\s,]+")
 
 
@@ -119,6 +124,8 @@ def image_hold(image: PushedImage, protection: TagProtection) -> Deletion | None
         note = image.owner_note or "pushed while other builds ran on the same Docker daemon"
         return Deletion.kept(f"{OWNER_UNCERTAIN}: {note}; never deleted automatically: an admin of its project "
                              "can settle it (action 'Settle owner') and a later run deletes it")
+    if image.reported and (image.verified_at is None or image.connection_id is None):
+        return Deletion.kept(REPORTED_UNVERIFIED)
     why = protection.match(image.tag)
     if why:
         return Deletion.kept(f"tag '{image.tag}' is protected ({why})")
@@ -148,6 +155,14 @@ def deletion_candidates(image: PushedImage, usable: list[Connection]) -> Candida
     registry = registry_key(image.registry)
     matching = [c for c in usable if registry_key(c.registry_address) == registry]
     recorded = next((c for c in matching if c.pk == image.connection_id), None)
+    if image.reported:
+        # Only the login connection that saw it in the registry during its build: one whose credentials the build
+        # held anyway, never another connection of the project (a report is the build's word).
+        if recorded is not None:
+            return Candidates([recorded])
+        return Candidates([], f"a reported push is deleted only with its build's login connection that saw it in the "
+                              f"registry ({image.connection or 'gone'}), which is not one of project "
+                              f"'{image.project.ident}' or its ancestors for {registry}")
     if recorded is not None:
         matching.remove(recorded)
         return Candidates([recorded, *matching])
@@ -437,8 +452,6 @@ def _none_allowed(image: PushedImage, candidates: Candidates, refused) -> ImageO
 
 def connection_images_delete(connection: Connection, registry: str, images, protections) -> dict[int, Deletion]:
     """Deletes what is safe to delete of `images` with one connection; `refused` ones it may not delete."""
-    if connection.is_docker_hub:
-        return {i.pk: Deletion.refused(DOCKER_HUB_REFUSES) for i in images}
     try:
         with open_registry(connection, session_name="dockersupport-cleanup", concurrency=CONCURRENCY) as session:
             holders = digest_holders(registry, images, protections)

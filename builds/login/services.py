@@ -26,6 +26,7 @@ from ..models import Agent, AgentJob, Build, BuildConfiguration, LoginConnection
 from ..operations.records import text_clean
 from ..operations.selectors import docker_info_summary
 from ..operations.services import event_batches_wait
+from ..reported.services import report_token_issue
 from .selectors import configuration_get
 
 BUILD_NUMBER_MAX = 2_147_483_647  # what Build.number holds on every database
@@ -259,7 +260,8 @@ def build_start_on_agent(*, agent: Agent, configuration_ident: str, number: int 
     build = build_start(configuration=configuration, agent=agent, number=number, started_by=started_by)
     token = agents.build_token_issue(build)
     return protocol.BuildStarted(build=agents.build_info(build), token=token, logins=build_credentials(build),
-                                 exact_attribution=configuration.exact_attribution)
+                                 exact_attribution=configuration.exact_attribution,
+                                 report_token=report_token_issue(build))
 
 
 def _attribution_fields(report) -> dict:

@@ -1,0 +1,1 @@
+"""Pushes a build reports itself (report_push): images its Docker daemon never saw pushed."""

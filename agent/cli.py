@@ -7,6 +7,8 @@ settings, and run_build starts on every build step.
 
 import sys
 
+ENGINES = ("docker", "podman")
+
 
 def agent_main(argv: list[str]) -> int:
     import argparse
@@ -31,7 +33,12 @@ def agent_main(argv: list[str]) -> int:
                         help="the group whose members may run builds through the agent's socket")
     parser.add_argument("--api-build-user", default=os.environ.get("DOCKERSUPPORT_API_BUILD_USER", ""),
                         help="the user whose CI jobs read API-driven builds' DOCKER_CONFIG (an agent running as root)")
+    parser.add_argument("--engine", choices=ENGINES, default=os.environ.get("DOCKERSUPPORT_ENGINE") or "docker",
+                        help="what serves DOCKER_HOST: Docker's daemon, or Podman's Docker-compatible API "
+                             "(`podman system service`); DOCKERSUPPORT_ENGINE; default docker")
     args = parser.parse_args(argv)
+    if args.engine not in ENGINES:
+        parser.error(f"DOCKERSUPPORT_ENGINE={args.engine}: choose one of {', '.join(ENGINES)}")
     import logging
 
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), stream=sys.stderr,
@@ -44,7 +51,8 @@ def agent_main(argv: list[str]) -> int:
     config = AgentConfig(server=args.server, token=token, directory=Path(args.dir).absolute(),
                          docker_host=os.environ.get("DOCKER_HOST", ""),
                          data_path=os.environ.get("DOCKERSUPPORT_DOCKER_DATA_PATH", ""), ca_file=args.ca_file,
-                         socket_group=args.socket_group, api_build_uid=_uid(parser, args.api_build_user))
+                         socket_group=args.socket_group, api_build_uid=_uid(parser, args.api_build_user),
+                         engine=args.engine)
     agent = Agent(config, say=lambda text: print(text, flush=True))
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: agent.stop())

@@ -43,6 +43,9 @@ def command_environment(environ, docker_config: str, docker_host: str) -> dict:
     environment = {k: v for k, v in environ.items()
                    if not k.startswith(SECRET_PREFIXES) and k not in SECRET_NAMES}
     environment["DOCKER_CONFIG"] = docker_config
+    # The podman CLI, buildah and skopeo read credentials from REGISTRY_AUTH_FILE (containers-auth.json), whose
+    # format is config.json's `auths`: the build's own config serves them too, and is erased with it.
+    environment["REGISTRY_AUTH_FILE"] = os.path.join(docker_config, "config.json")
     if docker_host:
         environment["DOCKER_HOST"] = docker_host
     return environment

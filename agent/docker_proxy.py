@@ -691,10 +691,16 @@ class _Connection:
         end (then it is the ID: reported, then passed on)."""
         quiet = request.method == "POST" and request.path == "/build" and _true(request.query.get("q"))
         last = None  # the image ID the last line said, in a quiet build's answer
+        pushed = set()  # Docker says a push's digest twice (status, then aux): one fact
 
         def facts(line):
             nonlocal last
             for kind, fields in stream_facts(line):
+                if kind == "pushed":
+                    said = repr((fields["tag"], fields["digest"]))  # as said: an aux's Tag may be any JSON
+                    if said in pushed:
+                        continue
+                    pushed.add(said)
                 self.emit(kind, request, **fields)
             last = quiet_build_id(line) if quiet else None
 

@@ -50,6 +50,7 @@ class AgentConfig:
     ca_file: str = ""
     socket_group: str = ""  # the group that may use the socket (run_build's users)
     api_build_uid: int | None = None  # the user API-driven builds' configs are given to (agent as root)
+    engine: str = "docker"  # or "podman": its Docker-compatible API serves DOCKER_HOST (--engine)
 
     @property
     def socket_path(self) -> Path:
@@ -92,8 +93,9 @@ class Agent:
     def run(self) -> int:
         """Runs until stop(); 0, 2 when the server refused this agent (revoked token, protocol), 1 on a failure."""
         try:
-            self.settings = retrying(lambda: self.api.connect(self._hello(Daemon(self._docker_host(None)))),
-                                     stopped=self.stopped, say=self._warn)
+            self.settings = retrying(
+                lambda: self.api.connect(self._hello(Daemon(self._docker_host(None), engine=self.config.engine))),
+                stopped=self.stopped, say=self._warn)
         except ServerUnavailable:
             return 0  # stopped while the server was away
         except ServerError as exc:  # revoked, another protocol, a redirect, not a dockersupport server...
@@ -101,11 +103,11 @@ class Agent:
             return 2
         login_config = self.config.directory / "empty-docker-config.json"
         login_config.write_text("{}")
-        self.daemon = Daemon(self._docker_host(self.settings), str(login_config))
+        self.daemon = Daemon(self._docker_host(self.settings), str(login_config), engine=self.config.engine)
         self._adopt()
         since = self.spool.position() or self._daemon_now_or_clock()
         self.stream = EventStream(self._stream_client, since, self.windows, self._spool_record,
-                                  attributor=self.attributor)
+                                  attributor=self.attributor, engine=self.config.engine)
         self.stream.start()
         self._local = LocalServer(self, self.config.socket_path, self.config.socket_group)
         self._local.start()

@@ -133,12 +133,17 @@ def via_agent(path: str, report: dict) -> dict:
 def via_server(url: str, ca_file: str, report: dict) -> dict:
     import requests
 
-    token = report["token"]
+    from .server_api import BearerToken
+
+    if not url.startswith("https://") and not _loopback(url):
+        raise Refused(f"--server {url}: give an https:// URL; the build token is not sent in clear text")
     try:
+        # auth=, not a header: requests would put a ~/.netrc password for the host in its place
         response = requests.post(url.rstrip("/") + "/api/v1/builds/pushes/", timeout=(10, TIMEOUT),
                                  json={"reference": report["reference"], "digest": report["digest"]},
-                                 headers={"Authorization": f"Bearer {token}", "User-Agent": "dockersupport-report"},
-                                 verify=ca_file or True, allow_redirects=False)
+                                 auth=BearerToken(report["token"]),
+                                 headers={"User-Agent": "dockersupport-report"}, verify=ca_file or True,
+                                 allow_redirects=False)
     except requests.exceptions.RequestException as exc:
         raise Refused(f"the server at {url} cannot be reached: {type(exc).__name__}") from None
     if response.is_redirect:
@@ -151,6 +156,14 @@ def via_server(url: str, ca_file: str, report: dict) -> dict:
     if response.status_code >= 300 or not isinstance(body, dict):
         raise Refused(f"HTTP {response.status_code}: {_detail(body)}")
     return body
+
+
+def _loopback(url: str) -> bool:
+    """An http:// URL of this host (a server on the build host itself, tests)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme == "http" and (parts.hostname or "") in ("127.0.0.1", "::1", "localhost")
 
 
 def _detail(body) -> str:

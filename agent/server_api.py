@@ -37,7 +37,7 @@ class ServerUnreachable(ServerUnavailable):
     """No connection could be made: the request never reached the server (safe to send again)."""
 
 
-class _Bearer(requests.auth.AuthBase):
+class BearerToken(requests.auth.AuthBase):
     """The token as auth, not as a bare header: requests then never puts a ~/.netrc password in its place."""
 
     def __init__(self, token: str):
@@ -70,7 +70,7 @@ class ServerAPI:
                 timeout=TIMEOUT, params=None):
         try:
             response = self.http.request(method, self.url + path, json=to_json(message) if message else None,
-                                         auth=_Bearer(token or self._token), timeout=timeout, params=params,
+                                         auth=BearerToken(token or self._token), timeout=timeout, params=params,
                                          allow_redirects=False)
         except requests.exceptions.ConnectionError as exc:
             # A connection refused or timed out before anything was sent is safe to send again.

@@ -9,8 +9,11 @@ A report is believed only as far as the registry confirms it, while the build ru
 read with the build's own login connection for it, and must hold the digest now (the reported one, or
 the tag's). What a hostile build could make clean-up delete is bounded so:
 - a digest another build's push recorded in that repository before this build started is refused (the
-  report of someone else's existing image, to get it deleted);
-- a reported push is never owner-uncertain: it is the build's by its token, not by time;
+  report of someone else's existing image, to get it deleted), and so is one the registry says it has had
+  since before the build started (ECR's imagePushedAt);
+- where the registry does not say when it first had the digest (the distribution API keeps no times: a v2
+  registry, Docker Hub, ghcr.io), the report is recorded of uncertain owner: never deleted automatically, as an
+  image pushed while other builds ran, until an admin of the project settles it;
 - clean-up deletes a reported push only when the registry was seen holding it during its build
   (`verified_at`), and only with that login connection (`connection`), whose credentials the build held
   anyway; every rule of every push holds too (digests other builds or tags hold, protected tags).
@@ -19,6 +22,7 @@ A refused report records nothing. The token never appears in an answer, a log or
 
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from django.db import transaction
 from django.utils import timezone
@@ -43,6 +47,9 @@ REPORTS_MAX = 1000  # pushes one build may report: a runaway (or hostile) comman
 REFERENCE_MAX = 1000
 NAME_MAX = DockerOperation._meta.get_field("image").max_length
 RAW_ACTION = "push (reported by the build)"
+PUSH_TIME_SLACK = timedelta(seconds=1)  # a registry's push time may be whole seconds (and its clock not ours)
+REPORTED_UNDATED = ("reported by its build; {registry} does not say when it first had this digest, so it may be an "
+                    "image that was there before the build")
 
 
 class ReportRefused(Exception):
@@ -117,15 +124,16 @@ def login_connection(build: Build, registry: str) -> Connection:
                         "with that connection)")
 
 
-def registry_digest(connection: Connection, reference: Reference, build: Build) -> str:
-    """The digest the registry holds now for the reference's tag (or the reference's digest, when it holds it);
-    ReportRefused when it holds none."""
+def registry_digest(connection: Connection, reference: Reference, build: Build) -> tuple[str, datetime | None]:
+    """The digest the registry holds now for the reference's tag (or the reference's digest, when it holds it), and
+    when the registry first had it where it says so (ECR); ReportRefused when it holds none."""
     try:
         with open_registry(connection, session_name=f"dockersupport-report-{build.pk}") as registry:
             if reference.tag:
                 found = registry.digest_of(reference.repository, reference.tag)
-            else:
-                found = _digest_held(registry, reference.repository, reference.digest)
+            else:  # one request, never a listing of the repository: a report is answered within the API call
+                found = reference.digest if registry.holds(reference.repository, reference.digest) else None
+            first_had = registry.pushed_at(reference.repository, found) if found and is_digest(found) else None
     except TransientRegistryError as exc:
         raise ReportRefused(f"registry {reference.registry} could not be asked ({exc}); report it again",
                             field="", status=503) from None
@@ -139,20 +147,7 @@ def registry_digest(connection: Connection, reference: Reference, build: Build) 
     if not is_digest(found):
         raise ReportRefused(f"registry {reference.registry} answered '{found[:200]}' for {reference}, which is no "
                             "digest: nothing is recorded", field="", status=502)
-    return found
-
-
-def _digest_held(registry, repository: str, digest: str) -> str | None:
-    """`digest` when the registry holds that manifest: a v2 registry resolves a digest as a reference; ECR does not,
-    but lists untagged digests with the tagged ones."""
-    try:
-        if registry.digest_of(repository, digest) == digest:
-            return digest
-    except TransientRegistryError:
-        raise
-    except RegistryError:
-        pass  # a digest is no tag to it (ECR): its listing says
-    return digest if digest in registry.tags_by_digest(repository) else None
+    return found, first_had
 
 
 def push_report(*, build: Build, reference: str, digest: str = "", agent=None) -> tuple[PushedImage, bool]:
@@ -168,18 +163,18 @@ def push_report(*, build: Build, reference: str, digest: str = "", agent=None) -
         raise ReportRefused(f"--digest {digest} is not the digest of the reference, {parsed.digest}", field="digest")
     wanted = digest or parsed.digest
     connection = login_connection(build, parsed.registry)
-    found = registry_digest(connection, parsed, build)
+    found, first_had = registry_digest(connection, parsed, build)
     seen_at = timezone.now()  # during the build: _record checks that it still runs
     if wanted and found != wanted:
         raise ReportRefused(f"registry {parsed.registry} holds {found} for tag '{parsed.tag}' of {parsed.repository}, "
                             f"not {wanted}: the push was not of that digest, or another push replaced it",
                             field="digest")
-    return _record(build, parsed, found, connection, seen_at)
+    return _record(build, parsed, found, connection, seen_at, first_had)
 
 
 @transaction.atomic
-def _record(build: Build, reference: Reference, digest: str, connection: Connection, seen_at
-            ) -> tuple[PushedImage, bool]:
+def _record(build: Build, reference: Reference, digest: str, connection: Connection, seen_at,
+            first_had: datetime | None) -> tuple[PushedImage, bool]:
     locked = Build.objects.select_for_update().filter(pk=build.pk).first()
     if locked is None or locked.status != Build.Status.RUNNING:
         raise ReportRefused(f"build {build} is not running: a push is reported while its build runs", field="",
@@ -191,10 +186,16 @@ def _record(build: Build, reference: Reference, digest: str, connection: Connect
                .exclude(cleanup_status=PushedImage.CleanupStatus.DELETED, cleanup_updated_at__lt=build.started_at)
                .order_by("pushed_at").first())
     if earlier is not None:
+        # Another project's build is not named to this one.
+        whose = (f"{earlier.configuration_ident} #{earlier.build_number}, "
+                 if earlier.project_id == build.configuration.project_id else "")
         raise ReportRefused(f"{reference.registry}/{reference.repository}@{digest} was pushed before build {build} "
-                            f"started ({earlier.configuration_ident} #{earlier.build_number}, "
-                            f"{earlier.pushed_at:%Y-%m-%d %H:%M:%S} UTC): a build reports only its own pushes",
-                            field="digest", status=409)
+                            f"started ({whose}{earlier.pushed_at:%Y-%m-%d %H:%M:%S} UTC): a build reports only its "
+                            "own pushes", field="digest", status=409)
+    if first_had is not None and first_had < build.started_at - PUSH_TIME_SLACK:
+        raise ReportRefused(f"registry {reference.registry} has had {reference.repository}@{digest} since "
+                            f"{first_had:%Y-%m-%d %H:%M:%S %Z}, before build {build} started: a build reports only "
+                            "its own pushes", field="digest", status=409)
     own = PushedImage.objects.filter(build=build, **place, tag=reference.tag).first()
     if own is not None:
         return own, True
@@ -207,10 +208,15 @@ def _record(build: Build, reference: Reference, digest: str, connection: Connect
         action=DockerOperation.Action.PUSH, raw_action=RAW_ACTION, actor_id=str(reference)[:255],
         image=reference.name, tag=reference.tag, digest=digest, reported=True,
         attributes={"connection": str(connection)})
+    # The registry first had it during the build only where it says when (ECR); elsewhere the digest may be an image
+    # that was there before the build (pushed by hand, by another CI): never deleted automatically until an admin of
+    # the project settles it.
+    uncertain = first_had is None
     image = PushedImage.objects.create(
         build=build, project_id=build.configuration.project_id, configuration_ident=build.configuration.ident,
         build_number=build.number, pushed_at=now, connection=connection, reported=True, verified_at=seen_at,
-        registry=reference.registry, repository=reference.repository, tag=reference.tag, digest=digest)
+        registry=reference.registry, repository=reference.repository, tag=reference.tag, digest=digest,
+        owner_uncertain=uncertain, owner_note=REPORTED_UNDATED.format(registry=reference.registry) if uncertain else "")
     return image, False
 
 

@@ -164,6 +164,15 @@ class Registry(ABC):
     def digest_of(self, repository: str, tag: str) -> str | None:
         """The digest a tag resolves to as pushed (lists and indexes stay whole); None if the tag is absent."""
 
+    def holds(self, repository: str, digest: str) -> bool:
+        """Whether the repository has the manifest of `digest` (a v2 registry resolves a digest as a reference)."""
+        return self.digest_of(repository, digest) == digest
+
+    def pushed_at(self, repository: str, digest: str) -> datetime | None:
+        """When the repository first had the manifest of `digest`, where the registry says it (ECR); None where it
+        does not (the distribution API keeps no times)."""
+        return None
+
     @abstractmethod
     def delete(self, repository: str, images: Iterable[ImageRef]) -> dict[ImageRef, Deletion]:
         """Deletes the images of one repository; says for each what became of it."""

@@ -246,18 +246,41 @@ class EcrRegistry(Registry):
                         tags.add(image["imageTag"])
         return result
 
-    def digest_of(self, repository: str, tag: str) -> str | None:
+    def _api_name(self, repository: str) -> str:
+        """The repository's name in the API's requests."""
+        return repository
+
+    def _image_detail(self, repository: str, image_id: dict) -> dict | None:
+        """DescribeImages of one image (`{"imageTag": ...}` or `{"imageDigest": ...}`); None when there is none."""
         client = self._client()
         with aws_errors(self.connection):
             try:
-                answer = client.describe_images(**_registry_args(self.connection), repositoryName=repository,
-                                                imageIds=[{"imageTag": tag}])
+                answer = client.describe_images(**_registry_args(self.connection),
+                                                repositoryName=self._api_name(repository), imageIds=[image_id])
             except ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") == "ImageNotFoundException":
                     return None
                 raise
-        details = answer.get("imageDetails") or []
-        return details[0].get("imageDigest") if details else None
+        # The one asked for, not whatever came first: a listing that ignored the filter names no other image.
+        wanted_digest, wanted_tag = image_id.get("imageDigest"), image_id.get("imageTag")
+        for detail in answer.get("imageDetails") or []:
+            if (detail.get("imageDigest") == wanted_digest if wanted_digest
+                    else wanted_tag in (detail.get("imageTags") or ())):
+                return detail
+        return None
+
+    def digest_of(self, repository: str, tag: str) -> str | None:
+        detail = self._image_detail(repository, {"imageTag": tag})
+        return detail.get("imageDigest") if detail else None
+
+    def holds(self, repository: str, digest: str) -> bool:
+        return self._image_detail(repository, {"imageDigest": digest}) is not None
+
+    def pushed_at(self, repository: str, digest: str) -> datetime | None:
+        """ECR's imagePushedAt: when the repository first had the image (a push of the same digest again keeps it)."""
+        detail = self._image_detail(repository, {"imageDigest": digest})
+        pushed = detail.get("imagePushedAt") if detail else None
+        return pushed if isinstance(pushed, datetime) else None
 
     def delete(self, repository: str, images: Iterable[ImageRef]) -> dict[ImageRef, Deletion]:
         """BatchDeleteImage in chunks of at most 100; ECR's answer per image id becomes a Deletion."""
@@ -322,8 +345,8 @@ class EcrPublicRegistry(EcrRegistry):
                                     f"{owned}): its repository '{name or repository}' is another registry's")
         return name
 
-    def digest_of(self, repository: str, tag: str) -> str | None:
-        return super().digest_of(self._repository_name(repository), tag)
+    def _api_name(self, repository: str) -> str:
+        return self._repository_name(repository)
 
     def delete(self, repository: str, images: Iterable[ImageRef]) -> dict[ImageRef, Deletion]:
         return super().delete(self._repository_name(repository), images)

@@ -6,6 +6,7 @@ side and the command run for real in tests/e2e/test_report_push.py.
 """
 
 import json
+import time
 import uuid
 from datetime import timedelta
 
@@ -24,6 +25,7 @@ from builds.cleanup.registry import (
     deletion_candidates,
     image_hold,
     pending_deletions_process,
+    pushed_images_settle_owner,
 )
 from builds.models import Build, DockerOperation, PushedImage
 from builds.reported import services as reported
@@ -113,9 +115,10 @@ def test_a_report_records_the_registrys_digest_as_a_push_of_the_build(call, clie
         started.build.id, registry.address, repository, "1", digest)
     assert answer["connection"] == "acme/local" and not answer["recorded_before"]
     image = PushedImage.objects.get()
-    assert (image.build_id, image.reported, image.owner_uncertain, image.connection.ident) == (
-        started.build.id, True, False, "local")
+    assert (image.build_id, image.reported, image.connection.ident) == (started.build.id, True, "local")
     assert image.verified_at is not None
+    # A v2 registry keeps no times: the digest may have been there before the build, so its owner is uncertain
+    assert image.owner_uncertain and image.owner_note == reported.REPORTED_UNDATED.format(registry=registry.address)
     operation = DockerOperation.objects.get()
     assert (operation.action, operation.reported, operation.tag, operation.digest) == ("push", True, "1", digest)
     assert started.report_token not in response.content.decode()
@@ -144,6 +147,35 @@ def test_a_digest_reference_is_recorded_when_the_registry_holds_the_manifest(cal
     response = report(client, started.report_token, f"{registry.address}/{repository}@{digest}")
     assert response.status_code == 201, response.content
     assert PushedImage.objects.get().tag == "" and PushedImage.objects.get().digest == digest
+
+
+def test_a_digest_report_asks_the_registry_for_that_manifest_alone_never_its_listing(
+        call, client, agent_token, configuration, registry, monkeypatch):
+    # A listing (every tag, a request each) inside the API call would let a build's reports of random digests tie
+    # up the server and the registry.
+    from connections.registries.v2_registry import V2Registry
+
+    def listing(*args, **kwargs):
+        raise AssertionError("the repository was listed")
+
+    monkeypatch.setattr(V2Registry, "tags_by_digest", listing)
+    started = start(call, agent_token)
+    _, repository, digest = pushed(registry)
+    absent = report(client, started.report_token, f"{registry.address}/{repository}@sha256:{'9' * 64}")
+    assert absent.status_code == 400 and "has no sha256:9" in absent.json()["reference"][0]
+    assert report(client, started.report_token, f"{registry.address}/{repository}@{digest}").status_code == 201
+
+
+def test_another_projects_build_is_not_named_in_a_refusal(call, client, agent_token, configuration, registry):
+    reference, repository, digest = pushed(registry)
+    other = BuildConfigurationFactory(ident="secret-app")
+    PushedImage.objects.create(project=other.project, configuration_ident="secret-app", build_number=7,
+                               registry=registry.address, repository=repository, tag="1", digest=digest,
+                               pushed_at=timezone.now() - timedelta(minutes=5))
+    started = start(call, agent_token)
+    response = report(client, started.report_token, reference)
+    assert response.status_code == 409 and "was pushed before build app #1 started" in response.json()["digest"][0]
+    assert "secret-app" not in response.content.decode()
 
 
 @pytest.mark.parametrize("case", ["no login", "no tag", "no digest", "other digest", "bad reference",
@@ -276,13 +308,17 @@ def test_the_agent_relay_refuses_an_ended_or_wrong_token_without_calling_its_own
 
 # --- Clean-up --------------------------------------------------------------------------------------------
 
-def test_a_reported_push_is_deleted_from_the_registry_with_its_build(call, client, agent_token, configuration,
-                                                                      registry):
+def test_a_reported_push_is_deleted_from_the_registry_with_its_build_once_its_owner_is_settled(
+        call, client, agent_token, configuration, registry, admin_user):
     started = start(call, agent_token)
     reference, repository, digest = pushed(registry)
     assert report(client, started.report_token, reference).status_code == 201
     call("post", f"/api/v1/agent/builds/{started.build.id}/finish/", started.token, {"exit_code": 0})
     build_delete(Build.objects.get(pk=started.build.id))
+    # The registry does not say it first had the digest during the build: kept until an admin settles it
+    assert pending_deletions_process() == {"kept": 1}
+    assert manifest_status(registry, repository, digest) == 200
+    assert pushed_images_settle_owner(PushedImage.objects.all(), user=admin_user) == 1
     assert pending_deletions_process() == {"deleted": 1}
     assert manifest_status(registry, repository, digest) == 404
 
@@ -296,6 +332,7 @@ def test_a_reported_digest_another_running_build_pushed_stays_while_that_build_i
     assert report(client, hostile.report_token, reference).status_code == 201  # pushed after it started
     call("post", f"/api/v1/agent/builds/{hostile.build.id}/finish/", hostile.token, {"exit_code": 0})
     build_delete(Build.objects.get(pk=hostile.build.id))
+    PushedImage.objects.update(owner_uncertain=False)  # settled: what else holds the digest still counts
     assert pending_deletions_process() == {"kept": 1}
     image = PushedImage.objects.get(build__isnull=True)
     assert "build app #2, which is kept, pushed the same digest" in image.cleanup_reason
@@ -349,6 +386,14 @@ def test_report_push_without_an_agent_names_the_socket(capsys, tmp_path):
     assert "dsr_secret-token-81" not in captured.out + captured.err
 
 
+def test_report_push_sends_the_token_to_a_server_over_https_only(capsys):
+    environ = {"DOCKERSUPPORT_BUILD_TOKEN": "dsr_secret-token-82"}
+    assert report_main(["127.0.0.1:5000/app:1", "--server", "http://ci.example.com"], environ=environ) == 1
+    captured = capsys.readouterr()
+    assert "--server http://ci.example.com: give an https:// URL" in captured.err
+    assert "dsr_secret-token-82" not in captured.out + captured.err
+
+
 def test_report_push_usage(capsys):
     assert report_main([], environ={}) == 2
     assert report_main(["a:1", "b:2"], environ={}) == 2
@@ -369,14 +414,21 @@ def test_a_push_to_ecr_is_reported_by_tag_and_by_digest(call, client, agent_toke
                                       "mediaType": "application/vnd.docker.container.image.v1+json"},
                            "layers": [{"digest": f"sha256:{uuid.uuid4().hex * 2}", "size": 1,
                                        "mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip"}]})
-    digest = ecr.put_image(repositoryName=repository, imageManifest=manifest, imageTag="1")["image"]["imageId"][
-        "imageDigest"]
+    layer = json.loads(manifest)["layers"][0]["digest"]
+    before = ecr.put_image(repositoryName=repository, imageManifest=manifest.replace(layer, f"sha256:{'4' * 64}"),
+                           imageTag="old")["image"]["imageId"]["imageDigest"]  # moto's digests go by the layers
     project = ProjectFactory(ident="aws")
     connection = EcrConnectionFactory(project=project, ident="ecr", endpoint_url=moto_server.endpoint_url)
     configuration = BuildConfigurationFactory(ident="aws-app", project=project)
     LoginConnectionFactory(configuration=configuration, connection=connection)
+    time.sleep(2.1)  # ECR (moto) says push times in whole seconds; one second of slack is allowed
     started = start(call, agent_token, configuration="aws-app")
+    digest = ecr.put_image(repositoryName=repository, imageManifest=manifest, imageTag="1")["image"]["imageId"][
+        "imageDigest"]
     address = connection.registry_address
+    # ECR says when it first had an image: one from before the build is not the build's to report
+    earlier = report(client, started.report_token, f"{address}/{repository}:old")
+    assert earlier.status_code == 409 and "before build aws-app #1 started" in earlier.json()["digest"][0], before
     by_tag = report(client, started.report_token, f"{address}/{repository}:1")
     assert by_tag.status_code == 201, by_tag.content
     assert (by_tag.json()["digest"], by_tag.json()["connection"]) == (digest, "aws/ecr")
@@ -384,5 +436,5 @@ def test_a_push_to_ecr_is_reported_by_tag_and_by_digest(call, client, agent_toke
     assert by_digest.status_code == 201, by_digest.content
     missing = report(client, started.report_token, f"{address}/{repository}@sha256:{'9' * 64}")
     assert missing.status_code == 400 and "has no sha256:9" in missing.json()["reference"][0]
-    assert set(PushedImage.objects.values_list("tag", "digest", "reported")) == {("1", digest, True),
-                                                                                 ("", digest, True)}
+    assert set(PushedImage.objects.values_list("tag", "digest", "reported", "owner_uncertain")) == {
+        ("1", digest, True, False), ("", digest, True, False)}  # ECR says it first had it during the build

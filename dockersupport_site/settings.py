@@ -144,10 +144,11 @@ DOCKERSUPPORT_DEFAULT_CHAIN_ANY_HOST = env.bool("DOCKERSUPPORT_DEFAULT_CHAIN_ANY
 # configuration besides its own protected tags: shell-style patterns separated by spaces or commas
 # (`latest v* release-*`). Default: none.
 DOCKERSUPPORT_PROTECTED_TAGS = env.str("DOCKERSUPPORT_PROTECTED_TAGS", default="")
-# Docker Hub and GitHub's registry (ghcr.io) refuse manifest DELETE: clean-up deletes through their own APIs, at
-# these base URLs (the only other hosts their connections' credentials go to). *_REGISTRIES: further registry
-# addresses served by those APIs, comma-separated (GitHub Enterprise Server's containers.<host>, with its
-# DOCKERSUPPORT_GITHUB_API=https://<host>/api/v3; tests' local doubles). Default: none beyond docker.io, ghcr.io.
+# Docker Hub and GitHub's registry (ghcr.io) refuse manifest DELETE: clean-up deletes through their own APIs, the
+# only other hosts their connections' credentials go to: docker.io through https://hub.docker.com and ghcr.io through
+# https://api.github.com, always. *_REGISTRIES: further registry addresses treated as Docker Hub or GitHub's
+# registry, comma-separated (GitHub Enterprise Server's containers.<host>; tests' local doubles), whose API is the
+# matching *_API (GHES: DOCKERSUPPORT_GITHUB_API=https://<host>/api/v3). Default: none beyond docker.io, ghcr.io.
 DOCKERSUPPORT_DOCKER_HUB_API = env.str("DOCKERSUPPORT_DOCKER_HUB_API", default="https://hub.docker.com")
 DOCKERSUPPORT_DOCKER_HUB_REGISTRIES = env.list("DOCKERSUPPORT_DOCKER_HUB_REGISTRIES", default=[])
 DOCKERSUPPORT_GITHUB_API = env.str("DOCKERSUPPORT_GITHUB_API", default="https://api.github.com")

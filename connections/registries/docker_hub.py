@@ -1,6 +1,8 @@
 """Docker Hub: the registry (registry-1.docker.io) refuses manifest DELETE (HTTP 405), so DockerHubRegistry deletes
-tags through Docker Hub's own API, on https://hub.docker.com (DOCKERSUPPORT_DOCKER_HUB_API): the one host besides
-the registry and its token service (auth.docker.io) that receives the connection's credentials.
+tags through Docker Hub's own API, on https://hub.docker.com for docker.io whatever the settings say
+(DOCKERSUPPORT_DOCKER_HUB_API is the API of the registries named in DOCKERSUPPORT_DOCKER_HUB_REGISTRIES alone: tests'
+doubles): the one host besides the registry and its token service (auth.docker.io) that receives the connection's
+credentials.
 
 Requests, as Docker documents them (docs.docker.com/reference/api/hub) and Docker's hub-tool sends them:
 - `POST /v2/auth/token` `{"identifier": username, "secret": password or personal access token}` →
@@ -16,11 +18,17 @@ last tag went stays on Docker Hub untagged (Docker Hub's own untagged-image clea
 deletes every tag pointing to it, each of which clean-up checked belongs to the deletion. A personal access token
 needs the scope "Read, Write, Delete" to delete tags; with less, Docker Hub answers 401/403 (refused: the image goes
 to the next connection).
+
+Docker Hub answers 404 for a private repository the account cannot see, too: a 404 (for the tag list, a tag) counts
+as gone only when the registry (v2, with the same credentials) no longer has it either; else the answer is
+"refused", and the next connection is tried. A tag read without a digest is not deleted (failed, saying so).
 """
 
 from collections.abc import Iterable, Iterator
 
 from django.conf import settings
+
+from agent.references import DOCKER_HUB, registry_identity
 
 from .base import (
     Deletion,
@@ -39,10 +47,16 @@ from .v2_registry import V2Registry
 
 NAME = "Docker Hub's API"
 PAGE_SIZE = 100  # the most Docker Hub gives in one page
+HUB_API = "https://hub.docker.com"
 
 
-def api_base() -> str:
-    return getattr(settings, "DOCKERSUPPORT_DOCKER_HUB_API", "") or "https://hub.docker.com"
+def api_base(address: str) -> str:
+    """Docker Hub's API for docker.io whatever the settings say (its credentials go to Docker alone);
+    DOCKERSUPPORT_DOCKER_HUB_API for the other registries treated as Docker Hub (DOCKERSUPPORT_DOCKER_HUB_REGISTRIES:
+    tests' doubles)."""
+    if registry_identity(address) == DOCKER_HUB:
+        return HUB_API
+    return getattr(settings, "DOCKERSUPPORT_DOCKER_HUB_API", "") or HUB_API
 
 
 class DockerHubRegistry(Registry):
@@ -53,7 +67,7 @@ class DockerHubRegistry(Registry):
     def __init__(self, address: str, credentials: RegistryCredentials, *, concurrency: int = 10):
         self.registry = V2Registry(address, credentials, concurrency=concurrency)
         self.username, self._password = credentials.username, credentials.password
-        self.api = ApiSession(api_base(), NAME, headers={"Accept": "application/json"},
+        self.api = ApiSession(api_base(address), NAME, headers={"Accept": "application/json"},
                               secrets=[credentials.password])
         self._token = ""
         self._tags: dict[str, dict[str, str]] = {}  # repository → tag → digest, as last listed
@@ -120,7 +134,8 @@ class DockerHubRegistry(Registry):
                 raise RegistryError(f"{what}: {NAME}'s pages do not end ({MAX_PAGES} pages read)")
             response = self._call("GET", f"{listing}?page_size={PAGE_SIZE}&page={page}")
             if response.status_code == 404 and page == 1:
-                break  # no such repository (any more): nothing of it to delete
+                self._unseen_check(repository)
+                break  # no such repository (any more), the registry agrees: nothing of it to delete
             self.api.raise_for_status(response, what)
             body = self.api.json(response, what)
             results = body.get("results") if isinstance(body, dict) else None
@@ -136,6 +151,23 @@ class DockerHubRegistry(Registry):
         for tag, digest in tags.items():
             result.setdefault(digest, set()).add(tag)
         return result
+
+    def _unseen_check(self, repository: str) -> None:
+        """After the API's 404 for a repository's tags: RefusedByRegistry if the registry still lists tags in it
+        (Docker Hub answers 404 for a private repository the account cannot see); a registry refusing these
+        credentials raises so itself."""
+        held = self.registry.http.tags(repository)
+        if held:
+            raise RefusedByRegistry(f"{NAME} knows no repository {repository} (HTTP 404) while the registry holds "
+                                    f"{len(held)} tag(s) of it: the account '{self.username}' cannot see the "
+                                    "repository through the API")
+
+    def _tag_gone(self, repository: str, tag: str, reason: str) -> Deletion:
+        """Gone, when the registry no longer has the tag either; else refused (see _unseen_check)."""
+        if self.registry.digest_of(repository, tag) is None:
+            return Deletion.gone(reason)
+        return Deletion.refused(f"{reason}, yet the registry still has {repository}:{tag}: the account "
+                                f"'{self.username}' cannot see it through {NAME}")
 
     # Deleting -------------------------------------------------------------------------------------
     def delete(self, repository: str, images: Iterable[ImageRef]) -> dict[ImageRef, Deletion]:
@@ -173,23 +205,27 @@ class DockerHubRegistry(Registry):
         try:
             current = self._call("GET", f"/v2/namespaces/{namespace}/repositories/{name}/tags/{tag}")
             if current.status_code == 404:
-                return Deletion.gone(f"tag '{tag}' was already gone from Docker Hub (HTTP 404)")
+                return self._tag_gone(repository, tag, f"tag '{tag}' was already gone from Docker Hub (HTTP 404)")
             self.api.raise_for_status(current, f"reading tag '{tag}' of {repository}")
             body = self.api.json(current, f"reading tag '{tag}' of {repository}")
             now = body.get("digest") if isinstance(body, dict) else None
+            if not is_digest(now):
+                return Deletion.failed(f"{NAME} gave tag '{tag}' of {repository} without a digest: which image it "
+                                       "points to now is unknown, so it was not deleted")
             if digest is None or now != digest:
-                return Deletion.gone(f"tag '{tag}' now points to {now if is_digest(now) else 'another image'}: "
-                                     "pushed again since, so not this image's any more and not deleted")
+                return Deletion.gone(f"tag '{tag}' now points to {now}: pushed again since, so not this image's any "
+                                     "more and not deleted")
             path = f"/v2/repositories/{namespace}/{name}/tags/{tag}/"
             response = self._call("DELETE", path)
+            if response.status_code == 404:
+                return self._tag_gone(repository, tag, f"tag '{tag}' was already gone from Docker Hub (DELETE "
+                                                       f"{path}: HTTP 404)")
         except TransientRegistryError as exc:
             return Deletion.retry(str(exc))
         except RegistryError as exc:
             return Deletion.from_error(exc)
         if response.status_code in (200, 202, 204):
             return Deletion.deleted(f"tag '{tag}' deleted through {NAME} (DELETE {path}: HTTP {response.status_code})")
-        if response.status_code == 404:
-            return Deletion.gone(f"tag '{tag}' was already gone from Docker Hub (DELETE {path}: HTTP 404)")
         if response.status_code in (401, 403):
             return Deletion.refused(f"{NAME} refused to delete tag '{tag}' with the credentials of '{self.username}' "
                                     f"(DELETE {path}: {self.api.error_text(response)}); a personal access token "

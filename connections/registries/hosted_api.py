@@ -12,6 +12,7 @@ import re
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.auth import AuthBase
 
 from connections.validators import forbidden_address, forbidden_address_message
 
@@ -51,11 +52,9 @@ class ApiSession:
         Raises TransientRegistryError when the API cannot be reached or answers 5xx or 429; any other answer is
         returned, a redirect left unfollowed for anything but a read."""
         headers = dict(kwargs.pop("headers", None) or {})
-        if authorization:
-            headers["Authorization"] = authorization
         url = self.base + path
         try:
-            response = self._send(method, url, headers, **kwargs)
+            response = self._send(method, url, headers, _Authorization(authorization), **kwargs)
             hops = 0
             while response.is_redirect and method in ("GET", "HEAD"):
                 hops += 1
@@ -64,8 +63,7 @@ class ApiSession:
                 target = urljoin(response.url, response.headers["Location"])
                 if urlsplit(target).scheme not in ("http", "https"):
                     raise RegistryError(f"{self.name} redirected {method} {path} to a URL that is not http(s)")
-                headers.pop("Authorization", None)  # wherever it leads, never with credentials
-                response = self._send(method, target, headers, **kwargs)
+                response = self._send(method, target, headers, _Authorization(""), **kwargs)  # never credentials
         except requests.exceptions.RequestException as exc:
             raise TransientRegistryError(self.scrub(f"{self.name} ({self.base}) cannot be reached: "
                                                     f"{_reason(exc)}")) from None
@@ -73,9 +71,9 @@ class ApiSession:
             raise TransientRegistryError(f"{self.name}: {method} {path} answered {self.error_text(response)}")
         return response
 
-    def _send(self, method, url, headers, **kwargs):
-        response = self.http.request(method, url, headers=headers, timeout=TIMEOUT, allow_redirects=False,
-                                     stream=True, **kwargs)
+    def _send(self, method, url, headers, auth, **kwargs):
+        response = self.http.request(method, url, headers=headers, auth=auth, timeout=TIMEOUT,
+                                     allow_redirects=False, stream=True, **kwargs)
         _read_body(response)
         return response
 
@@ -116,6 +114,21 @@ class ApiSession:
             return response.json()
         except ValueError:
             raise RegistryError(f"{what}: {self.name}'s answer is not JSON") from None
+
+
+class _Authorization(AuthBase):
+    """The request's Authorization header, exactly (none for ""): given as `auth=`, so that requests never puts
+    ~/.netrc's credentials for the host in its place (it does for requests without `auth=`), while the
+    environment's proxies still apply."""
+
+    def __init__(self, value: str):
+        self.value = value
+
+    def __call__(self, request):
+        request.headers.pop("Authorization", None)
+        if self.value:
+            request.headers["Authorization"] = self.value
+        return request
 
 
 def link_next(response: requests.Response) -> str:

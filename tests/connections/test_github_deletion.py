@@ -3,7 +3,9 @@ deleted with the connection's token, a multi-platform image's untagged children 
 rules (builds.cleanup.registry) — against tests/harness/github_packages.py: a local double of exactly the documented
 requests and answers, beside Debian's docker-registry standing for ghcr.io (whose manifests clean-up reads)."""
 
+import json
 import logging
+import os
 import uuid
 from datetime import timedelta
 
@@ -22,11 +24,12 @@ from tests.harness.stand_in import Answer, StandIn
 pytestmark = [pytest.mark.django_db, pytest.mark.services]
 CI_TOKEN = "ghp_ciDeletePackages0123456789abcdef"
 READ_TOKEN = "ghp_readerOnly0123456789abcdefabcd"
+OTHER_TOKEN = "ghp_otherDeletePackages0123456789ab"  # may delete, but its user cannot see every package
 
 
 @pytest.fixture(scope="module")
 def ghcr():
-    registry = start(GhcrRegistry({"reader": READ_TOKEN}, username="ci", password=CI_TOKEN))
+    registry = start(GhcrRegistry({"reader": READ_TOKEN, "other": OTHER_TOKEN}, username="ci", password=CI_TOKEN))
     yield registry
     registry.stop()
 
@@ -34,7 +37,8 @@ def ghcr():
 @pytest.fixture
 def github(ghcr, settings):
     tokens = {CI_TOKEN: ("ci", "delete:packages, read:packages, write:packages"),
-              READ_TOKEN: ("reader", "read:packages, write:packages")}
+              READ_TOKEN: ("reader", "read:packages, write:packages"),
+              OTHER_TOKEN: ("other", "delete:packages, read:packages, write:packages")}
     with GitHubPackages(tokens=tokens, owners={"acme": "Organization", "ci": "User"}) as api:
         settings.DOCKERSUPPORT_GITHUB_API = api.url
         settings.DOCKERSUPPORT_GITHUB_REGISTRIES = [ghcr.address]
@@ -207,12 +211,19 @@ def test_a_bad_token_alone_ends_failed_with_githubs_words(ghcr, github, package)
                              "refused the credentials: HTTP 401 Bad credentials")
 
 
-@pytest.mark.parametrize("answer", [Answer(429), Answer(502), Answer(403, {"x-ratelimit-remaining": "0"})])
-def test_a_rate_limit_or_a_broken_api_is_retried_later(ghcr, github, package, answer):
+SECONDARY_LIMIT = Answer(403, {"Content-Type": "application/json"}, json.dumps(  # without headers, as GitHub may
+    {"message": "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
+     "documentation_url": "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}).encode())
+
+
+@pytest.mark.parametrize("answer", [Answer(429), Answer(502), Answer(403, {"x-ratelimit-remaining": "0"}),
+                                    SECONDARY_LIMIT])
+@pytest.mark.parametrize("request_line", [("DELETE", "/orgs/"), ("GET", "/users/acme")])
+def test_a_rate_limit_or_a_broken_api_is_retried_later(ghcr, github, package, answer, request_line):
     connection = ghcr_connection(ghcr)
     digest = ghcr.push_image(f"acme/{package}", "build-1")
     github.push("acme", package, digest, "build-1")
-    github.answers[("DELETE", "/orgs/")] = answer
+    github.answers[request_line] = answer
     image = tombstone(connection.project, ghcr, f"acme/{package}", "build-1", digest)
     assert pending_deletions_process() == {"retrying": 1}
     image.refresh_from_db()
@@ -222,7 +233,7 @@ def test_a_rate_limit_or_a_broken_api_is_retried_later(ghcr, github, package, an
 
 def test_a_version_already_gone_is_as_good_as_deleted(ghcr, github, package):
     connection = ghcr_connection(ghcr)
-    digest = ghcr.push_image(f"acme/{package}", "build-1")
+    digest = "sha256:" + uuid.uuid4().hex * 2  # gone from the registry too (404 there)
     number = github.push("acme", package, digest, "build-1")
     github.answers[("DELETE", "/orgs/")] = Answer(404, {"Content-Type": "application/json"},
                                                   b'{"message": "Package version not found."}')
@@ -234,7 +245,82 @@ def test_a_version_already_gone_is_as_good_as_deleted(ghcr, github, package):
     assert reason(vanished).startswith("no version of package acme/never-listed has this digest: already deleted")
 
 
+def test_a_package_the_tokens_user_cannot_see_is_refused_and_the_next_connection_deletes(ghcr, github, package):
+    """GitHub answers 404 for a package the token's user cannot see: not "gone" while ghcr.io still holds it."""
+    parent = ProjectFactory(ident="org")
+    other = ghcr_connection(ghcr, project=ProjectFactory(ident="team", parent=parent), ident="other",
+                            username="other", password=OTHER_TOKEN)
+    pusher = ghcr_connection(ghcr, project=parent, ident="pusher")
+    digest = ghcr.push_image(f"acme/{package}", "build-1")
+    number = github.push("acme", package, digest, "build-1")
+    github.unseen["other"] = {("acme", package)}
+    image = tombstone(other.project, ghcr, f"acme/{package}", "build-1", digest, connection=other)
+    assert pending_deletions_process() == {"deleted": 1}
+    assert github.deleted == [("acme", package, number)]
+    text = reason(image)
+    assert text.startswith(f"package version {number} deleted through GitHub's API (DELETE /orgs/acme/packages/"
+                           f"container/{package}/versions/{number}: HTTP 204), with connection {pusher}; refused "
+                           f"before: connection {other}: GitHub's API knows no package acme/{package} (HTTP 404) "
+                           "while the registry holds 1 tag(s) of it: this token cannot see the package")
+    assert OTHER_TOKEN not in text and CI_TOKEN not in text
+
+
+def test_a_version_the_api_does_not_list_or_call_gone_while_the_registry_holds_it_is_refused(ghcr, github, package):
+    repository = f"acme/{package}"
+    unlisted, missing = ghcr.push_image(repository, "build-1"), ghcr.push_image(repository, "build-2")
+    github.push("acme", package, missing, "build-2")  # the API's listing lags: build-1 is not in it yet
+    github.answers[("DELETE", "/orgs/")] = Answer(404, {"Content-Type": "application/json"},
+                                                  b'{"message": "Package version not found."}')
+    with open_registry(ghcr_connection(ghcr)) as registry:
+        registry.tags_by_digest(repository)
+        answers = registry.delete(repository, [ImageRef(digest=unlisted), ImageRef(digest=missing)])
+    assert [answer.result for answer in answers.values()] == ["refused", "refused"]
+    assert answers[ImageRef(digest=unlisted)].reason == (
+        f"this token cannot see the package version of {repository}@{unlisted} (or GitHub's API does not list it "
+        f"yet): no version of package {repository} has this digest: already deleted according to GitHub's API, yet "
+        "the registry still holds it")
+    assert "package version" in answers[ImageRef(digest=missing)].reason and "HTTP 404" in \
+        answers[ImageRef(digest=missing)].reason
+    assert github.deleted == []
+
+
+def test_a_tag_on_the_registry_the_apis_metadata_lacks_still_keeps_the_version(ghcr, github, package, settings):
+    settings.DOCKERSUPPORT_PROTECTED_TAGS = "release-*"
+    connection = ghcr_connection(ghcr)
+    repository = f"acme/{package}"
+    tagged, protected = ghcr.push_image(repository, "build-1"), ghcr.push_image(repository, "build-2")
+    ghcr.tag(repository, tagged, "latest")
+    ghcr.tag(repository, protected, "release-2")
+    github.push("acme", package, tagged, "build-1")  # the API's metadata knows neither latest nor release-2
+    github.push("acme", package, protected, "build-2")
+    images = [tombstone(connection.project, ghcr, repository, f"build-{n}", digest)
+              for n, digest in ((1, tagged), (2, protected))]
+    assert pending_deletions_process() == {"kept": 2}
+    assert "tag 'latest' also points to this digest" in reason(images[0])
+    assert "protected tag 'release-2'" in reason(images[1])
+    assert github.deleted == [] and not [r for r in github.requests if r.method == "DELETE"]
+    with open_registry(connection) as registry:
+        assert registry.tags_by_digest(repository) == {tagged: {"build-1", "latest"},
+                                                       protected: {"build-2", "release-2"}}
+
+
 # --- Where the token goes ------------------------------------------------------------------------
+
+
+def test_a_netrc_for_the_apis_host_does_not_replace_the_token(ghcr, github, package, tmp_path, monkeypatch):
+    """requests puts ~/.netrc's credentials in place of an Authorization header given without `auth=`."""
+    netrc = tmp_path / ".netrc"
+    netrc.write_text(f"machine {github.stand_in.host} login netrc-user password netrc-secret\n")
+    os.chmod(netrc, 0o600)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("NETRC", str(netrc))
+    connection = ghcr_connection(ghcr)
+    digest = ghcr.push_image(f"acme/{package}", "build-1")
+    number = github.push("acme", package, digest, "build-1")
+    tombstone(connection.project, ghcr, f"acme/{package}", "build-1", digest)
+    assert pending_deletions_process() == {"deleted": 1}
+    assert github.deleted == [("acme", package, number)]
+    assert {request.headers.get("Authorization") for request in github.requests} == {f"Bearer {CI_TOKEN}"}
 
 
 def test_link_pages_naming_another_host_are_asked_of_the_api_itself(ghcr, github, package):

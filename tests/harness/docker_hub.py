@@ -8,7 +8,8 @@ answered as Docker documents them (docs.docker.com/reference/api/hub) and Docker
 - `DELETE /v2/repositories/{namespace}/{repository}/tags/{tag}/` → 204; 404 unknown tag; 403 when the token's
   personal access token lacks the delete scope.
 
-Every request but the login must carry `Authorization: Bearer <a token it gave>`, else 401. Tokens expire when
+Every request but the login must carry `Authorization: Bearer <a token it gave>`, else 401. A repository the account
+cannot see (a private one) is answered as one that does not exist (404). Tokens expire when
 `.expire_tokens()` is called (Docker Hub's live 10 minutes).
 """
 
@@ -33,7 +34,8 @@ class DockerHubApi(ScriptedService):
 
     `.push(repository, digest, *tags)` points tags at a digest; `.tags[repository]` is tag → digest; `.deleted` the
     (repository, tag) deleted in order; `.answers[(method, path prefix)]` an Answer given instead (429, 503 ...);
-    `.next_base` the scheme and host its `next` links name (a hostile one, for the tests)."""
+    `.next_base` the scheme and host its `next` links name (a hostile one, for the tests); `.unseen[username]` the
+    repositories that account cannot see."""
 
     def __init__(self, *, accounts: dict[str, dict[str, str]], host: str = "127.0.0.7"):
         self.accounts = accounts
@@ -43,6 +45,7 @@ class DockerHubApi(ScriptedService):
         self.logins: list[str] = []
         self._tokens: dict[str, tuple[str, str]] = {}  # token → (username, scope)
         self.next_base = ""
+        self.unseen: dict[str, set[str]] = {}
         self.stand_in = StandIn(host, self._answer)
 
     def push(self, repository: str, digest: str, *tags: str) -> str:
@@ -68,7 +71,7 @@ class DockerHubApi(ScriptedService):
         match = _TAGS.match(parts.path)
         if match and recorded.method == "GET":
             repository = f"{match['ns']}/{match['repo']}"
-            if repository not in self.tags:
+            if repository not in self.tags or repository in self.unseen.get(who[0], ()):
                 return _json(404, {"message": "httperror 404: object not found", "errinfo": {}})
             if match["tag"]:
                 digest = self.tags[repository].get(match["tag"])
@@ -81,7 +84,7 @@ class DockerHubApi(ScriptedService):
             if who[1] != "repo:admin":
                 return _json(403, {"detail": "access to the resource is forbidden with this token's scope"})
             repository = f"{match['ns']}/{match['repo']}"
-            if match["tag"] not in self.tags.get(repository, {}):
+            if match["tag"] not in self.tags.get(repository, {}) or repository in self.unseen.get(who[0], ()):
                 return _json(404, {"message": "httperror 404: tag not found", "errinfo": {}})
             del self.tags[repository][match["tag"]]
             self.deleted.append((repository, match["tag"]))

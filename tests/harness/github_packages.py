@@ -8,6 +8,7 @@ dockersupport sends, answered as GitHub documents them (docs.github.com/rest/pac
   "container": {"tags": [...]}}}]`, with `Link: <...>; rel="next"` while there are more; 404 unknown package;
 - `DELETE /orgs/{org}/packages/container/{package_name}/versions/{package_version_id}` (or `/users/...`) → 204;
   404 unknown; 403 without `delete:packages`.
+A package the token's user cannot see is answered as one that does not exist (404 `Package not found.`).
 A package name with slashes comes URL-encoded (`%2F`) in one path segment. Every request must carry
 `Authorization: Bearer <a known token>` (else 401 `{"message": "Bad credentials"}`) and
 `X-GitHub-Api-Version: 2022-11-28` (else 400).
@@ -46,7 +47,8 @@ class GitHubPackages(ScriptedService):
 
     `.push(owner, package, digest, *tags)` adds a version (its id); `.versions[(owner, package)]` is id → (digest,
     tags); `.deleted` the (owner, package, id) deleted in order; `.answers[(method, path prefix)]` an Answer given
-    instead; `.next_base` the scheme and host its Link headers name (a hostile one, for the tests)."""
+    instead; `.next_base` the scheme and host its Link headers name (a hostile one, for the tests); `.unseen[login]`
+    the (owner, package) that user cannot see."""
 
     def __init__(self, *, tokens: dict[str, tuple[str, str | None]], owners: dict[str, str], host: str = "127.0.0.9",
                  page_size: int | None = None):
@@ -55,6 +57,7 @@ class GitHubPackages(ScriptedService):
         self.deleted: list[tuple[str, str, int]] = []
         self.answers: dict[tuple[str, str], Answer] = {}
         self.next_base = ""
+        self.unseen: dict[str, set[tuple[str, str]]] = {}
         self.page_size = page_size  # at most this many a page, whatever per_page asks
         self._next_id = 1000
         self.stand_in = StandIn(host, self._answer)
@@ -98,7 +101,7 @@ class GitHubPackages(ScriptedService):
         owner, package = match["owner"], unquote(match["package"])
         expected = "orgs" if self.owners.get(owner) == "Organization" else "users"
         versions = self.versions.get((owner, package))
-        if match["kind"] != expected or versions is None:
+        if match["kind"] != expected or versions is None or (owner, package) in self.unseen.get(login, ()):
             return _message(404, "Package not found.")
         if recorded.method == "GET" and match["id"] is None:
             return self._page(owner, package, versions, parts, recorded)
@@ -182,6 +185,16 @@ class GhcrRegistry(Registry):
             "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer}]}, tag)
         return digest
+
+    def tag(self, repository: str, digest: str, tag: str) -> None:
+        """Puts one more tag on a pushed manifest (what `docker buildx imagetools create -t` or a UI would)."""
+        import requests
+
+        response = requests.get(f"{self.url}/v2/{repository}/manifests/{digest}", timeout=10,
+                                auth=(self.username, self.password), headers={"Accept": f"{OCI_MANIFEST}, {OCI_INDEX}"})
+        assert response.status_code == 200, f"GET {repository}@{digest}: {response.status_code}"
+        self._http("PUT", f"/v2/{repository}/manifests/{tag}", data=response.content,
+                   headers={"Content-Type": response.headers["Content-Type"]})
 
     def push_index(self, repository: str, tag: str | None, children: list[str]) -> str:
         """An OCI index of already pushed images (their digests), one platform each: its digest."""

@@ -95,7 +95,8 @@ class ReportPushView(APIView):
         400: OpenApiResponse(description="A bad reference or digest, a registry the build does not log in to, or a "
                                          "digest the registry does not hold: nothing is recorded."),
         401: OpenApiResponse(description="No report token, or its build is not running."),
-        409: OpenApiResponse(description="The digest was pushed before the build started, by another build."),
+        409: OpenApiResponse(description="The digest was in the registry before the build started (another build's "
+                                         "push of it, or the registry's own push time says so)."),
         502: OpenApiResponse(description="The registry refused to say what it holds."),
         503: OpenApiResponse(description="The registry could not be reached: report it again."),
     })

@@ -165,31 +165,39 @@ class UsageError(Exception):
     pass
 
 
-def parse(argv: list[str]) -> tuple[dict, list[str]]:
-    """The options and COMMAND. By hand rather than argparse, which costs a tenth of run_build's start."""
-    command = []
-    if "--" in argv:
-        split = argv.index("--")
-        argv, command = argv[:split], argv[split + 1:]
-    if "-h" in argv or "--help" in argv:
-        raise SystemExit(HELP)
-    options = {"configuration": None, "agent": None, "number": None, "required_free": None}
-    names = {"--agent": "agent", "--number": "number", "--required-free": "required_free"}
+def options_parse(argv: list[str], options: dict, names: dict[str, str], positional: str, extra: str) -> dict:
+    """`options` filled from argv: `--name VALUE` or `--name=VALUE` of `names` (option → key), and one positional
+    argument (key `positional`); UsageError for anything else (`extra`: what to say of a second positional one).
+    By hand rather than argparse, which costs a tenth of run_build's start."""
     args = iter(argv)
     for arg in args:
-        name, _, value = arg.partition("=")
+        name, sep, value = arg.partition("=")
         if name in names:
-            if not value:
+            if not sep:
                 value = next(args, None)
                 if value is None:
                     raise UsageError(f"{name} needs a value")
             options[names[name]] = value
         elif arg.startswith("-"):
             raise UsageError(f"unknown option {arg}")
-        elif options["configuration"] is None:
-            options["configuration"] = arg
+        elif options[positional] is None:
+            options[positional] = arg
         else:
-            raise UsageError(f"unexpected {arg!r}: the command goes after --")
+            raise UsageError(f"unexpected {arg!r}: {extra}")
+    return options
+
+
+def parse(argv: list[str]) -> tuple[dict, list[str]]:
+    """The options and COMMAND."""
+    command = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, command = argv[:split], argv[split + 1:]
+    if "-h" in argv or "--help" in argv:
+        raise SystemExit(HELP)
+    options = options_parse(argv, {"configuration": None, "agent": None, "number": None, "required_free": None},
+                            {"--agent": "agent", "--number": "number", "--required-free": "required_free"},
+                            "configuration", "the command goes after --")
     if options["configuration"] is None:
         raise UsageError("no CONFIG given")
     if not command:

@@ -17,7 +17,7 @@ import os
 import socket
 import sys
 
-from .client import AGENT_SOCKET_VARIABLE, BUILD_TOKEN_VARIABLE, agent_dir
+from .client import AGENT_SOCKET_VARIABLE, BUILD_TOKEN_VARIABLE, UsageError, agent_dir, options_parse
 
 USAGE = "usage: manage.py report_push REFERENCE [--digest DIGEST] [--server URL [--ca-file FILE]]"
 HELP = f"""{USAGE}
@@ -36,30 +36,12 @@ USAGE_EXIT_CODE = 2
 TIMEOUT = 90  # seconds: the server reads the registry before it answers
 
 
-class UsageError(Exception):
-    pass
-
-
 def parse(argv: list[str]) -> dict:
     if "-h" in argv or "--help" in argv:
         raise SystemExit(HELP)
-    options = {"reference": None, "digest": "", "server": "", "ca_file": os.environ.get("DOCKERSUPPORT_SERVER_CA", "")}
-    names = {"--digest": "digest", "--server": "server", "--ca-file": "ca_file"}
-    args = iter(argv)
-    for arg in args:
-        name, sep, value = arg.partition("=")
-        if name in names:
-            if not sep:
-                value = next(args, None)
-                if value is None:
-                    raise UsageError(f"{name} needs a value")
-            options[names[name]] = value
-        elif arg.startswith("-"):
-            raise UsageError(f"unknown option {arg}")
-        elif options["reference"] is None:
-            options["reference"] = arg
-        else:
-            raise UsageError(f"unexpected {arg!r}: one REFERENCE a report")
+    options = options_parse(
+        argv, {"reference": None, "digest": "", "server": "", "ca_file": os.environ.get("DOCKERSUPPORT_SERVER_CA", "")},
+        {"--digest": "digest", "--server": "server", "--ca-file": "ca_file"}, "reference", "one REFERENCE a report")
     if not options["reference"]:
         raise UsageError("no REFERENCE given")
     return options

@@ -24,13 +24,14 @@ from django.http import JsonResponse
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework_dataclasses.serializers import DataclassSerializer
 
 from agent import protocol
+from connections.authentication import bearer_token
 
 from . import metrics, tasks
 from .agents import services as agents
@@ -60,19 +61,9 @@ def protocol_problem(request) -> str:
             "the server's release")
 
 
-def _bearer(request) -> str | None:
-    parts = get_authorization_header(request).split()
-    if len(parts) != 2 or parts[0].lower() != b"bearer":
-        return None
-    try:
-        return parts[1].decode()
-    except UnicodeDecodeError:
-        return None
-
-
 class AgentTokenAuthentication(BaseAuthentication):
     def authenticate(self, request):
-        token = _bearer(request)
+        token = bearer_token(request)
         if token is None or not token.startswith(protocol.AGENT_TOKEN_PREFIX):
             return None
         agent = agents.agent_authenticate(token)
@@ -86,7 +77,7 @@ class AgentTokenAuthentication(BaseAuthentication):
 
 class BuildTokenAuthentication(BaseAuthentication):
     def authenticate(self, request):
-        token = _bearer(request)
+        token = bearer_token(request)
         if token is None or not token.startswith(protocol.BUILD_TOKEN_PREFIX):
             return None
         build = agents.build_authenticate(token)
@@ -454,7 +445,7 @@ async def agent_jobs(request):
     problem = protocol_problem(request)
     if problem:
         return _error(problem, 426)
-    token = _bearer(request)
+    token = bearer_token(request)
     if token is None or not token.startswith(protocol.AGENT_TOKEN_PREFIX):
         return _error("an agent's token is needed here", 401)
     agent = await sync_to_async(agents.agent_authenticate)(token)

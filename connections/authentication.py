@@ -1,4 +1,5 @@
-"""The REST API's authentication by a user's API token: `Authorization: Token dsu_...`.
+"""The REST API's authentication by a user's API token: `Authorization: Token dsu_...`; and the bearer tokens'
+header, which agents, builds and builds' commands send (builds/agent_api.py, builds/reported/api.py).
 
 The keyword is DRF's ("Token"), so clients written for DRF's tokens keep working. The request then
 acts for the token's user, narrowed by the token (connections/roles.py reads `user.api_token`).
@@ -6,7 +7,7 @@ acts for the token's user, narrowed by the token (connections/roles.py reads `us
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import exceptions
-from rest_framework.authentication import TokenAuthentication
+from rest_framework.authentication import TokenAuthentication, get_authorization_header
 
 from . import services
 
@@ -42,3 +43,14 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
                 "the projects it names and to reading when it is read-only, until it expires or is revoked."
             ),
         }
+
+
+def bearer_token(request) -> str | None:
+    """The token of `Authorization: Bearer <token>` (agents', builds' and report tokens); None for any other header."""
+    parts = get_authorization_header(request).split()
+    if len(parts) != 2 or parts[0].lower() != b"bearer":
+        return None
+    try:
+        return parts[1].decode()
+    except UnicodeDecodeError:
+        return None

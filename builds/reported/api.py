@@ -8,12 +8,13 @@ from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, serializers, status
-from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from agent import protocol
+from connections.authentication import bearer_token
 
 from ..models import Build
 from . import services
@@ -22,19 +23,9 @@ NOT_VALID = ("this build token is not valid: its build has finished, or it is no
              "(DOCKERSUPPORT_BUILD_TOKEN of a running build)")
 
 
-def bearer(request) -> str | None:
-    parts = get_authorization_header(request).split()
-    if len(parts) != 2 or parts[0].lower() != b"bearer":
-        return None
-    try:
-        return parts[1].decode()
-    except UnicodeDecodeError:
-        return None
-
-
 class ReportTokenAuthentication(BaseAuthentication):
     def authenticate(self, request):
-        token = bearer(request)
+        token = bearer_token(request)
         if token is None or not token.startswith(protocol.REPORT_TOKEN_PREFIX):
             return None
         build = services.report_authenticate(token)

@@ -68,13 +68,7 @@ class DockerDaemon(Service):
         ]
 
     def _ready(self):
-        if not os.path.exists(f"{self.root}/docker.sock"):
-            return False
-        client = self.client(timeout=5)
-        try:
-            return client.ping()
-        finally:
-            client.close()
+        return api_answers(self, f"{self.root}/docker.sock")
 
     def stop(self, keep_data=False):
         """On a final stop, kill containers first: the daemon would give each 10 s to end on SIGTERM."""
@@ -93,6 +87,17 @@ class DockerDaemon(Service):
         own Docker endpoint names the daemon's socket too: it outlives a daemon restart, as it would on a host."""
         _kill_processes_mentioning(self.root, unless=b"agent.docker_proxy")
         _unmount_below(self.root)
+
+
+def api_answers(service, socket_path) -> bool:
+    """The Docker API of `service` (a daemon, Podman) answers a ping on its socket."""
+    if not os.path.exists(socket_path):
+        return False
+    client = service.client(timeout=5)
+    try:
+        return client.ping()
+    finally:
+        client.close()
 
 
 def _kill_processes_mentioning(path, unless=None):

@@ -10,7 +10,7 @@ with) tries plain http for `localhost:PORT` alone, so a registry a build logs in
 import os
 import subprocess
 
-from .dockerd import _kill_processes_mentioning, _unmount_below, busybox_tarball
+from .dockerd import _kill_processes_mentioning, _unmount_below, api_answers, busybox_tarball
 from .service import Service, find_program
 
 # Podman raises a container's open-files and processes limits to its own defaults, which a sandboxed host
@@ -78,13 +78,7 @@ class Podman(Service):
         return [self.program, "system", "service", "--time=0", self.host]
 
     def _ready(self):
-        if not os.path.exists(f"{self.root}/podman.sock"):
-            return False
-        client = self.client(timeout=5)
-        try:
-            return client.ping()
-        finally:
-            client.close()
+        return api_answers(self, f"{self.root}/podman.sock")
 
     def stop(self, keep_data=False):
         """On a final stop, remove every container first (their conmon processes outlive the service)."""

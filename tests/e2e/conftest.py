@@ -5,6 +5,7 @@ registry, and `manage` to run manage.py commands as separate processes (as a CI 
 import os
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,28 @@ def database_url() -> str:
         return f"sqlite:///{s['NAME']}"
     credentials = quote(s["USER"] or "") + (f":{quote(s['PASSWORD'])}" if s["PASSWORD"] else "")
     return f"postgres://{credentials}@{s['HOST'] or 'localhost'}:{s['PORT'] or 5432}/{s['NAME']}"
+
+
+@pytest.fixture(autouse=True)
+def quiet_database_before_flush(request):
+    """After a test on the transactional database, wait (at most 15 s) until the server process has no
+    transaction open on it: the flush truncates every table at once, and the server still ingesting an agent's
+    last batch (its locks taken table by table) would deadlock with it."""
+    if "transactional_db" not in request.fixturenames:
+        yield
+        return
+    request.getfixturevalue("transactional_db")  # set up before this fixture: torn down (flushed) after it
+    yield
+    if db.vendor != "postgresql":
+        return
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        with db.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid() AND state IN ('active', 'idle in transaction')")
+            if cursor.fetchone()[0] == 0:
+                return
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,10 @@ whose requests name its object:
   the one kind that causes them. Never a push: a push is attributed only to a build that asked to
   push that repository and tag.
 
+The podman CLI's requests (Podman's libpod API, /libpod/...) are read as the Docker requests they match:
+their paths are Docker's after /libpod, but a pull (`reference`), a push (`destination`) and a removal of
+several images (`/images/remove`, whose answer names what it deleted).
+
 An event is waited for (GRACE) while a build's journal may not yet hold what claims it (the daemon
 reports a created container before its answer gives the client the id). An event no build with its
 own endpoint claims goes, by time as before, to the builds without one (opted out) running then,
@@ -42,6 +46,7 @@ _HEX = re.compile(r"^[0-9a-f]{12,64}$")
 _CONTAINER_PATH = re.compile(r"^/containers/([^/]+)(?:/([a-z_]+))?$")
 _IMAGE_PATH = re.compile(r"^/images/(.+?)(?:/(push|tag|get|history|json))?$")
 _EXEC_START = re.compile(r"^/exec/([^/]+)/start$")
+_LIBPOD = "/libpod/"
 
 # The requests that cause a container's event, when the container is not the build's own.
 _CONTAINER_CAUSES = {
@@ -53,7 +58,7 @@ _CONTAINER_CAUSES = {
 }
 # Events whose object no request names, and the requests that cause them: (method, path kind).
 _CAUSES = {
-    ("image", "untag"): {"image-delete", "image-prune", "load"},
+    ("image", "untag"): {"image-delete", "image-prune", "load", "image-untag"},
     ("image", "delete"): {"image-delete", "image-prune", "build"},
     ("image", "load"): {"load"},
     ("image", "import"): {"import"},
@@ -89,8 +94,43 @@ def _first(query: dict, name: str) -> str:
     return values[0] if isinstance(values, list) and values and isinstance(values[0], str) else ""
 
 
+def _docker_path(path: str) -> str:
+    """A path of Podman's libpod API (the podman CLI's) as Docker's API spells the same request: their paths
+    are Docker's after /libpod, but for pull, import and the removal of several images."""
+    return path[len(_LIBPOD) - 1:] if path.startswith(_LIBPOD) else path
+
+
+def _describe_libpod(method: str, path: str, query: dict) -> _Request | None:
+    """The libpod requests whose path or query differs from Docker's (None: described as Docker's)."""
+    request = _Request(begin=0)
+    if method == "POST" and path in ("/images/pull", "/images/import"):
+        request.kind = "pull" if path == "/images/pull" else "import"
+        name, tag, digest = split_reference(_first(query, "reference").removeprefix("docker://"))
+        if name:
+            request.references.add((*registry_and_repository(name), digest) if digest else _key(name, tag))
+        return request
+    if method == "DELETE" and path == "/images/remove":  # the answer names what it deleted
+        request.kind = "image-delete"
+        return request
+    if method == "POST" and path.startswith("/images/") and path.endswith("/push"):
+        request.kind = "push"
+        name, tag, _ = split_reference(_first(query, "destination").removeprefix("docker://")
+                                       or path[len("/images/"):-len("/push")])
+        request.references.add((*registry_and_repository(name), tag or "latest"))
+        return request
+    if method == "POST" and path.startswith("/images/") and path.endswith("/untag"):
+        request.kind = "image-untag"
+        return request
+    return None
+
+
 def _describe(method: str, path: str, query: dict) -> _Request:
     """What a request names and causes, from its method, path and query alone."""
+    if path.startswith(_LIBPOD):
+        path = _docker_path(path)
+        described = _describe_libpod(method, path, query)
+        if described is not None:
+            return described
     request = _Request(begin=0)
     if method == "POST" and path == "/images/create":
         source, image, tag = _first(query, "fromSrc"), _first(query, "fromImage"), _first(query, "tag")
@@ -203,7 +243,7 @@ class Claims:
             request = _describe(method, path, fact.get("query") or {})
             request.begin = nano
             if request.kind == "exec-start":
-                exec_id = path.split("/")[2]
+                exec_id = _docker_path(path).split("/")[2]
                 request.containers = {self.execs[exec_id]} if exec_id in self.execs else set()
             self.open[number] = request
             for name in request.containers:
@@ -222,6 +262,8 @@ class Claims:
                     self.execs[exec_id] = next(iter(request.containers))
                 for image_id in fact.get("deleted") or ():
                     if isinstance(image_id, str):
+                        # libpod's answer names an image ID without the sha256: its events have (podman_event)
+                        image_id = f"sha256:{image_id}" if _HEX.match(image_id) else image_id
                         request.image_ids.add(image_id)
                         self._named[("image", image_id)].append(request)
             elif kind == "container":

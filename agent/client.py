@@ -39,7 +39,10 @@ def agent_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".local", "state", "dockersupport-agent")
 
 
-def command_environment(environ, docker_config: str, docker_host: str) -> dict:
+ENDPOINT_SOCKET = "docker.sock"  # a build's own Docker endpoint, in its config folder (agent.endpoints.SOCKET_NAME)
+
+
+def command_environment(environ, docker_config: str, docker_host: str, engine: str = "docker") -> dict:
     environment = {k: v for k, v in environ.items()
                    if not k.startswith(SECRET_PREFIXES) and k not in SECRET_NAMES}
     environment["DOCKER_CONFIG"] = docker_config
@@ -48,6 +51,11 @@ def command_environment(environ, docker_config: str, docker_host: str) -> dict:
     environment["REGISTRY_AUTH_FILE"] = os.path.join(docker_config, "config.json")
     if docker_host:
         environment["DOCKER_HOST"] = docker_host
+    if engine == "podman" and docker_host == "unix://" + os.path.join(docker_config, ENDPOINT_SOCKET):
+        # The build's own endpoint (exact attribution) in front of Podman: the podman CLI goes remote through it too
+        # (Podman's libpod API, which the endpoint journals) rather than to Podman's storage directly, where nothing
+        # records it. In front of Docker, which has no libpod API, the podman CLI is left as it is.
+        environment["CONTAINER_HOST"] = docker_host
     return environment
 
 
@@ -251,7 +259,8 @@ def main(argv: list[str], out=sys.stdout, err=sys.stderr) -> int:
         err.write(f"dockersupport: warning: {warning}\n")
     out.flush()
     channel.follow()
-    environment = command_environment(os.environ, answer["docker_config"], answer["docker_host"])
+    environment = command_environment(os.environ, answer["docker_config"], answer["docker_host"],
+                                      answer.get("engine") or "docker")
     exit_code = run_command(command, report_environment(environment, answer.get("build_token", ""), path), err)
     finished = channel.finish(exit_code)
     if finished["op"] == "error" or finished.get("summary") is None:

@@ -11,21 +11,25 @@ appends its facts to FILE, one JSON object a line, each line written whole by on
     {"kind": "response", "request": N, "status"[, "container"][, "exec"][, "untagged", "deleted"]}
                                                   a response head, before the client has it; the ids of
                                                   create, exec create and image delete answers with it
+                                                  (Docker's and libpod's: libpod's deleted IDs lack sha256:)
     {"kind": "container", "request": N, "container"}   a classic build's " ---> Running in <id>" line
     {"kind": "built", "request": N, "image_id"}    a build's aux {"ID": "sha256:..."} (classic, BuildKit),
                                                   or the ID a quiet build (-q) ends with
     {"kind": "pushed", "request": N, "tag", "digest", "size"}   a push's aux {"Tag", "Digest", "Size"}, or
-                                                  its status "TAG: digest: DIGEST size: N" alone (Podman)
+                                                  its status "TAG: digest: DIGEST size: N" alone (Podman), or
+                                                  a libpod push's {"manifestdigest"} (Podman 4.6 on; its
+                                                  tag the destination's, size null)
     {"kind": "pulled", "request": N, "digest"}     a pull's (or a classic build's FROM) "Digest: " status
     {"kind": "end", "request": N}                  its response ended, or its connection closed first
     {"kind": "stopped"}                            SIGTERM or SIGINT: every connection closed, socket gone
 
 Each fact has "time_nano" (time.time_ns() when the proxy saw it); the lines are in that order. N numbers
 the requests: a proxy restarted on the same journal (mode 0600, appended to) numbers on from its last
-one. path is without the /v1.NN prefix and unquoted (cut at 4,096 characters); query is parse_qs's dict of
-lists, of the keys that name something only (JOURNALED_KEYS: no buildargs), each value cut at 1,024
-characters. A "container" fact repeats what a classic build's output says, and its RUN steps can print
-such a line too; a quiet classic build (`-q`) says none, so its containers are in no fact.
+one. path is without the /v1.NN prefix (libpod's /v4.3.1 too, its /libpod kept) and unquoted (cut at
+4,096 characters); query is parse_qs's dict of lists, of the keys that name something only
+(JOURNALED_KEYS: no buildargs, no credentials), each value cut at 1,024 characters. A "container" fact
+repeats what a classic build's output says, and its RUN steps can print such a line too; a quiet classic
+build (`-q`) says none, so its containers are in no fact.
 
 Against a hostile build: a request whose "request" fact cannot be written (a full disk, the journal past
 --journal-limit) is answered 503 and never forwarded; a request head with a bare CR or LF or another
@@ -77,11 +81,16 @@ JOURNAL_LIMIT = 256 * 1024 * 1024  # past it a request is refused (503), never f
 # A "request" fact keeps only the query keys that say what a request names (agent.attribution reads
 # them; "q" tells a quiet build), each value cut at MAX_VALUE characters; a request with more than
 # MAX_VALUES of one of them is refused: no build tags an image 64 times, and each value costs the agent.
-JOURNALED_KEYS = ("t", "tag", "repo", "fromImage", "fromSrc", "container", "name", "force", "q")
+# Libpod's API (the podman CLI's, issue 17) names its pull's image `reference`, its push's `destination` (not
+# its removal's `images`: the answer names what it deleted, and a `podman rmi` of 65 images is no abuse).
+JOURNALED_KEYS = ("t", "tag", "repo", "fromImage", "fromSrc", "container", "name", "force", "q", "reference",
+                  "destination")
 MAX_VALUES = 64
 MAX_VALUE = 1024
 MAX_PATH = 4096
-_VERSION_PREFIX = re.compile(r"^/v\d+(?:\.\d+)?(?=/|$)")
+# What the daemons' routers take for a version (dockerd: /v{version:[0-9.]+}, Podman: /v{version:[0-9][0-9.]*},
+# its libpod API's is /v4.3.1): a path the daemon routes as /containers/create is journaled so.
+_VERSION_PREFIX = re.compile(r"^/v[0-9.]+(?=/|$)")
 _DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() takes "²", which int() refuses
 _CHUNK_SIZE = re.compile(rb"[0-9a-fA-F]{1,16}")
 # What a request head's line may not hold (the daemon's parser could read it otherwise: a bare "\n"
@@ -102,6 +111,11 @@ _READ = [
     ("POST", re.compile(r"/containers/create"), 201, "container"),
     ("POST", re.compile(r"/containers/[^/]+/exec"), 201, "exec"),
     ("DELETE", re.compile(r"/images/.+"), 200, "image_delete"),
+    # Podman's libpod API (the podman CLI): its build says no image ID but as output; its pull no digest.
+    ("POST", re.compile(r"/libpod/images/.+/push"), 200, "stream"),
+    ("POST", re.compile(r"/libpod/containers/create"), 201, "container"),
+    ("POST", re.compile(r"/libpod/containers/[^/]+/exec"), 201, "exec"),
+    ("DELETE", re.compile(r"/libpod/images/.+"), 200, "image_delete"),
 ]
 
 
@@ -235,6 +249,9 @@ def answer_fields(use, body):
         if isinstance(answer, dict) and isinstance(answer.get("Id"), str):
             return {use: answer["Id"]}
         return {}
+    if isinstance(answer, dict):  # libpod's: {"Untagged": [...], "Deleted": [IDs without sha256:], ...}
+        return {key.lower(): [i for i in answer[key] if isinstance(i, str)]
+                for key in ("Untagged", "Deleted") if isinstance(answer.get(key), list)}
     if not isinstance(answer, list):
         return {}
     items = [item for item in answer if isinstance(item, dict)]
@@ -268,6 +285,25 @@ def stream_facts(line):
         # Podman's push says its digest only so; Docker's says it so too, then again in an aux line (the same fact).
         facts.append(("pushed", {"tag": pushed[1], "digest": pushed[2], "size": int(pushed[3])}))
     return facts
+
+
+def pushed_manifest(line):
+    """The digest a libpod push's line says ({"manifestdigest": "sha256:..."}, Podman 4.6 on), else None: its
+    answer says no tag (the request's destination does). Podman 4.3's says none at all."""
+    try:
+        digest = json.loads(line).get("manifestdigest")
+    except (ValueError, RecursionError, AttributeError):
+        return None
+    return digest if isinstance(digest, str) and _IMAGE_ID.fullmatch(digest) else None
+
+
+def reference_tag(reference):
+    """The tag of an image reference as a push names it ("latest" if it says none; None if it names a digest)."""
+    reference = reference.removeprefix("docker://")
+    if "@" in reference:
+        return None
+    name, colon, tag = reference.rpartition(":")
+    return tag if colon and "/" not in tag else "latest"
 
 
 def quiet_build_id(line):
@@ -690,12 +726,18 @@ class _Connection:
         that is an image ID is held back until the next line (then it was output) or the answer's
         end (then it is the ID: reported, then passed on)."""
         quiet = request.method == "POST" and request.path == "/build" and _true(request.query.get("q"))
+        libpod_push = request.path.startswith("/libpod/") and request.path.endswith("/push")
         last = None  # the image ID the last line said, in a quiet build's answer
         pushed = set()  # Docker says a push's digest twice (status, then aux): one fact
 
         def facts(line):
             nonlocal last
-            for kind, fields in stream_facts(line):
+            found = stream_facts(line)
+            if libpod_push and (digest := pushed_manifest(line)):
+                destination = (request.query.get("destination") or [""])[0] or request.path[len("/libpod/images/"):-5]
+                if (tag := reference_tag(destination)) is not None:
+                    found.append(("pushed", {"tag": tag, "digest": digest, "size": None}))
+            for kind, fields in found:
                 if kind == "pushed":
                     said = repr((fields["tag"], fields["digest"]))  # as said: an aux's Tag may be any JSON
                     if said in pushed:

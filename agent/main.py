@@ -299,8 +299,8 @@ class Agent:
                                       attribution=build.attribution, attribution_note=note)
         # The report is for the build's page; the command need not wait for it (finish does).
         self._report_logins(build, report)
-        return {"docker_config": str(path), "docker_host": docker_host, "logged_in": logged_in,
-                "warnings": warnings, "build": {"id": build.id, "number": build.number,
+        return {"docker_config": str(path), "docker_host": docker_host, "engine": self.config.engine,
+                "logged_in": logged_in, "warnings": warnings, "build": {"id": build.id, "number": build.number,
                                                 "configuration": build.configuration, "label": build.label()},
                 "agent": self.settings.name}
 

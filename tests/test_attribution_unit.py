@@ -8,7 +8,7 @@ import time
 import pytest
 
 from agent.attribution import Attributor, Claims
-from agent.events import BuildWindows, parse_event
+from agent.events import BuildWindows, parse_event, podman_event
 
 S = 1_000_000_000
 T0 = time.time_ns() - 200 * S  # journals are on the host's clock: requests ended long ago are forgotten
@@ -282,3 +282,61 @@ def test_a_restarted_endpoint_ends_what_its_dead_predecessor_had_in_flight(two_b
     push = event("image", "push", "registry.example/app:1", at(3600), name="registry.example/app")
     decision = decide(attributor, push)
     assert decision.builds == [] and decision.unattributed
+
+
+def podman(kind, action, actor, at, **attributes):
+    """A Podman event (its Docker-compatible API's stream) as the agent reads it (agent.events.podman_event)."""
+    return parse_event(podman_event({"Type": kind, "Action": action, "timeNano": at,
+                                     "Actor": {"ID": actor, "Attributes": attributes}}))
+
+
+def test_the_podman_clis_libpod_requests_claim_their_events_as_dockers_do(two_builds):
+    """What Debian's podman 4.3 asked through a build's endpoint (CONTAINER_HOST) for pull, build, run --rm, tag,
+    push and rmi, journaled by agent.docker_proxy (the /v4.3.1 prefix stripped, /libpod kept)."""
+    attributor, one, two = two_builds
+    two.request(at(10), "POST", "/containers/create")  # build 2 runs a container meanwhile: nothing of build 1's
+    p = one.request(at(10), "POST", "/libpod/images/pull", reference="localhost:5000/base:1")
+    assert decide(attributor, podman("image", "pull", "", at(11), name="localhost:5000/base:1")).builds == [1]
+    one.end(p, at(11))
+    b = one.request(at(20), "POST", "/libpod/build", t=["localhost:5000/app:1"], q="1")
+    built = {**podman("image", "build", "", at(21), name="f" * 64), "image": "localhost:5000/app", "tag": "1"}
+    assert decide(attributor, built).builds == [1]  # events.py names Podman's build by its tags
+    one.end(b, at(21))
+    c = one.request(at(30), "POST", "/libpod/containers/create")
+    create = podman("container", "create", ID_A, at(31), name="run-1", image="localhost:5000/app:1")
+    assert decide(attributor, create) is None  # the answer will say whose it is
+    one.end(c, at(31), status=201, container=ID_A)
+    assert decide(attributor, create).builds == [1]
+    for action in ("start", "died", "remove"):  # run --rm: Podman removes it, no request asks for it
+        decision = decide(attributor, podman("container", action, ID_A, at(40), name="run-1", exitCode="0"))
+        assert decision.builds == [1] and decision.exact, action
+    t = one.request(at(50), "POST", "/libpod/images/localhost:5000/app:1/tag", repo="localhost:5000/app", tag="2")
+    assert decide(attributor, podman("image", "tag", "f" * 64, at(50), name="localhost:5000/app:2")).builds == [1]
+    one.end(t, at(50), status=201)
+    s = one.request(at(60), "POST", "/libpod/images/localhost:5000/app:2/push", destination="localhost:5000/app:2")
+    push = podman("image", "push", "f" * 64, at(61), name="localhost:5000/app:2")
+    assert decide(attributor, push) is None  # a digest may still come with its last line
+    one.fact(kind="pushed", request=s, time_nano=at(62), tag="2", digest="sha256:" + "d" * 64, size=None)
+    one.end(s, at(62))
+    decision = decide(attributor, push)
+    assert decision.builds == [1] and decision.exact and not decision.owner_uncertain
+    assert attributor.pushed_digest(1, push) == "sha256:" + "d" * 64
+    # rmi: libpod's answer names the deleted image's ID without sha256:, as its events do not
+    r = one.request(at(70), "DELETE", "/libpod/images/remove", force="false")
+    one.end(r, at(70), untagged=["localhost:5000/app:2"], deleted=["f" * 64])
+    two.request(at(70), "DELETE", "/images/other:1")  # another build's deletion in flight then
+    assert decide(attributor, podman("image", "remove", "f" * 64, at(70), name="localhost:5000/app:2"),
+                  final=True).builds == [1]
+
+
+def test_a_libpod_push_names_its_destination_and_one_without_a_digest_is_the_askers_of_uncertain_ownership(
+        two_builds):
+    attributor, one, two = two_builds
+    # `podman push app:1 localhost:5000/other:9`: the registry's tag is the destination's, not the path's
+    s = one.request(at(10), "POST", "/libpod/images/localhost:5000/app:1/push", destination="localhost:5000/other:9")
+    two.request(at(10), "POST", "/libpod/images/localhost:5000/app:1/push", destination="localhost:5000/app:1")
+    push = podman("image", "push", "f" * 64, at(11), name="localhost:5000/other:9")
+    one.end(s, at(12))  # Podman 4.3's libpod push says no digest
+    decision = decide(attributor, push, final=True)
+    assert decision.builds == [1] and decision.exact and decision.owner_uncertain
+    assert attributor.pushed_digest(1, push) == ""

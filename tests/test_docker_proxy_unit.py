@@ -610,3 +610,54 @@ def test_a_line_that_only_looks_like_a_quiet_builds_id_is_no_image(setup, query,
     connection.close()
     wait_until(lambda: seen.of("end"))
     assert seen.requests()[0]["kinds"] == ["request", "response", "end"]
+
+
+def test_the_podman_clis_libpod_requests_are_journaled_with_what_they_name_and_their_answers_ids(setup):
+    """What Debian's podman 4.3 sends (CONTAINER_HOST: its libpod API, /v4.3.1/libpod/...) and what Podman answers:
+    a pull's `reference`, a push's `destination` (never its credentials' query keys), a create's Id, a removal's
+    libpod answer; a push's digest where Podman says it (`manifestdigest`, 4.6 on: 4.3's push says none)."""
+    proxy, server, seen = setup
+    pushing = [b'{"stream":"Getting image source signatures\\n"}\n', b'{"stream":"Writing manifest to image '
+               b'destination\\n"}\n']
+    server.answers["/v4.3.1/libpod/images/localhost:5000/app:1/push"] = answer_bytes(
+        200, b"".join(pushing + [b'{"manifestdigest":"%s"}\n' % DIGEST.encode()]), "chunked", [40])
+    server.answers["/v4.3.1/libpod/images/localhost:5000/app:2/push"] = answer_bytes(
+        200, b"".join(pushing), "chunked", [40])  # Podman 4.3
+    removed = {"Deleted": ["f" * 64], "Untagged": ["localhost:5000/app:1", "localhost:5000/app:2"], "ExitCode": 0,
+               "Errors": []}
+    server.answers["/v4.3.1/libpod/images/remove"] = answer_bytes(200, json.dumps(removed).encode(), "length")
+    credentials = "authfile=%2Fbuild%2Fconfig.json&username=ci&password=hunter2-secret&policy=always"
+    for method, target in [
+            ("POST", f"/v4.3.1/libpod/images/pull?reference=localhost%3A5000%2Fbase%3A1&{credentials}"),
+            ("POST", f"/v4.3.1/libpod/images/localhost:5000/app:1/push?destination=localhost%3A5000%2Fother%3A9&"
+                     f"{credentials}&quiet=false"),
+            ("POST", "/v4.3.1/libpod/images/localhost:5000/app:2/push?destination=localhost%3A5000%2Fapp%3A2"),
+            ("POST", "/v4.3.1/libpod/containers/create"),
+            ("DELETE", "/v4.3.1/libpod/images/remove?images=localhost%3A5000%2Fapp%3A1&images=x&force=false")]:
+        connection = UnixHTTPConnection(proxy.listen_path)
+        connection.request(method, target, body=b'{"name": "run-1"}' if method == "POST" else None)
+        response = connection.getresponse()
+        assert response.status in (200, 201) and response.read()  # the whole answer, as the CLI reads it
+        connection.close()
+    wait_until(lambda: len(seen.of("end")) == 5)
+    pull, push, push_43, create, remove = seen.requests()
+    assert (pull["path"], pull["query"]) == ("/libpod/images/pull", {"reference": ["localhost:5000/base:1"]})
+    assert (push["path"], push["query"]) == ("/libpod/images/localhost:5000/app:1/push",
+                                             {"destination": ["localhost:5000/other:9"]})
+    assert push["kinds"] == ["request", "response", "pushed", "end"]
+    assert (push["tag"], push["digest"], push["size"]) == ("9", DIGEST, None)  # the destination's tag
+    assert push_43["kinds"] == ["request", "response", "end"]
+    assert create["path"] == "/libpod/containers/create" and create["container"] == "c0ffee" * 10
+    assert remove["path"] == "/libpod/images/remove" and remove["query"] == {"force": ["false"]}
+    assert remove["deleted"] == ["f" * 64] and remove["untagged"] == removed["Untagged"]
+    assert "hunter2" not in json.dumps(list(seen)) and "config.json" not in json.dumps(list(seen))
+
+
+def test_a_version_prefix_is_stripped_as_the_daemons_route_it():
+    """dockerd routes /v{[0-9.]+}/..., Podman /v{[0-9][0-9.]*}/...: a request the daemon takes for a create is
+    journaled as one, whatever its version looks like."""
+    for target, path in [("/v1.41/containers/create", "/containers/create"), ("/v4.3.1/libpod/build", "/libpod/build"),
+                         ("/v1.41.0.1/containers/create", "/containers/create"), ("/v1/_ping", "/_ping"),
+                         ("/v1.41", "/"), ("/version", "/version"), ("/vx/containers/create", "/vx/containers/create")]:
+        request = docker_proxy._Request(f"POST {target} HTTP/1.1\r\nHost: d\r\n\r\n".encode())
+        assert request.path == path, target

@@ -1,7 +1,8 @@
 """An agent driving Podman instead of Docker (issue 17): Debian's podman serving its Docker-compatible API on a
 private socket (tests/harness/podman.py), the real server, agent and registry. Builds use the docker CLI against
-it (through their own Docker endpoint) or the podman CLI (credentials in REGISTRY_AUTH_FILE); both are recorded
-from Podman's events, and the agent's clean-up frees Podman's disk."""
+it or the podman CLI (credentials in REGISTRY_AUTH_FILE), both through the build's own endpoint (DOCKER_HOST, and
+CONTAINER_HOST for the podman CLI, which then goes remote: Podman's libpod API); both are recorded from Podman's
+events, and the agent's clean-up frees Podman's disk."""
 
 import os
 import uuid
@@ -10,7 +11,7 @@ import pytest
 import requests
 
 from builds.cleanup.registry import build_delete, pending_deletions_process
-from builds.models import Build, PushedImage
+from builds.models import Build, PushedImage, UnattributedOperation
 from connections.registries import MANIFEST_TYPES
 from tests.conftest import start
 from tests.e2e.test_agent import run_build_process, wait_for
@@ -113,7 +114,8 @@ def test_docker_cli_builds_on_podman_are_recorded_exactly_with_the_registrys_dig
 
 def test_podman_cli_builds_log_in_through_registry_auth_file_and_are_recorded_by_time(
         podman, podman_agent, home, configuration, registry):
-    configuration.exact_attribution = False  # the podman CLI does not go through DOCKER_HOST
+    # Without an endpoint of its own the build has no CONTAINER_HOST: the podman CLI works on Podman's storage itself
+    configuration.exact_attribution = False
     configuration.save()
     tag = uuid.uuid4().hex[:6]
     app = f"{local(registry)}/podman-{tag}:1"
@@ -149,6 +151,48 @@ def test_podman_cli_builds_log_in_through_registry_auth_file_and_are_recorded_by
     assert pushed.cleanup_status == PushedImage.CleanupStatus.KEPT
     assert "digest was not recorded" in pushed.cleanup_reason
     assert registry_digest(registry, f"podman-{tag}", "1")
+
+
+def test_podman_cli_builds_go_through_their_endpoint_and_are_recorded_exactly(podman, podman_agent, home,
+                                                                              configuration, registry, tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    base = in_registry(podman, registry, f"pbase-{tag}")
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f"FROM {base}\nRUN true\n")
+    app, again = f"{local(registry)}/papp-{tag}:1", f"{local(registry)}/papp-{tag}:2"
+    script = " && ".join([
+        'test "$CONTAINER_HOST" = "$DOCKER_HOST" && echo "endpoint $CONTAINER_HOST"',
+        # The remote podman CLI sends the build's credentials (REGISTRY_AUTH_FILE) itself: without them, refused
+        f"if env -u REGISTRY_AUTH_FILE -u DOCKER_CONFIG podman pull -q {base} 2>/dev/null; then exit 9; fi",
+        f"podman pull -q {base} >/dev/null", f"podman build -q -t {app} {context}",
+        f"podman run --rm --network none --name prun-{tag} {app} sh -c 'exit 3' || test $? = 3",
+        f"podman tag {app} {again}", f"podman push -q {again}"])
+    # The podman CLI gets no storage configuration of the harness's Podman: it reaches it through the endpoint alone
+    output = finished(run_build_process(podman_agent, home, configuration, script))
+    build = Build.objects.get(configuration=configuration)
+    assert build.status == Build.Status.SUCCEEDED and build.attribution == "exact", output
+    endpoint = next(line.split(" ", 1)[1] for line in output.splitlines() if line.startswith("endpoint "))
+    assert endpoint.startswith(f"unix://{podman_agent.dir}") and endpoint.endswith("/docker.sock")
+    wait_for(lambda: build.operations.filter(action="push").exists(), "the push to be recorded")
+    wait_for(lambda: build.operations.filter(action="destroy").exists(), "the container's removal to be recorded")
+    operations = list(build.operations.all())
+    actions = {(o.action, o.image, o.tag) for o in operations}
+    name = app.rsplit(":", 1)[0]
+    assert {("pull", base.rsplit(":", 1)[0], "1"), ("build", name, "1"), ("tag", name, "2"),
+            ("push", name, "2")} <= actions, actions
+    run = {o.action: o for o in operations if o.container_name == f"prun-{tag}"}
+    assert set(run) == {"create", "start", "die", "destroy"} and run["die"].exit_code == 3
+    started = int(build.started_at.timestamp() * 1_000_000_000)
+    assert not UnattributedOperation.objects.filter(agent__name=podman_agent.name, time_nano__gte=started).exists()
+    pushed = PushedImage.objects.get(build=build)
+    assert (pushed.repository, pushed.tag) == (f"papp-{tag}", "2") and registry_digest(registry, f"papp-{tag}", "2")
+    version = tuple(int(part) for part in podman.podman("version", "--format", "{{.Client.Version}}").stdout
+                    .strip().split("-")[0].split(".")[:2])
+    if version >= (4, 6):  # its libpod push answers the registry's digest (manifestdigest)
+        assert pushed.digest == registry_digest(registry, f"papp-{tag}", "2") and not pushed.owner_uncertain
+    else:  # Podman 4.3's says none: the build asked for the push, but nothing says it did it; kept, never guessed
+        assert pushed.digest == "" and pushed.owner_uncertain
 
 
 def test_an_agent_whose_engine_is_not_what_serves_docker_host_says_so(start_agent, podman, docker_daemon):
